@@ -1,0 +1,1 @@
+"""unitask: one language model for many NLP tasks."""

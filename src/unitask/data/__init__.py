@@ -1,0 +1,1 @@
+"""Data: sources -> data/raw (fetch) -> deterministic splits in data/prepared (prepare)."""

@@ -1,0 +1,237 @@
+"""`unitask prepare`: raw table -> canonical columns -> clean, deduplicated, seeded, stratified
+train/validation/test splits in Parquet, with a JSON summary per task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+from tqdm import tqdm
+
+from unitask.atomic import atomic_dir, write_json
+from unitask.config import SPLITS, Config, TaskConfig
+from unitask.data.fetch import raw_entry
+from unitask.data.readers import read_table
+from unitask.errors import ConfigError, DataError
+from unitask.tasks import TASK_TYPES
+from unitask.tracking import flatten, stage_run
+
+TEXT_ROLES = ("text", "text_pair", "question", "context")
+
+
+def prepare(cfg: Config, tasks: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Prepare the named tasks (all by default); return each task's summary."""
+    names = tasks or list(cfg.tasks)
+    for name in names:
+        cfg.task(name)
+    import mlflow
+
+    summaries = {}
+    params = {"seed": cfg.seed, **cfg.prepare.model_dump()}
+    for name in tqdm(names, desc="prepare", unit="task"):
+        with stage_run(cfg, "prepare", name, params):
+            summaries[name] = summary = prepare_task(cfg, name)
+            mlflow.log_metrics(flatten("", {"rows": summary["rows"], "dropped": summary["dropped"]}))
+            mlflow.log_dict(summary, "summary.json")
+    return summaries
+
+
+def prepare_task(cfg: Config, name: str) -> dict[str, Any]:
+    task = cfg.tasks[name]
+    entry = raw_entry(cfg, name)
+    table = read_table(task, entry)
+    frame = canonical(cfg, name, task, table, entry)
+    frame, dropped = clean(task, frame)
+    if frame.empty:
+        raise DataError(f"tasks.{name}: no usable rows after dropping empties and duplicates")
+    frame, dropped["capped"] = cap(cfg, task, frame)
+    splits = split(cfg, task, frame)
+    out = cfg.path(cfg.paths.prepared) / name
+    with atomic_dir(out) as tmp:
+        for split_name, part in splits.items():
+            part.to_parquet(tmp / f"{split_name}.parquet", index=False)
+    summary = summarize(name, task, splits, dropped)
+    write_json(summary_path(cfg, name), summary)
+    return summary
+
+
+def summary_path(cfg: Config, name: str) -> Path:
+    return cfg.path(cfg.paths.reports) / "prepare" / f"{name}.json"
+
+
+def canonical(cfg: Config, name: str, task: TaskConfig, table: pd.DataFrame, entry: Path) -> pd.DataFrame:
+    """Rename the raw columns to their roles, build image paths, check and normalize labels."""
+    if task.read.image_path:
+        table = table.assign(image=_image_paths(cfg, name, task.read.image_path, table, entry))
+    frame = pd.DataFrame({"id": np.arange(len(table))})
+    if "split" in table:
+        frame["split"] = table["split"].to_numpy()
+    for role, column in task.columns.items():
+        if column not in table:
+            raise ConfigError(
+                f"tasks.{name}.columns.{role}: no column '{column}' in the raw data; "
+                f"it has {list(table.columns)}"
+            )
+        frame[role] = table[column].to_numpy()
+    spec = TASK_TYPES[task.type]
+    if spec.label_kind == "categorical":
+        labels = frame["label"].astype(str).str.strip()
+        frame["label"] = labels.map(task.label_names).fillna(labels) if task.label_names else labels
+        _check_label_set(name, task, set(frame["label"]))
+    elif spec.label_kind == "tags":
+        _check_label_set(name, task, {t for tags in frame["tags"] for t in tags})
+    elif spec.label_kind == "numeric":
+        frame["label"] = _numeric(name, task, frame["label"])
+    elif spec.label_kind == "span":
+        frame["answers"] = [json.loads(a) if isinstance(a, str) else a for a in frame["answers"]]
+    return frame
+
+
+def _image_paths(cfg: Config, name: str, template: str, table: pd.DataFrame, entry: Path) -> list[str]:
+    try:
+        rels = [template.format(**row) for row in table.to_dict("records")]
+    except KeyError as exc:
+        raise ConfigError(
+            f"tasks.{name}.read.image_path: no column {exc} in the raw data; it has {list(table.columns)}"
+        ) from None
+    return [(entry / rel).relative_to(cfg.root).as_posix() for rel in rels]
+
+
+def _check_label_set(name: str, task: TaskConfig, found: set[str]) -> None:
+    declared = set(task.labels or [])
+    unknown, unseen = sorted(found - declared), sorted(declared - found)
+    if unknown or unseen:
+        parts = []
+        if unknown:
+            parts.append(f"the data has labels not in the list: {unknown[:20]}")
+        if unseen:
+            parts.append(f"listed labels never occur in the data: {unseen[:20]}")
+        raise ConfigError(
+            f"tasks.{name}.labels: the label list does not match the data: " + "; ".join(parts),
+            hint="make tasks.<task>.labels list exactly the labels in the data (or use label_names)",
+        )
+
+
+def _numeric(name: str, task: TaskConfig, values: pd.Series) -> pd.Series:
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = values[numbers.isna() & values.notna()]
+    if len(bad):
+        raise DataError(
+            f"tasks.{name}.columns.label: {len(bad)} targets are not numbers, "
+            f"e.g. rows {list(bad.index[:5])}: {list(bad.head(5))}"
+        )
+    if task.label_range is not None:
+        lo, hi = task.label_range
+        outside = numbers[(numbers < lo) | (numbers > hi)]
+        if len(outside):
+            raise ConfigError(
+                f"tasks.{name}.label_range: {len(outside)} targets lie outside [{lo}, {hi}], "
+                f"e.g. {list(outside.head(5))}"
+            )
+    return numbers.astype("float64")
+
+
+def clean(task: TaskConfig, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Drop rows with an empty input, then exact duplicates of the inputs (keeping predefined
+    test rows over validation over train), so that no example can land in two splits."""
+    spec = TASK_TYPES[task.type]
+    keep = pd.Series(True, index=frame.index)
+    for role in spec.inputs:
+        column = frame[role]
+        if role in TEXT_ROLES:
+            keep &= column.notna() & (column.astype(str).str.strip() != "")
+        else:
+            keep &= column.map(lambda v: v is not None and len(v) > 0)
+    n_empty = int((~keep).sum())
+    frame = frame[keep]
+    if "split" in frame:
+        order = frame["split"].map({"test": 0, "validation": 1, "train": 2})
+        frame = frame.assign(_order=order).sort_values("_order", kind="stable").drop(columns="_order")
+    keys = frame[list(spec.inputs)].apply(lambda r: json.dumps([_plain(v) for v in r]), axis=1)
+    duplicate = keys.duplicated(keep="first")
+    frame = frame[~duplicate].sort_values("id", kind="stable").reset_index(drop=True)
+    return frame, {"empty": n_empty, "duplicate": int(duplicate.sum())}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value if isinstance(value, (str, int, float, list, dict)) or value is None else str(value)
+
+
+def cap(cfg: Config, task: TaskConfig, frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """A seeded, stratified sample of at most `max_rows` (the task's or prepare's, the lower)."""
+    limits = [n for n in (task.max_rows, cfg.prepare.max_rows) if n]
+    if not limits or min(limits) >= len(frame):
+        return frame, 0
+    n = min(limits)
+    kept = _take(frame, n, _strata(task, frame), cfg.seed)
+    return kept.sort_values("id").reset_index(drop=True), len(frame) - n
+
+
+def split(cfg: Config, task: TaskConfig, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Predefined splits are kept; missing ones are carved, stratified, out of the train pool."""
+    total = len(frame)
+    predefined = frame.pop("split") if "split" in frame else pd.Series("train", index=frame.index)
+    out = {s: frame[predefined == s] for s in SPLITS}
+    fractions = {"test": cfg.prepare.test_fraction, "validation": cfg.prepare.validation_fraction}
+    for name, fraction in fractions.items():
+        if len(out[name]):
+            continue
+        pool = out["train"]
+        n = max(1, round(fraction * total))
+        if n >= len(pool):
+            raise DataError(f"{len(pool)} training rows are too few to carve a {name} split of {n}")
+        out[name] = _take(pool, n, _strata(task, pool), cfg.seed)
+        out["train"] = pool.drop(out[name].index)
+    return {s: part.sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True) for s, part in out.items()}
+
+
+def _strata(task: TaskConfig, frame: pd.DataFrame) -> pd.Series | None:
+    kind = TASK_TYPES[task.type].label_kind
+    if kind == "categorical":
+        strata = frame["label"].astype(str)
+    elif kind == "numeric":
+        strata = pd.qcut(frame["label"], q=5, duplicates="drop").astype(str)
+    else:
+        return None
+    if "split" in frame:
+        strata = frame["split"].astype(str) + "/" + strata
+    counts = strata.map(strata.value_counts())
+    return strata.where(counts >= 2, "rare")
+
+
+def _take(frame: pd.DataFrame, n: int, strata: pd.Series | None, seed: int) -> pd.DataFrame:
+    """`n` rows of `frame`, stratified when every stratum can be split, else a plain sample."""
+    if strata is not None and strata.value_counts().min() >= 2 and strata.nunique() <= min(n, len(frame) - n):
+        taken, _ = train_test_split(frame, train_size=n, stratify=strata, random_state=seed)
+        return taken
+    return frame.sample(n=n, random_state=seed)
+
+
+def summarize(name: str, task: TaskConfig, splits: dict[str, pd.DataFrame], dropped: dict[str, int]) -> dict[str, Any]:
+    kind = TASK_TYPES[task.type].label_kind
+    summary: dict[str, Any] = {
+        "task": name,
+        "type": task.type,
+        "rows": {s: len(part) for s, part in splits.items()},
+        "dropped": dropped,
+    }
+    if kind == "categorical":
+        summary["labels"] = {s: _counts(part["label"]) for s, part in splits.items()}
+    elif kind == "tags":
+        summary["labels"] = {s: _counts(part["tags"].explode()) for s, part in splits.items()}
+    elif kind == "numeric":
+        summary["target"] = {
+            s: {k: round(float(v), 6) for k, v in part["label"].agg(["mean", "std", "min", "max"]).items()}
+            for s, part in splits.items()
+        }
+    return summary
+
+
+def _counts(values: pd.Series) -> dict[str, int]:
+    return {str(k): int(v) for k, v in sorted(values.value_counts().items())}

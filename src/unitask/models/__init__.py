@@ -1,0 +1,1 @@
+"""Models: the shared encoder (backbone), task heads, the multi-task model, fusion."""

