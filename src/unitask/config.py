@@ -188,12 +188,20 @@ class Model(Strict):
     trust_remote_code: bool = False
 
 
+class Pretrain(Strict):
+    """Continued pretraining of the encoder on unlabeled text (masked-LM or causal-LM)."""
+
+    enabled: bool = Field(default=True, description="fine-tuning starts from `output` when true")
+    output: str = Field(default="models/pretrained", description="folder of the pretrained encoder")
+
+
 class Config(Strict):
     seed: int = 42
     paths: Paths = Paths()
     tracking: Tracking = Tracking()
     model: Model = Model()
     prepare: Prepare = Prepare()
+    pretrain: Pretrain = Pretrain()
     tasks: dict[str, TaskConfig] = Field(min_length=1)
 
     _root: Path = PrivateAttr(default=Path("."))

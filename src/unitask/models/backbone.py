@@ -38,6 +38,19 @@ def backbone_path(cfg: Config) -> str:
     return resolve_backbone(cfg.model.backbone, cfg.root)
 
 
+def encoder_path(cfg: Config) -> str:
+    """Where task training starts: the pretrained encoder when pretraining is on, else the backbone."""
+    if cfg.pretrain.enabled:
+        path = cfg.path(cfg.pretrain.output)
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"pretrain.output: no pretrained encoder at {path}",
+                hint="run `unitask pretrain` first, or set pretrain.enabled=false",
+            )
+        return str(path)
+    return backbone_path(cfg)
+
+
 def load_tokenizer(cfg: Config):
     from transformers import AutoTokenizer
 
