@@ -32,6 +32,9 @@ $(STAMP): pyproject.toml requirements-data.txt
 
 data: env
 	unitask data fetch
+	@# cache the fetched bytes in DVC; data.dvc stays as committed when they match it
+	dvc commit --force --quiet data.dvc
+	@git diff --quiet data.dvc || { echo "data/raw differs from the committed data.dvc (see git diff data.dvc)"; exit 1; }
 
 demo: data
 	dvc repro

@@ -1,0 +1,149 @@
+"""Shared fixtures: offline settings and small projects built in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def write_project(root: Path, tasks: dict[str, Any], **sections: Any) -> Path:
+    """Write `root/params.yaml` with these tasks and sections (tracking goes to root/mlflow)."""
+    params = {"seed": 7, "tasks": tasks, **sections}
+    params.setdefault("pretrain", {"enabled": False})
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def classification_task(path: str, fmt: str = "csv", **extra: Any) -> dict[str, Any]:
+    task = {
+        "type": "classification",
+        "source": {"kind": "local", "path": path},
+        "read": {"format": fmt},
+        "columns": {"text": "text", "label": "label"},
+        "labels": ["neg", "pos"],
+    }
+    task.update(extra)
+    return task
+
+
+def keyword_rows(n: int) -> list[dict[str, str]]:
+    """`n` distinct, learnable rows: the label is the sentiment word in the text."""
+    words = ["good", "bad"]
+    return [
+        {"text": f"example {i} is {words[i % 2]}", "label": ["pos", "neg"][i % 2]} for i in range(n)
+    ]
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    """A factory: `project(tasks, **sections)` -> path of a params.yaml in tmp_path."""
+
+    def make(tasks: dict[str, Any], **sections: Any) -> Path:
+        return write_project(tmp_path, tasks, **sections)
+
+    return make
+
+
+# ---- text tasks for training tests: a tiny BERT from a config and learnable synthetic data ------
+
+TINY_BERT = {
+    "model_type": "bert",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
+FILLER = "the a of and to in is it that was for on with as at by this from or be".split()
+KEYWORDS = {"sports": "football", "tech": "computer", "food": "pizza"}
+PEOPLE, PLACES = ["alice", "bob", "carol", "dave"], ["paris", "london", "tokyo", "berlin"]
+NUMBERS = ["zero", "one", "two", "three", "four", "five"]
+
+
+def _filler(rng: Any, n: int) -> list[str]:
+    return [FILLER[int(i)] for i in rng.integers(0, len(FILLER), n)]
+
+
+def synthetic_task(kind: str, n: int, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(task config, `n` prepared rows) for a learnable task of type `kind`: the label is a keyword in
+    the text, a number word for regression, entity words for tags, the word after 'answer' for QA."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    source = {"source": {"kind": "local", "path": "data/raw/synthetic"}, "read": {"format": "parquet"}}
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        words = _filler(rng, int(rng.integers(4, 12)))
+        at = int(rng.integers(0, len(words) + 1))
+        if kind in ("classification", "pair_classification"):
+            label = list(KEYWORDS)[i % len(KEYWORDS)]
+            text = " ".join(words[:at] + [KEYWORDS[label]] + words[at:])
+            row = {"id": i, "text": text, "label": label}
+            if kind == "pair_classification":
+                row = {"id": i, "text": " ".join(_filler(rng, 5)), "text_pair": text, "label": label}
+        elif kind == "regression":
+            value = i % len(NUMBERS)
+            row = {"id": i, "text": " ".join(words[:at] + [NUMBERS[value]] + words[at:]), "label": float(value)}
+        elif kind == "token_classification":
+            entity = [PEOPLE, PLACES][i % 2][int(rng.integers(0, 4))]
+            tags = ["O"] * len(words)
+            words.insert(at, entity)
+            tags.insert(at, ["B-per", "B-loc"][i % 2])
+            row = {"id": i, "tokens": words, "tags": tags}
+        else:
+            answer = NUMBERS[int(rng.integers(0, len(NUMBERS)))]
+            context = " ".join(words[:at] + ["answer", answer] + words[at:] + _filler(rng, int(rng.integers(0, 60))))
+            start = context.index("answer " + answer) + len("answer ")
+            row = {
+                "id": i,
+                "question": "what is the answer?",
+                "context": context,
+                "answers": {"text": [answer], "answer_start": [start]},
+            }
+        rows.append(row)
+    columns = {
+        "classification": {"text": "text", "label": "label"},
+        "pair_classification": {"text": "text", "text_pair": "text_pair", "label": "label"},
+        "regression": {"text": "text", "label": "label"},
+        "token_classification": {"tokens": "tokens", "tags": "tags"},
+        "extractive_qa": {"question": "question", "context": "context", "answers": "answers"},
+    }[kind]
+    task: dict[str, Any] = {"type": kind, **source, "columns": columns}
+    if kind in ("classification", "pair_classification"):
+        task["labels"] = list(KEYWORDS)
+    if kind == "token_classification":
+        task["labels"] = ["O", "B-per", "I-per", "B-loc", "I-loc"]
+    return task, rows
+
+
+def text_project(root: Path, kind: str, name: str = "toy", sizes: tuple[int, int, int] = (160, 40, 40), **sections: Any) -> Path:
+    """A project in `root` with one synthetic task `name` prepared as Parquet; returns params.yaml.
+    Trains the tiny BERT on CPU; `sections` override params sections (e.g. finetune={...})."""
+    import pandas as pd
+
+    task, rows = synthetic_task(kind, sum(sizes), seed=1)
+    start = 0
+    for split, size in zip(("train", "validation", "test"), sizes):
+        folder = root / "data" / "prepared" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows[start : start + size]).to_parquet(folder / f"{split}.parquet")
+        start += size
+    sections.setdefault("model", {"backbone_config": TINY_BERT, "max_length": 64})
+    sections.setdefault("tracking", {"uri": "sqlite:///mlflow/mlflow.db"})
+    finetune = {"epochs": 6, "batch_size": 16, "learning_rate": 1e-3, "warmup_ratio": 0.0, "bf16": False,
+                "logging_steps": 5, "early_stopping_patience": None, "doc_stride": 16}
+    finetune.update(sections.pop("finetune", {}))
+    return write_project(root, {name: task}, finetune=finetune, **sections)

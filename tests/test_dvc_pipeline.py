@@ -1,0 +1,73 @@
+"""The DVC driver: the default pipeline (smoke profile) in a scratch clone, end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+BIN = Path(sys.executable).parent
+COPY = ["params.yaml", "dvc.yaml", "data.dvc", ".dvcignore", "src"]
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    for key, value in over.items():
+        base[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return base
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=_env())
+    assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("clone")
+    for name in COPY:
+        src = REPO / name
+        (shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, root / name))
+    params = _merge(yaml.safe_load((root / "params.yaml").read_text()), yaml.safe_load((REPO / "tests/smoke.yaml").read_text()))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], root)
+    _run([str(BIN / "dvc"), "init", "-q"], root)
+    _run([str(BIN / "unitask"), "data", "fetch"], root)
+    _run([str(BIN / "dvc"), "commit", "--force", "-q", "data.dvc"], root)
+    return root
+
+
+def test_repro_runs_the_chain_then_is_a_no_op(clone):
+    assert (clone / "data.dvc").read_text() == (REPO / "data.dvc").read_text()
+    _run([str(BIN / "dvc"), "repro"], clone)
+    for task in yaml.safe_load((clone / "params.yaml").read_text())["tasks"]:
+        summary = json.loads((clone / "reports/prepare" / f"{task}.json").read_text())
+        assert sum(summary["rows"].values()) <= 240
+    second = _run([str(BIN / "dvc"), "repro"], clone)
+    assert "Running stage" not in second
+    assert json.loads(_run([str(BIN / "dvc"), "status", "--json"], clone)) == {}
+    metrics = _run([str(BIN / "dvc"), "metrics", "show", "--json"], clone)
+    assert "reports/prepare/sms_spam.json" in metrics
+
+
+def test_a_changed_task_reruns_only_its_stages(clone):
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["tasks"]["sms_spam"]["max_rows"] = 120
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run([str(BIN / "dvc"), "repro"], clone)
+    assert "Running stage 'prepare@sms_spam'" in out
+    assert "Running stage 'prepare@bbc_topic'" not in out
