@@ -143,7 +143,23 @@ def text_project(root: Path, kind: str, name: str = "toy", sizes: tuple[int, int
         start += size
     sections.setdefault("model", {"backbone_config": TINY_BERT, "max_length": 64})
     sections.setdefault("tracking", {"uri": "sqlite:///mlflow/mlflow.db"})
-    finetune = {"epochs": 6, "batch_size": 16, "learning_rate": 1e-3, "warmup_ratio": 0.0, "bf16": False,
+    finetune = {"epochs": 10, "batch_size": 16, "learning_rate": 2e-3, "warmup_ratio": 0.1, "bf16": False,
                 "logging_steps": 5, "early_stopping_patience": None, "doc_stride": 16}
     finetune.update(sections.pop("finetune", {}))
     return write_project(root, {name: task}, finetune=finetune, **sections)
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread: tiny models on a busy 2-core machine train many times faster without
+    thread oversubscription. Subprocesses get OMP_NUM_THREADS=1 from `single_thread_env`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def single_thread_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}

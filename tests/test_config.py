@@ -77,13 +77,17 @@ def test_unparsable_and_missing_files(tmp_path):
         ("unknown_task", "tasks.nope: no such task; declared tasks: t"),
         ("bad_labels", "tasks.t.labels: the label list does not match the data"),
         ("bad_column", "tasks.t.columns.label: no column 'category' in the raw data"),
+        ("typo_label", "the data has labels not in the list: ['pso'] (raw rows [5])"),
         ("bad_key", "prepare.bogus: unknown key"),
     ],
 )
 def test_cli_refuses_bad_config_with_exit_2(project, tmp_path, capsys, setup, expected):
     tasks = {"t": classification_task("d.csv")}
     if setup != "missing_data":
-        pd.DataFrame(keyword_rows(40)).to_csv(tmp_path / "d.csv", index=False)
+        rows = keyword_rows(40)
+        if setup == "typo_label":
+            rows[5]["label"] = "pso"
+        pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)
     if setup == "bad_labels":
         tasks["t"]["labels"] = ["neg", "pos", "neutral"]
     if setup == "bad_column":
@@ -93,7 +97,7 @@ def test_cli_refuses_bad_config_with_exit_2(project, tmp_path, capsys, setup, ex
     if setup == "bad_key":
         args += ["--set", "prepare.bogus=1"]
     task_arg = ["--task", "nope"] if setup == "unknown_task" else []
-    if setup in ("bad_labels", "bad_column"):
+    if setup in ("bad_labels", "bad_column", "typo_label"):
         assert main(["data", "fetch", *args]) == 0
         code = main(["prepare", *args, *task_arg])
     else:

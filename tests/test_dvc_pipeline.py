@@ -20,7 +20,7 @@ COPY = ["params.yaml", "dvc.yaml", "data.dvc", ".dvcignore", "src"]
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     for key, value in over.items():
-        base[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+        base[key] = _merge(base.get(key) or {}, value) if isinstance(value, dict) and value else value
     return base
 
 
@@ -54,9 +54,15 @@ def clone(tmp_path_factory) -> Path:
 def test_repro_runs_the_chain_then_is_a_no_op(clone):
     assert (clone / "data.dvc").read_text() == (REPO / "data.dvc").read_text()
     _run([str(BIN / "dvc"), "repro"], clone)
-    for task in yaml.safe_load((clone / "params.yaml").read_text())["tasks"]:
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    for task in params["tasks"]:
         summary = json.loads((clone / "reports/prepare" / f"{task}.json").read_text())
         assert sum(summary["rows"].values()) <= 240
+        assert json.loads((clone / "reports/validate" / f"{task}.json").read_text())["status"] != "failed"
+    assert (clone / "models/pretrained/model.safetensors").is_file()
+    for task in params["finetune"]["tasks"]:
+        assert (clone / "models/finetune" / task / "model.safetensors").is_file()
+        assert "test" in json.loads((clone / "reports/finetune" / f"{task}.json").read_text())
     second = _run([str(BIN / "dvc"), "repro"], clone)
     assert "Running stage" not in second
     assert json.loads(_run([str(BIN / "dvc"), "status", "--json"], clone)) == {}
@@ -64,10 +70,13 @@ def test_repro_runs_the_chain_then_is_a_no_op(clone):
     assert "reports/prepare/sms_spam.json" in metrics
 
 
-def test_a_changed_task_reruns_only_its_stages(clone):
+def test_a_changed_task_reruns_only_its_data_stages(clone):
+    """Its prepare and validate rerun, no other task's; pretraining reads every task, so it and the
+    fine-tunes after it rerun too."""
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["tasks"]["sms_spam"]["max_rows"] = 120
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run([str(BIN / "dvc"), "repro"], clone)
-    assert "Running stage 'prepare@sms_spam'" in out
-    assert "Running stage 'prepare@bbc_topic'" not in out
+    assert "Running stage 'prepare@sms_spam'" in out and "Running stage 'validate@sms_spam'" in out
+    assert "Running stage 'prepare@bbc_topic'" not in out and "Running stage 'validate@bbc_topic'" not in out
+    assert "Running stage 'finetune@sms_spam'" in out

@@ -17,6 +17,7 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `dest`; on success it replaces `dest` whole."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; outputs get the usual permissions
     try:
         yield tmp
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
@@ -28,6 +29,12 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write `obj` as pretty JSON, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +43,7 @@ def write_json(path: Path, obj: Any) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(obj, fh, indent=2, sort_keys=True, ensure_ascii=False)
             fh.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -68,6 +68,109 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _tasks_option(prep, "prepare")
     prep.set_defaults(run=_prepare)
+
+    check = commands.add_parser(
+        "validate",
+        parents=[common],
+        help="check the prepared splits with great-expectations: the gate before training",
+        description="Build a great-expectations suite from each task's declaration (roles, labels, "
+        "label_range) and run it on data/prepared/<task>/{train,validation,test}: columns, empty text, "
+        "label sets and ranges, tags vs tokens and BIO order, answer spans, images (exist, decode, mode, "
+        "size), duplicates, train/validation/test leakage, class balance, and the share of rows longer "
+        "than model.max_length. Writes reports/validate/<task>.json, Data Docs HTML in "
+        "reports/data_docs/<task>/, and an MLflow run. Exits non-zero when a check of severity `error` "
+        "fails, naming task, split, column, check and up to 5 rows by id; validate.severity sets "
+        "checks to `warn`.",
+    )
+    _tasks_option(check, "validate")
+    check.set_defaults(run=_validate)
+
+    pre = commands.add_parser(
+        "pretrain",
+        parents=[common],
+        help="continued pretraining of the encoder on unlabeled text (masked-LM or causal-LM)",
+        description="Train model.backbone further on unlabeled text: by default the train split of every "
+        "declared task (never validation or test text), or pretrain.corpus. Masked-LM for encoders, "
+        "causal-LM for decoders (pretrain.objective). Reports held-out perplexity before and after in "
+        "reports/pretrain.json and MLflow, and saves the encoder (safetensors) with its tokenizer to "
+        "pretrain.output, where fine-tuning starts when pretrain.enabled is true.",
+    )
+    pre.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in pretrain.checkpoints"
+    )
+    pre.set_defaults(run=_pretrain)
+
+    tune = commands.add_parser(
+        "finetune",
+        parents=[common],
+        help="train a task head on the (pre)trained encoder",
+        description="Train one text task's head on the encoder (pretrain.output when pretrain.enabled, "
+        "else model.backbone) with transformers' Trainer: dynamic padding, length-grouped batches, bf16 "
+        "where supported, early stopping on the validation metric. Writes finetune.output/<task> "
+        "(safetensors, tokenizer, labels.json), reports/finetune/<task>.json and an MLflow run. "
+        "Runs under `torchrun --nproc_per_node=N -m unitask.cli finetune ...` as DDP.",
+    )
+    tune.add_argument("--task", required=True, metavar="NAME", help="the task to fine-tune")
+    tune.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in finetune.checkpoints/<task>"
+    )
+    tune.set_defaults(run=_finetune)
+
+    base = commands.add_parser(
+        "baseline",
+        parents=[common],
+        help="TF-IDF + linear model baselines for text classification and regression",
+        description="Fit TF-IDF (word 1-2 grams) + logistic regression or ridge on each task's train split, "
+        "pick the strength on validation, and write validation and test metrics to "
+        "reports/baseline/<task>.json and MLflow.",
+    )
+    _tasks_option(base, "score")
+    base.set_defaults(run=_baseline)
+
+    kfp_group = commands.add_parser(
+        "pipeline",
+        help="Kubeflow Pipelines: compile, run locally, submit",
+        description="The same chain as Kubeflow components (components/, pipelines/): prepare -> validate -> "
+        "pretrain -> finetune (a ParallelFor over the tasks). Pipeline parameters mirror params.yaml; the "
+        "`kubeflow` section sets the image, resources, GPUs, retries, caching and secret names.",
+    )
+    kfp_commands = kfp_group.add_subparsers(dest="pipeline_command", required=True, metavar="COMMAND")
+    kfp_compile = kfp_commands.add_parser(
+        "compile",
+        parents=[common],
+        help="write the compiled pipeline YAML (kubeflow.package)",
+        description="Compile the pipeline for this config into kubeflow.package (default pipelines/unitask.yaml). "
+        "Secrets are referenced by name only.",
+    )
+    kfp_compile.add_argument("--output", metavar="FILE", help="write here instead of kubeflow.package")
+    kfp_compile.set_defaults(run=_pipeline_compile)
+    kfp_local = kfp_commands.add_parser(
+        "run-local",
+        parents=[common],
+        help="run the whole pipeline here with kfp's local runner (no cluster, no Docker)",
+        description="Run the same pipeline with kfp.local's SubprocessRunner in this Python environment. "
+        "Artifacts land in --output/<pipeline>-<timestamp>/<task>/; MLflow runs go to tracking.uri. "
+        "Kubernetes settings (GPUs, node selectors, secrets, retries) do not apply locally.",
+    )
+    kfp_local.add_argument("--output", metavar="DIR", help="pipeline root (default: pipelines/local_outputs)")
+    kfp_local.add_argument("--cache", action="store_true", help="reuse outputs of earlier local runs with the same inputs")
+    kfp_local.set_defaults(run=_pipeline_run_local)
+    kfp_submit = kfp_commands.add_parser(
+        "submit",
+        parents=[common],
+        help="compile and start a run on a Kubeflow Pipelines server",
+        description="Compile the pipeline for this config (with --set overrides) and start a run through "
+        "kfp.Client at --host.",
+    )
+    kfp_submit.add_argument("--host", required=True, metavar="URL", help="the Kubeflow Pipelines API endpoint")
+    kfp_submit.add_argument("--experiment", metavar="NAME", help="KFP experiment (default: tracking.experiment)")
+    kfp_submit.add_argument("--run-name", metavar="NAME", help="default: <pipeline>-<UTC timestamp>")
+    kfp_submit.add_argument("--namespace", metavar="NS", help="the Kubeflow profile namespace (multi-user)")
+    kfp_submit.add_argument(
+        "--no-cache", dest="enable_caching", action="store_const", const=False, default=None,
+        help="run every task again, whatever kubeflow.stages.<stage>.caching says",
+    )
+    kfp_submit.set_defaults(run=_pipeline_submit)
     return parser
 
 
@@ -83,6 +186,65 @@ def _prepare(cfg: Config, args: argparse.Namespace) -> None:
 
     for name, summary in prepare(cfg, args.tasks).items():
         print(f"{name}\t" + json.dumps(summary["rows"]))
+
+
+def _validate(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.validation import validate
+
+    for name, summary in validate(cfg, args.tasks).items():
+        counts = summary["expectations"]
+        warned = f", {counts['failed_warn']} warned" if counts["failed_warn"] else ""
+        print(f"{name}\t{summary['status']}\t{summary['rows_checked']} rows, {counts['evaluated']} expectations{warned}")
+
+
+def _pretrain(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.training.pretrain import pretrain
+
+    held = pretrain(cfg, resume=args.resume)["heldout"]
+    print(f"held-out perplexity\t{held['perplexity_before']:.2f} -> {held['perplexity_after']:.2f}")
+    print(f"encoder\t{cfg.path(cfg.pretrain.output)}")
+
+
+def _finetune(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.training.finetune import finetune
+    from unitask.training.trainer import is_main_process
+
+    summary = finetune(cfg, args.task, resume=args.resume)
+    if is_main_process():
+        metric = summary["main_metric"]
+        print(f"{args.task}\tvalidation {metric} {summary['validation'][metric]:.4f}\ttest {metric} {summary['test'][metric]:.4f}")
+
+
+def _baseline(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.baselines import baseline, baseline_tasks
+
+    for name in args.tasks or baseline_tasks(cfg):
+        summary = baseline(cfg, name)
+        metric = summary["main_metric"]
+        print(f"{name}\tvalidation {metric} {summary['validation'][metric]:.4f}\ttest {metric} {summary['test'][metric]:.4f}")
+
+def _pipeline_compile(cfg: Config, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from unitask.kubeflow.project import compile_pipeline
+
+    print(f"compiled\t{compile_pipeline(cfg, Path(args.output).resolve() if args.output else None)}")
+
+
+def _pipeline_run_local(cfg: Config, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from unitask.kubeflow.project import run_local
+
+    run = run_local(cfg, Path(args.output).resolve() if args.output else None, cache=args.cache)
+    print(f"outputs\t{run}")
+
+
+def _pipeline_submit(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.kubeflow.project import submit
+
+    run_id = submit(cfg, args.host, args.experiment, args.run_name, args.namespace, args.enable_caching)
+    print(f"run\t{run_id}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -172,6 +173,48 @@ class Prepare(Strict):
     max_rows: int | None = Field(default=None, gt=0, description="cap every task (smoke runs)")
 
 
+CheckName = Literal[
+    "text_not_empty", "label_not_null", "label_in_set", "label_in_range",
+    "tags_match_tokens", "tags_in_set", "tags_bio_order", "answer_in_context",
+    "image_exists", "image_decodes", "image_mode", "image_size",
+    "unique_in_split", "no_leakage", "class_balance", "truncation",
+]  # fmt: skip
+Severity = Literal["error", "warn"]
+
+
+class Validate(Strict):
+    """`unitask validate`: the data gate before training (great-expectations suites derived from each
+    task's declaration). A failed check of severity `error` stops the pipeline; `warn` only reports."""
+
+    severity: dict[CheckName, Severity] = Field(
+        default_factory=dict,
+        description="per-check severity, merged over the defaults: every check is `error` except "
+        "class_balance and truncation (`warn`)",
+    )
+    class_balance_min_ratio: float = Field(
+        default=0.1, ge=0, le=1,
+        description="class_balance fails when a split's rarest label has fewer than this share of "
+        "its most common label's rows",
+    )
+    max_truncated_share: float = Field(
+        default=0.05, ge=0, le=1,
+        description="truncation fails when more than this share of a split is longer than "
+        "model.max_length tokens",
+    )
+    image_modes: list[str] = Field(
+        default=["RGB"], min_length=1, description="allowed PIL image modes (image_mode)"
+    )
+    image_min_size: tuple[int, int] = Field(
+        default=(8, 8), description="smallest allowed image [width, height] in pixels (image_size)"
+    )
+    image_max_size: tuple[int, int] = Field(
+        default=(4096, 4096), description="largest allowed image [width, height] in pixels (image_size)"
+    )
+    data_docs: bool = Field(
+        default=True, description="build great-expectations Data Docs HTML beside the JSON summary"
+    )
+
+
 class Model(Strict):
     """The shared text encoder every stage starts from."""
 
@@ -188,11 +231,247 @@ class Model(Strict):
     trust_remote_code: bool = False
 
 
+class Corpus(Strict):
+    """A separate unlabeled corpus for pretraining, read straight from a local or packaged file."""
+
+    source: Annotated[Union[LocalSource, PackageSource], Field(discriminator="kind")]
+    read: ReadSpec | None = Field(
+        default=None,
+        description="how to read it as a table (csv, jsonl, ...); unset: plain text, one text per "
+        "non-empty line (.gz is decompressed)",
+    )
+    column: str = Field(default="text", description="with `read`: the column that holds the text")
+
+    @model_validator(mode="after")
+    def _one_file(self) -> Corpus:
+        if self.read is not None and self.read.files:
+            raise ValueError("read: 'files' is not supported for a corpus; point source.path at one file")
+        return self
+
+
 class Pretrain(Strict):
     """Continued pretraining of the encoder on unlabeled text (masked-LM or causal-LM)."""
 
     enabled: bool = Field(default=True, description="fine-tuning starts from `output` when true")
     output: str = Field(default="models/pretrained", description="folder of the pretrained encoder")
+    objective: Literal["mlm", "clm"] = Field(
+        default="mlm", description="mlm: masked-LM (encoders); clm: causal-LM (decoders such as GPT-2)"
+    )
+    tasks: list[str] | None = Field(
+        default=None, description="tasks whose train-split text forms the corpus; unset: every task"
+    )
+    corpus: Corpus | None = Field(default=None, description="train on this corpus instead of task text")
+    max_texts: int | None = Field(
+        default=None, gt=0, description="cap the corpus (seeded sample, an even share per task)"
+    )
+    heldout_fraction: float = Field(
+        default=0.05, gt=0, lt=0.5, description="seeded share of the corpus held out for perplexity"
+    )
+    mlm_probability: float = Field(default=0.15, gt=0, lt=1, description="mlm: share of tokens masked")
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, gt=0, description="cap optimizer steps (overrides epochs)")
+    batch_size: int = Field(default=32, gt=0, description="per device (process)")
+    eval_batch_size: int = Field(default=32, gt=0)
+    grad_accumulation: int = Field(default=1, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    bf16: bool | Literal["auto"] = Field(default="auto", description="bf16 autocast; auto: where the device has it")
+    logging_steps: int = Field(default=20, gt=0)
+    save_steps: int = Field(default=100, gt=0, description="checkpoint every N steps, for --resume")
+    checkpoints: str = Field(default="models/checkpoints/pretrain", description="checkpoints, for --resume")
+    metrics: str = Field(default="reports/pretrain.json", description="perplexity before/after, corpus size")
+
+
+class Finetune(Strict):
+    """One task head trained on the encoder (`encoder_path`), per text task, with transformers' Trainer."""
+
+    tasks: list[str] = Field(
+        default_factory=list, description="text tasks the DVC `finetune` stage trains (a foreach list)"
+    )
+    epochs: float = Field(default=2.0, gt=0)
+    max_steps: int | None = Field(default=None, gt=0, description="cap optimizer steps (overrides epochs)")
+    batch_size: int = Field(default=16, gt=0, description="per device (process)")
+    eval_batch_size: int = Field(default=64, gt=0)
+    grad_accumulation: int = Field(default=1, gt=0)
+    learning_rate: float = Field(default=5e-5, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    bf16: bool | Literal["auto"] = Field(default="auto", description="bf16 autocast; auto: where the device has it")
+    eval_strategy: Literal["epoch", "steps"] = Field(
+        default="epoch", description="when to evaluate, checkpoint and check early stopping"
+    )
+    eval_steps: int = Field(default=100, gt=0, description="with eval_strategy: steps")
+    logging_steps: int = Field(default=20, gt=0)
+    early_stopping_patience: int | None = Field(
+        default=2, gt=0, description="evaluations without improvement before stopping; null: never"
+    )
+    doc_stride: int = Field(default=64, gt=0, description="extractive QA: overlap of context windows")
+    max_answer_length: int = Field(default=30, gt=0, description="extractive QA: tokens per answer")
+    output: str = Field(default="models/finetune", description="model folder per task: <output>/<task>")
+    checkpoints: str = Field(default="models/checkpoints/finetune", description="<checkpoints>/<task>, for --resume")
+    per_task: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="task -> keys of this section that differ for it, e.g. {wnut_ner: {epochs: 6}}"
+    )
+
+    @model_validator(mode="after")
+    def _per_task_keys(self) -> Finetune:
+        for name, changes in self.per_task.items():
+            bad = sorted(set(changes) - set(type(self).model_fields) | set(changes) & {"tasks", "per_task"})
+            if bad:
+                raise ValueError(f"per_task: {name}: {bad} cannot be set per task")
+            try:
+                self.for_task(name)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise ValueError(f"per_task: {name}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        return self
+
+    def for_task(self, name: str) -> Finetune:
+        """This section with `per_task[name]` applied (validated)."""
+        changes = self.per_task.get(name)
+        if not changes:
+            return self
+        return Finetune.model_validate({**self.model_dump(exclude={"per_task"}), **changes})
+
+
+# ---- Kubeflow: how the pipeline's pods are built and placed (not passed to the stages) ----------
+
+
+class Toleration(Strict):
+    key: str | None = Field(default=None, description="taint key; unset with operator Exists: every taint")
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str | None = Field(default=None, description="with operator Equal: the taint's value")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0, description="with effect NoExecute")
+
+
+class KubeflowStage(Strict):
+    """Resources, retries and caching of one stage's pod."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    cpu: str = Field(default="2", description="CPU request, e.g. '8' or '500m'")
+    memory: str = Field(default="8Gi", description="memory request, e.g. '32Gi'")
+    cpu_limit: str | None = None
+    memory_limit: str | None = None
+    gpus: int = Field(
+        default=0, ge=0,
+        description="accelerators (kubeflow.accelerator_type); > 0 also adds the GPU node selector and tolerations",
+    )
+    retries: int = Field(default=2, ge=0, description="retries after a failure (pod eviction, spot preemption, network)")
+    caching: bool = Field(default=True, description="reuse a previous run's outputs when the inputs are the same")
+
+
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "prepare": {"cpu": "2", "memory": "8Gi"},
+    "validate": {"cpu": "2", "memory": "8Gi", "retries": 0},  # a failed gate is not transient
+    "pretrain": {"cpu": "8", "memory": "32Gi", "gpus": 1},
+    "finetune": {"cpu": "8", "memory": "32Gi", "gpus": 1},
+}
+
+
+# as on Config below: the stage named `validate` shadows pydantic's deprecated classmethod; noise
+warnings.filterwarnings("ignore", message='Field name "validate" in "KubeflowStages" shadows', category=UserWarning)
+
+
+class KubeflowStages(Strict):
+    """One entry per pipeline stage; a key set here overrides only that key of the stage's default."""
+
+    prepare: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["prepare"])
+    validate: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["validate"])
+    pretrain: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["pretrain"])
+    finetune: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["finetune"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _over_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        merged = {k: v for k, v in data.items() if k not in STAGE_DEFAULTS}  # unknown: refused by extra=forbid
+        for name, defaults in STAGE_DEFAULTS.items():
+            given = data.get(name) or {}
+            merged[name] = {**defaults, **given} if isinstance(given, dict) else given
+        return merged
+
+
+class SecretEnv(Strict):
+    """A Kubernetes Secret exposed to every pod as environment variables (never written in the YAML)."""
+
+    name: str = Field(description="the Secret's name in the pipeline's namespace")
+    keys: dict[str, str] = Field(min_length=1, description="secret key -> environment variable")
+    optional: bool = Field(default=False, description="start the pod even when the Secret is missing")
+
+
+class Retry(Strict):
+    backoff_duration: str = Field(default="30s", description="wait before the first retry")
+    backoff_factor: float = Field(default=2.0, ge=1)
+    backoff_max_duration: str = Field(default="3600s", description="longest wait between retries")
+
+
+SECRET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mlflow_secret": {"name": "unitask-mlflow", "keys": {"tracking_uri": "MLFLOW_TRACKING_URI"}},
+    "s3_secret": {
+        "name": "unitask-s3",
+        "keys": {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
+    },
+}
+
+
+class Kubeflow(Strict):
+    """`unitask pipeline compile|run-local|submit`: the image, pod resources and placement, secrets."""
+
+    image: str = Field(default="ghcr.io/unitask/unitask", description="the components' image (components/Dockerfile)")
+    tag: str = Field(default="0.1.0", description="the image tag")
+    pipeline_name: str = Field(default="unitask", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    package: str = Field(default="pipelines/unitask.yaml", description="where `unitask pipeline compile` writes")
+    accelerator_type: str = Field(default="nvidia.com/gpu", description="resource name of the accelerator")
+    node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"},
+        description="node labels required by stages with gpus > 0",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+        description="taints tolerated by stages with gpus > 0",
+    )
+    finetune_parallelism: int = Field(default=0, ge=0, description="tasks fine-tuned at once; 0: all")
+    stages: KubeflowStages = KubeflowStages()
+    retry: Retry = Retry()
+    mlflow_secret: SecretEnv | None = Field(
+        default_factory=lambda: SecretEnv(**SECRET_DEFAULTS["mlflow_secret"]),
+        description="sets MLFLOW_TRACKING_URI, which replaces tracking.uri inside the pods; null: none",
+    )
+    s3_secret: SecretEnv | None = Field(
+        default_factory=lambda: SecretEnv(**SECRET_DEFAULTS["s3_secret"]),
+        description="S3 credentials for s3:// sources and MLflow artifacts; null: none",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_over_defaults(cls, data: Any) -> Any:
+        """`--set kubeflow.s3_secret.name=x` keeps the default keys (and the reverse)."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, defaults in SECRET_DEFAULTS.items():
+            if isinstance(data.get(name), dict):
+                merged[name] = {**defaults, **data[name]}
+        return merged
+
+    @property
+    def image_ref(self) -> str:
+        return f"{self.image}:{self.tag}"
+
+    @model_validator(mode="after")
+    def _mlflow_env(self) -> Kubeflow:
+        if self.mlflow_secret is not None and "MLFLOW_TRACKING_URI" not in self.mlflow_secret.keys.values():
+            raise ValueError("mlflow_secret: keys must map one secret key to MLFLOW_TRACKING_URI")
+        return self
+
+
+# `validate` is the section's name in params.yaml; on an instance the field wins over pydantic's
+# deprecated `BaseModel.validate` classmethod, so its shadowing warning is noise.
+warnings.filterwarnings("ignore", message='Field name "validate" in "Config" shadows', category=UserWarning)
 
 
 class Config(Strict):
@@ -202,6 +481,9 @@ class Config(Strict):
     model: Model = Model()
     prepare: Prepare = Prepare()
     pretrain: Pretrain = Pretrain()
+    validate: Validate = Validate()
+    finetune: Finetune = Finetune()
+    kubeflow: Kubeflow = Kubeflow()
     tasks: dict[str, TaskConfig] = Field(min_length=1)
 
     _root: Path = PrivateAttr(default=Path("."))
@@ -211,6 +493,19 @@ class Config(Strict):
         bad = [n for n in self.tasks if not TASK_NAME.match(n)]
         if bad:
             raise ValueError(f"tasks: names {bad} must match {TASK_NAME.pattern}")
+        unknown = [n for n in [*self.finetune.tasks, *self.finetune.per_task] if n not in self.tasks]
+        if unknown:
+            raise ValueError(f"finetune: tasks {unknown} (in tasks or per_task) are not declared under tasks")
+        not_text = [n for n in self.finetune.tasks if self.tasks[n].type == "multimodal_classification"]
+        if not_text:
+            raise ValueError(f"finetune: tasks {not_text} are not text tasks (fusion trains those)")
+        return self
+
+    @model_validator(mode="after")
+    def _pretrain_tasks(self) -> Config:
+        unknown = [n for n in self.pretrain.tasks or [] if n not in self.tasks]
+        if unknown:
+            raise ValueError(f"pretrain.tasks: {unknown} are not declared under tasks")
         return self
 
     @property
@@ -286,6 +581,9 @@ def _describe(err: dict[str, Any]) -> str:
     if err["type"] == "missing":
         return f"{key}: required key is missing"
     msg = err["msg"].removeprefix("Value error, ")
+    field, sep, rest = msg.partition(": ")
+    if err["type"] == "value_error" and sep and all(p.isidentifier() for p in field.split(".")):
+        key, msg = f"{key}.{field}" if shown else field, rest  # a model check names its field first
     got = err.get("input")
     if err["type"] in ("model_type", "dict_type") or isinstance(got, (dict, list)):
         return f"{key}: {msg}"

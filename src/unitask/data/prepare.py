@@ -81,9 +81,9 @@ def canonical(cfg: Config, name: str, task: TaskConfig, table: pd.DataFrame, ent
     if spec.label_kind == "categorical":
         labels = frame["label"].astype(str).str.strip()
         frame["label"] = labels.map(task.label_names).fillna(labels) if task.label_names else labels
-        _check_label_set(name, task, set(frame["label"]))
+        _check_label_set(name, task, frame, frame["label"].map(lambda v: {v}))
     elif spec.label_kind == "tags":
-        _check_label_set(name, task, {t for tags in frame["tags"] for t in tags})
+        _check_label_set(name, task, frame, frame["tags"].map(set))
     elif spec.label_kind == "numeric":
         frame["label"] = _numeric(name, task, frame["label"])
     elif spec.label_kind == "span":
@@ -101,19 +101,23 @@ def _image_paths(cfg: Config, name: str, template: str, table: pd.DataFrame, ent
     return [(entry / rel).relative_to(cfg.root).as_posix() for rel in rels]
 
 
-def _check_label_set(name: str, task: TaskConfig, found: set[str]) -> None:
+def _check_label_set(name: str, task: TaskConfig, frame: pd.DataFrame, per_row: pd.Series) -> None:
+    """The labels in the data must be exactly the declared list; name the offending raw rows."""
     declared = set(task.labels or [])
+    found = set().union(*per_row)
     unknown, unseen = sorted(found - declared), sorted(declared - found)
-    if unknown or unseen:
-        parts = []
-        if unknown:
-            parts.append(f"the data has labels not in the list: {unknown[:20]}")
-        if unseen:
-            parts.append(f"listed labels never occur in the data: {unseen[:20]}")
-        raise ConfigError(
-            f"tasks.{name}.labels: the label list does not match the data: " + "; ".join(parts),
-            hint="make tasks.<task>.labels list exactly the labels in the data (or use label_names)",
-        )
+    if not (unknown or unseen):
+        return
+    parts = []
+    if unknown:
+        bad = frame.loc[per_row.map(lambda labels: bool(labels - declared)), "id"].head(5).tolist()
+        parts.append(f"the data has labels not in the list: {unknown[:20]} (raw rows {bad})")
+    if unseen:
+        parts.append(f"listed labels never occur in the data: {unseen[:20]}")
+    raise ConfigError(
+        f"tasks.{name}.labels: the label list does not match the data: " + "; ".join(parts),
+        hint="fix those rows, or make the list match the data (label_names renames raw values)",
+    )
 
 
 def _numeric(name: str, task: TaskConfig, values: pd.Series) -> pd.Series:

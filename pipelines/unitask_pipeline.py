@@ -1,0 +1,94 @@
+"""The unitask pipeline: prepare -> validate (the gate) -> pretrain -> finetune (ParallelFor over tasks).
+
+Pipeline parameters mirror params.yaml: `seed` and one dict per section a stage reads (`tracking`,
+`model`, `prepare`, `validate`, `pretrain`, `finetune`, `tasks`), their defaults taken from the
+config the pipeline is built from. The `kubeflow` section shapes the pods: image, CPU/memory
+requests, GPUs with node selector and tolerations, retries, caching, and the Kubernetes secrets that
+carry the MLflow URI and S3 credentials (by name: no secret value is ever compiled in).
+
+`unitask pipeline compile | run-local | submit` call `build_pipeline` (src/unitask/kubeflow/project.py).
+Stages still to come (multitask, fusion, evaluate, then register under a dsl.If on evaluate's gate)
+chain after the fine-tuning loop the same way: a component, `place(...)`, data passed as artifacts.
+"""
+
+from typing import Any
+
+from kfp import dsl, kubernetes
+
+
+def place(task: Any, stage: str, kf: Any, display_name: str) -> Any:
+    """Resources, placement, retries, caching and secrets of one task, from `kubeflow`."""
+    settings = getattr(kf.stages, stage)
+    task.set_display_name(display_name)
+    task.set_cpu_request(settings.cpu).set_memory_request(settings.memory)
+    if settings.cpu_limit:
+        task.set_cpu_limit(settings.cpu_limit)
+    if settings.memory_limit:
+        task.set_memory_limit(settings.memory_limit)
+    if settings.gpus:
+        task.set_accelerator_type(kf.accelerator_type).set_accelerator_limit(settings.gpus)
+        for key, value in kf.node_selector.items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for tol in kf.tolerations:
+            kubernetes.add_toleration(
+                task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect,
+                toleration_seconds=tol.toleration_seconds,
+            )
+    if settings.retries:
+        task.set_retry(
+            num_retries=settings.retries,
+            backoff_duration=kf.retry.backoff_duration,
+            backoff_factor=kf.retry.backoff_factor,
+            backoff_max_duration=kf.retry.backoff_max_duration,
+        )
+    task.set_caching_options(enable_caching=settings.caching)
+    for secret in (kf.mlflow_secret, kf.s3_secret):
+        if secret is not None:
+            kubernetes.use_secret_as_env(task, secret_name=secret.name, secret_key_to_env=dict(secret.keys), optional=secret.optional)
+    return task
+
+
+def build_pipeline(cfg: Any, ops: dict, arguments: dict, parallelism: int | None = None) -> Any:
+    """The pipeline for config `cfg`: `ops` from components.build(image), `arguments` the default of
+    each pipeline parameter (project.pipeline_arguments), `parallelism` of the fine-tuning loop
+    (default kubeflow.finetune_parallelism)."""
+    kf = cfg.kubeflow
+    loop_parallelism = kf.finetune_parallelism if parallelism is None else parallelism
+    a = arguments
+
+    @dsl.pipeline(
+        name=kf.pipeline_name,
+        description="unitask: prepare -> validate -> pretrain -> finetune (one task per ParallelFor iteration)",
+    )
+    def unitask(
+        seed: int = a["seed"],
+        tracking: dict = a["tracking"],
+        model: dict = a["model"],
+        prepare: dict = a["prepare"],
+        validate: dict = a["validate"],
+        pretrain: dict = a["pretrain"],
+        finetune: dict = a["finetune"],
+        tasks: dict = a["tasks"],
+    ):
+        plan = ops["plan"](finetune=finetune, tasks=tasks)
+        plan.set_display_name("plan").set_cpu_request("500m").set_memory_request("1Gi")
+        plan.set_caching_options(enable_caching=kf.stages.prepare.caching)
+
+        data = ops["prepare"](seed=seed, tracking=tracking, prepare=prepare, tasks=tasks)
+        place(data, "prepare", kf, "fetch + prepare")
+        dataset = data.outputs["dataset"]
+
+        gate = ops["validate"](tracking=tracking, model=model, validate=validate, tasks=tasks, dataset=dataset)
+        place(gate, "validate", kf, "validate (gate)")
+
+        encoder = ops["pretrain"](seed=seed, tracking=tracking, model=model, pretrain=pretrain, tasks=tasks, dataset=dataset)
+        place(encoder.after(gate), "pretrain", kf, "pretrain")
+
+        with dsl.ParallelFor(plan.outputs["Output"], parallelism=loop_parallelism) as task:
+            tuned = ops["finetune"](
+                task=task, seed=seed, tracking=tracking, model=model, pretrain=pretrain, finetune=finetune,
+                tasks=tasks, dataset=dataset, encoder=encoder.outputs["encoder"],
+            )
+            place(tuned.after(gate), "finetune", kf, "finetune")
+
+    return unitask

@@ -1,0 +1,196 @@
+"""Build the pipeline of a project and compile it, run it locally, or submit it to Kubeflow.
+
+`components/` and `pipelines/` are plain folders of the project (not installed): they are loaded
+from the project root (the folder of the params file) or, for a project without them, from the
+unitask checkout this package runs from.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from unitask.config import Config
+from unitask.errors import ConfigError, UnitaskError
+from unitask.kubeflow.runtime import SECTIONS, encode_nulls
+
+COMPONENTS = Path("components") / "stages.py"
+PIPELINE = Path("pipelines") / "unitask_pipeline.py"
+LOCAL_OUTPUTS = Path("pipelines") / "local_outputs"
+
+
+def _checkout() -> Path:
+    return Path(__file__).resolve().parents[3]
+
+
+def project_files(cfg: Config) -> tuple[Path, Path]:
+    """components/stages.py and pipelines/unitask_pipeline.py of the project (or the checkout)."""
+    for root in (cfg.root, _checkout()):
+        if (root / COMPONENTS).is_file() and (root / PIPELINE).is_file():
+            return root / COMPONENTS, root / PIPELINE
+    raise ConfigError(
+        f"kubeflow: no {COMPONENTS} and {PIPELINE} under {cfg.root} (nor in the unitask checkout)",
+        hint="run from the unitask project, or copy its components/ and pipelines/ folders beside params.yaml",
+    )
+
+
+def _load(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # kfp reads each component's source through its module
+    spec.loader.exec_module(module)
+    return module
+
+
+def pipeline_arguments(cfg: Config, local: bool = False) -> dict[str, Any]:
+    """The value of each pipeline parameter: the sections as written in params.yaml (plus --set).
+
+    `local`: relative paths are made absolute under the project root (local sources, a local
+    backbone or corpus, a sqlite tracking store), since the components run in a workspace elsewhere.
+    On a cluster, sources must be reachable from the pods (package, hub, s3, or an absolute mount).
+    """
+    written = cfg.model_dump(mode="json", exclude_unset=True)
+    args: dict[str, Any] = {name: written.get(name) or {} for name in SECTIONS}
+    args["seed"] = cfg.seed
+    args["tasks"] = written["tasks"]
+    if local:
+        _absolute_paths(cfg, args)
+    return {name: encode_nulls(value, name) for name, value in args.items()}
+
+
+def _absolute_paths(cfg: Config, args: dict[str, Any]) -> None:
+    from unitask.models.backbone import PACKAGE_PREFIX
+    from unitask.tracking import tracking_uri
+
+    for task in args["tasks"].values():
+        if task["source"]["kind"] == "local":
+            task["source"]["path"] = str(cfg.path(task["source"]["path"]))
+    corpus = args["pretrain"].get("corpus")
+    if corpus and corpus["source"]["kind"] == "local":
+        corpus["source"]["path"] = str(cfg.path(corpus["source"]["path"]))
+    backbone = cfg.model.backbone
+    if not backbone.startswith(PACKAGE_PREFIX) and (backbone.startswith((".", "/")) or (cfg.root / backbone).exists()):
+        args["model"]["backbone"] = str(cfg.path(backbone))
+    args["tracking"] = {
+        **args["tracking"],
+        "uri": tracking_uri(cfg),
+        "artifact_location": str(cfg.path(cfg.tracking.artifact_location)),
+    }
+
+
+def build(cfg: Config, local: bool = False, parallelism: int | None = None) -> Any:
+    """The pipeline (a kfp GraphComponent) for `cfg`, its components in kubeflow.image:tag."""
+    components_file, pipeline_file = project_files(cfg)
+    components = _load(components_file, "unitask_components")
+    pipeline = _load(pipeline_file, "unitask_pipeline")
+    ops = components.build(cfg.kubeflow.image_ref)
+    return pipeline.build_pipeline(cfg, ops, pipeline_arguments(cfg, local=local), parallelism=parallelism)
+
+
+def compile_pipeline(cfg: Config, output: Path | None = None) -> Path:
+    """Write the compiled pipeline YAML (default kubeflow.package, under the project root)."""
+    from kfp import compiler
+
+    path = output or cfg.path(cfg.kubeflow.package)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build(cfg), str(path))
+    return path
+
+
+def run_local(cfg: Config, output: Path | None = None, cache: bool = False) -> Path:
+    """Run the pipeline with kfp's local SubprocessRunner (the current Python, no Docker) and return
+    the run's folder: <output>/<pipeline>-<timestamp>/<task>/<artifact>. Kubernetes settings
+    (GPUs, node selectors, secrets, retries) do not apply locally; the loop runs one task at a time."""
+    from kfp import local
+
+    root = output or cfg.path(str(LOCAL_OUTPUTS))
+    root.mkdir(parents=True, exist_ok=True)
+    before = set(root.iterdir())
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        raise_on_error=True,
+        enable_caching=cache,
+        cache_root=str(root / ".kfp_cache") if cache else None,
+    )
+    pipeline = build(cfg, local=True, parallelism=1)
+    print(
+        "unitask: running locally: GPUs, CPU/memory requests, node selectors, tolerations, secrets and "
+        "retries apply on a cluster only",
+        file=sys.stderr,
+    )
+    try:
+        with warnings.catch_warnings():  # the same notice, once per task and setting
+            warnings.filterwarnings("ignore", message=".*no effect in the current local runner", category=UserWarning)
+            # the components run in this Python environment, where unitask is installed, not in the image
+            warnings.filterwarnings("ignore", message=".*custom or non-Python base image", category=RuntimeWarning)
+            pipeline()
+    except RuntimeError as exc:
+        raise UnitaskError(f"kubeflow local run: {_plain(str(exc))}", hint="the failing component's log is above") from None
+    runs = sorted(p for p in set(root.iterdir()) - before if p.is_dir() and not p.name.startswith("."))
+    if runs:
+        return runs[-1]
+    print("unitask: every task came from the local cache (outputs of earlier runs)", file=sys.stderr)
+    earlier = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return earlier[-1] if earlier else root
+
+
+def _plain(text: str) -> str:
+    """kfp's local messages carry terminal colors."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def submit(
+    cfg: Config,
+    host: str,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    namespace: str | None = None,
+    enable_caching: bool | None = None,
+) -> str:
+    """Compile the pipeline for `cfg` and start a run on the Kubeflow Pipelines at `host`; the run id.
+
+    `enable_caching` None keeps each task's compiled caching option; False/True overrides them all
+    for this run."""
+    import tempfile
+
+    import kfp
+
+    with tempfile.TemporaryDirectory(prefix="unitask-kfp-") as tmp:
+        package = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        try:
+            with warnings.catch_warnings():  # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later"
+                warnings.simplefilter("ignore", FutureWarning)
+                client = kfp.Client(host=host, namespace=namespace)
+            run = client.create_run_from_pipeline_package(
+                str(package),
+                arguments=pipeline_arguments(cfg),
+                run_name=run_name or f"{cfg.kubeflow.pipeline_name}-{stamp}",
+                experiment_name=experiment or cfg.tracking.experiment,
+                namespace=namespace,
+                enable_caching=enable_caching,
+            )
+        except Exception as exc:  # connection refused, DNS, HTTP errors from the API server
+            raise UnitaskError(
+                f"kubeflow: cannot submit to {host}: {_reason(exc)}",
+                hint="check --host (the Kubeflow Pipelines API, e.g. http://localhost:8080 after "
+                "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`) and your credentials",
+            ) from None
+    return run.run_id
+
+
+def _reason(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    reason = getattr(exc, "reason", None)
+    if reason is not None and getattr(exc, "status", None):
+        text = f"HTTP {exc.status} {reason}"  # type: ignore[attr-defined]
+    return f"{type(exc).__name__}: {text[:300]}"

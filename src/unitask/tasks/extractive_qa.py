@@ -1,0 +1,144 @@
+"""Extractive QA (SQuAD style): the answer is a span of the context, predicted as start and end tokens.
+
+Long contexts are cut into overlapping windows (`doc_stride`); offsets map tokens back to characters,
+and the best-scoring valid span over an example's windows is its answer.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unitask.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from datasets import Dataset
+
+    from unitask.config import TaskConfig
+
+N_BEST = 20  # start and end candidates per window
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalization: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def squad_metrics(golds: list[list[str]], predictions: list[str]) -> dict[str, float]:
+    """Exact match and token F1 in percent, each the best over an example's gold answers."""
+
+    def f1(gold: str, pred: str) -> float:
+        g, p = normalize_answer(gold).split(), normalize_answer(pred).split()
+        if not g or not p:
+            return float(g == p)
+        common = sum((collections.Counter(g) & collections.Counter(p)).values())
+        if common == 0:
+            return 0.0
+        precision, recall = common / len(p), common / len(g)
+        return 2 * precision * recall / (precision + recall)
+
+    exact = [max(normalize_answer(g) == normalize_answer(p) for g in gs or [""]) for gs, p in zip(golds, predictions)]
+    f1s = [max(f1(g, p) for g in gs or [""]) for gs, p in zip(golds, predictions)]
+    n = max(len(predictions), 1)
+    return {"exact_match": 100.0 * sum(exact) / n, "f1": 100.0 * sum(f1s) / n}
+
+
+def _answers(value: Any) -> tuple[list[str], list[int]]:
+    """A SQuAD `answers` cell -> (texts, character starts)."""
+    return [str(t) for t in value["text"]], [int(s) for s in value["answer_start"]]
+
+
+class ExtractiveQATask:
+    auto_model = "AutoModelForQuestionAnswering"
+    main_metric = "f1"
+
+    def __init__(self, name: str, config: TaskConfig, doc_stride: int, max_answer_length: int) -> None:
+        self.name = name
+        self.config = config
+        self.doc_stride = doc_stride
+        self.max_answer_length = max_answer_length
+
+    def labels(self) -> None:
+        return None
+
+    def num_labels(self) -> int:
+        return 2
+
+    def encode(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> Dataset:
+        """Windows of (question, context) with start/end token targets (CLS when the answer is
+        outside the window), character offsets of context tokens, and the example index."""
+        from datasets import Dataset
+
+        if self.doc_stride >= max_length // 2:
+            raise ConfigError(
+                f"finetune.doc_stride: {self.doc_stride} leaves no room in windows of model.max_length={max_length}",
+                hint="use a doc_stride below half of model.max_length",
+            )
+        encoded = tokenizer(
+            frame["question"].astype(str).str.lstrip().tolist(),
+            frame["context"].astype(str).tolist(),
+            truncation="only_second",
+            max_length=max_length,
+            stride=self.doc_stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
+        examples = encoded.pop("overflow_to_sample_mapping")
+        answers = [_answers(a) for a in frame["answers"]]
+        starts, ends, offsets = [], [], []
+        for i, window in enumerate(encoded.pop("offset_mapping")):
+            sequence = encoded.sequence_ids(i)
+            context = [k for k, s in enumerate(sequence) if s == 1]
+            offsets.append([list(o) if sequence[k] == 1 else None for k, o in enumerate(window)])
+            start, end = 0, 0
+            texts, chars = answers[examples[i]]
+            if texts and context:
+                first, last = chars[0], chars[0] + len(texts[0])
+                lo, hi = context[0], context[-1]
+                if window[lo][0] <= first and window[hi][1] >= last:
+                    start = next(k for k in range(lo, hi + 1) if window[k][1] > first)
+                    end = next(k for k in range(hi, lo - 1, -1) if window[k][0] < last)
+            starts.append(start)
+            ends.append(end)
+        return Dataset.from_dict(
+            {
+                **encoded,
+                "start_positions": starts,
+                "end_positions": ends,
+                "offset_mapping": offsets,
+                "example_index": list(examples),
+            }
+        )
+
+    def collator(self, tokenizer: Any) -> Any:
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
+    def answer_texts(self, start_logits: np.ndarray, end_logits: np.ndarray, features: Dataset, frame: pd.DataFrame) -> list[str]:
+        """The best valid span per example over all of its windows (empty when none is valid)."""
+        contexts = frame["context"].astype(str).tolist()
+        best: dict[int, tuple[float, str]] = {}
+        for starts, ends, offsets, example in zip(
+            start_logits, end_logits, features["offset_mapping"], features["example_index"]
+        ):
+            n = len(offsets)
+            for s in np.argsort(starts[:n])[-N_BEST:]:
+                for e in np.argsort(ends[:n])[-N_BEST:]:
+                    if offsets[s] is None or offsets[e] is None or not 0 <= e - s < self.max_answer_length:
+                        continue
+                    score = float(starts[s] + ends[e])
+                    if score > best.get(example, (-np.inf, ""))[0]:
+                        best[example] = (score, contexts[example][offsets[s][0] : offsets[e][1]])
+        return [best.get(i, (0.0, ""))[1] for i in range(len(contexts))]
+
+    def metrics(self, predictions: Any, label_ids: Any, features: Dataset, frame: pd.DataFrame) -> dict[str, float]:
+        start_logits, end_logits = predictions
+        predicted = self.answer_texts(np.asarray(start_logits), np.asarray(end_logits), features, frame)
+        return squad_metrics([_answers(a)[0] for a in frame["answers"]], predicted)

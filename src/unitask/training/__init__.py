@@ -1,0 +1,1 @@
+"""Training stages on transformers' Trainer: pretraining, fine-tuning, multi-task and fusion."""

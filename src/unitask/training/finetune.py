@@ -1,0 +1,175 @@
+"""`unitask finetune`: a task head on the (pre)trained encoder, trained with transformers' Trainer.
+
+One plain function, `finetune(cfg, task)`, called by the CLI, DVC and Kubeflow. It writes the model
+folder (safetensors, tokenizer, label map), a metrics JSON with validation and test scores, and one
+MLflow run with params, per-evaluation metrics, final metrics and the model. Under
+`torchrun --nproc_per_node=N` every process trains (DDP) and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from unitask.atomic import atomic_dir, write_json
+from unitask.config import SPLITS, Config
+from unitask.models.backbone import load_tokenizer
+from unitask.tasks.text import TextTask, read_split, text_task
+from unitask.tracking import flatten, stage_run
+from unitask.training.model import build_model
+from unitask.training.trainer import MlflowMetrics, UnitaskTrainer, device_arguments, is_main_process
+
+TIMING_KEYS = ("runtime", "samples_per_second", "steps_per_second", "epoch")
+
+
+def scorer(task: TextTask, features: Any, frame: pd.DataFrame) -> Callable[[Any], dict[str, float]]:
+    """Trainer's `compute_metrics` for one split (post-processing needs that split's features)."""
+    return lambda output: task.metrics(output.predictions, output.label_ids, features, frame)
+
+
+def resume_point(folder: Path, resume: bool) -> str | None:
+    """The last complete checkpoint (its trainer_state.json is written last) to resume from; a run
+    killed while saving leaves a partial one, which is skipped. Without `resume`, old ones are cleared."""
+    if not resume:
+        if is_main_process():
+            shutil.rmtree(folder, ignore_errors=True)
+        return None
+    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    if not complete:
+        print(f"unitask: no checkpoint in {folder}; training from the start", file=sys.stderr)
+        return None
+    return str(max(complete, key=lambda p: int(p.name.rpartition("-")[2])))
+
+
+def training_arguments(cfg: Config, task: TextTask, output_dir: Path) -> Any:
+    from transformers import TrainingArguments
+
+    ft = cfg.finetune.for_task(task.name)
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=ft.epochs,
+        max_steps=ft.max_steps or -1,
+        per_device_train_batch_size=ft.batch_size,
+        per_device_eval_batch_size=ft.eval_batch_size,
+        gradient_accumulation_steps=ft.grad_accumulation,
+        # the heads average their loss per batch; Trainer's token-count scaling (for models that sum
+        # by `num_items_in_batch`) would multiply their loss by the number of DDP processes
+        average_tokens_across_devices=False,
+        learning_rate=ft.learning_rate,
+        warmup_steps=ft.warmup_ratio,
+        weight_decay=ft.weight_decay,
+        eval_strategy=ft.eval_strategy,
+        save_strategy=ft.eval_strategy,
+        eval_steps=ft.eval_steps,
+        save_steps=ft.eval_steps,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model=task.main_metric,
+        greater_is_better=True,
+        restore_callback_states_from_checkpoint=True,
+        logging_strategy="steps",
+        logging_steps=ft.logging_steps,
+        logging_first_step=True,
+        train_sampling_strategy="group_by_length",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        **device_arguments(ft.bf16),
+    )
+
+
+def finetune(cfg: Config, name: str, resume: bool = False) -> dict[str, Any]:
+    """Train and evaluate task `name`; return the summary written to reports/finetune/<name>.json."""
+    from transformers import EarlyStoppingCallback
+
+    task = text_task(cfg, name)
+    ft = cfg.finetune.for_task(name)
+    model = build_model(cfg, task)
+    tokenizer = load_tokenizer(cfg)
+    frames = {split: read_split(cfg, name, split) for split in SPLITS}
+    features = {split: task.encode(frame, tokenizer, cfg.model.max_length) for split, frame in frames.items()}
+    checkpoints = cfg.path(ft.checkpoints) / name
+    last = resume_point(checkpoints, resume)
+    args = training_arguments(cfg, task, checkpoints)
+    callbacks: list[Any] = [MlflowMetrics()]
+    if ft.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=ft.early_stopping_patience))
+    trainer = UnitaskTrainer(
+        model=model,
+        args=args,
+        data_collator=task.collator(tokenizer),
+        train_dataset=features["train"],
+        eval_dataset=features["validation"],
+        processing_class=tokenizer,
+        compute_metrics=scorer(task, features["validation"], frames["validation"]),
+        callbacks=callbacks,
+    )
+    encoder = cfg.pretrain.output if cfg.pretrain.enabled else cfg.model.backbone
+    if cfg.model.backbone_config:
+        encoder = f"config:{cfg.model.backbone_config.get('model_type')}"
+    params = {
+        "task": name,
+        "type": cfg.task(name).type,
+        "encoder": encoder,
+        "seed": cfg.seed,
+        "max_length": cfg.model.max_length,
+        "world_size": args.world_size,
+        "bf16": args.bf16,
+        "train_examples": len(frames["train"]),
+        "train_features": len(features["train"]),
+        "resumed_from": last or "",
+        **flatten("finetune", ft.model_dump(exclude={"tasks"})),
+    }
+    main = is_main_process()
+    with stage_run(cfg, "finetune", name, params=params) if main else nullcontext():
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=last)
+        seconds = time.perf_counter() - started
+        trainer.remove_callback(MlflowMetrics)
+        summary: dict[str, Any] = {
+            "task": name,
+            "type": cfg.task(name).type,
+            "encoder": encoder,
+            "main_metric": task.main_metric,
+            "train": {
+                "loss": result.training_loss,
+                "steps": trainer.state.global_step,
+                "epochs": trainer.state.epoch,
+                "seconds": round(seconds, 1),
+                "examples": len(frames["train"]),
+                "world_size": args.world_size,
+            },
+        }
+        for split in ("validation", "test"):
+            trainer.compute_metrics = scorer(task, features[split], frames[split])
+            scores = trainer.evaluate(features[split], metric_key_prefix=split)
+            summary[split] = {
+                key.removeprefix(f"{split}_"): value
+                for key, value in scores.items()
+                if not key.endswith(TIMING_KEYS)
+            }
+        if main:
+            _write_outputs(cfg, name, task, trainer, tokenizer, summary)
+            shutil.rmtree(checkpoints, ignore_errors=True)
+    return summary
+
+
+def _write_outputs(cfg: Config, name: str, task: TextTask, trainer: Any, tokenizer: Any, summary: dict[str, Any]) -> None:
+    """Model folder (atomically), metrics JSON, and the final metrics and model in the MLflow run."""
+    import mlflow
+
+    model_dir = cfg.path(cfg.finetune.output) / name
+    with atomic_dir(model_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "labels.json", {"task": name, "type": summary["type"], "labels": task.labels()})
+    write_json(cfg.path(cfg.paths.reports) / "finetune" / f"{name}.json", summary)
+    mlflow.log_metrics(flatten("", {k: summary[k] for k in ("train", "validation", "test")}))
+    mlflow.log_artifacts(str(model_dir), artifact_path="model")

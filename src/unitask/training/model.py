@@ -1,0 +1,96 @@
+"""Build a task head on the encoder: from `encoder_path(cfg)` (the pretrained encoder when pretraining
+is on, which also holds a model first built from `model.backbone_config`) or, for tiny models without
+pretraining, straight from that config.
+
+The checks here turn the usual loading failures into errors that say what to fix: a folder without
+weights, a head trained for a different label set, a sequence length beyond the model's positions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from unitask.config import Config
+from unitask.errors import ConfigError
+from unitask.models.backbone import encoder_path
+from unitask.tasks.text import TextTask
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def head_kwargs(task: TextTask) -> dict[str, Any]:
+    """Config overrides that size the head and name its outputs."""
+    labels = task.labels()
+    kwargs: dict[str, Any] = {"num_labels": task.num_labels()}
+    if labels is not None:
+        kwargs["id2label"] = dict(enumerate(labels))
+        kwargs["label2id"] = {label: i for i, label in enumerate(labels)}
+    if task.auto_model == "AutoModelForSequenceClassification" and labels is None:
+        kwargs["problem_type"] = "regression"
+    return kwargs
+
+
+def check_max_length(model_config: Any, max_length: int, source: str) -> None:
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if limit is not None and max_length > limit:
+        raise ConfigError(
+            f"model.max_length: {max_length} is beyond the {limit} positions of the model ({source})",
+            hint=f"set model.max_length to at most {limit}",
+        )
+
+
+def check_head(model_config: Any, task: TextTask, source: str) -> None:
+    """Refuse a checkpoint whose existing head of this kind has another number (or set) of labels."""
+    suffix = task.auto_model.removeprefix("AutoModel")
+    if not any(a.endswith(suffix) for a in getattr(model_config, "architectures", None) or []):
+        return
+    ours = task.labels()
+    theirs = [str(v) for _, v in sorted(model_config.id2label.items())]
+    default = theirs == [f"LABEL_{i}" for i in range(len(theirs))]
+    if len(theirs) != task.num_labels() or (ours is not None and not default and theirs != ours):
+        raise ConfigError(
+            f"tasks.{task.name}: the {suffix} head in {source} has {len(theirs)} labels {theirs}, "
+            f"the task has {task.num_labels()}" + (f" {ours}" if ours else ""),
+            hint="start from an encoder without this head (the backbone or the pretrained encoder), "
+            "or fix tasks.<name>.labels",
+        )
+
+
+def check_weights(path: str) -> None:
+    folder = Path(path)
+    if folder.is_dir() and not any(next(folder.glob(p), None) for p in WEIGHT_FILES):
+        raise ConfigError(
+            f"{folder}: a model folder without weights (no *.safetensors or *.bin)",
+            hint="point model.backbone (or pretrain.output) at a folder saved with save_pretrained, "
+            "or set model.backbone_config to train from scratch",
+        )
+
+
+def build_model(cfg: Config, task: TextTask) -> Any:
+    """The encoder plus a fresh head for `task`, seeded with `cfg.seed`."""
+    import transformers
+    from transformers import AutoConfig
+
+    auto = getattr(transformers, task.auto_model)
+    if cfg.model.backbone_config and not cfg.pretrain.enabled:
+        try:
+            model_config = AutoConfig.for_model(**cfg.model.backbone_config, **head_kwargs(task))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"model.backbone_config: {exc}", hint="give model_type and its config keys") from None
+        check_max_length(model_config, cfg.model.max_length, "model.backbone_config")
+        transformers.set_seed(cfg.seed)
+        return auto.from_config(model_config)
+    path = encoder_path(cfg)
+    check_weights(path)
+    try:
+        model_config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    except OSError as exc:
+        raise ConfigError(f"model.backbone: cannot load a model config from {path}: {exc}") from None
+    check_max_length(model_config, cfg.model.max_length, path)
+    check_head(model_config, task, path)
+    transformers.set_seed(cfg.seed)
+    try:
+        return auto.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code, **head_kwargs(task))
+    except OSError as exc:
+        raise ConfigError(f"model.backbone: cannot load weights from {path}: {exc}") from None

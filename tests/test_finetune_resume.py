@@ -1,0 +1,53 @@
+"""A fine-tune killed mid-epoch (SIGKILL, after a checkpoint) and resumed with --resume ends with the
+same metrics as an uninterrupted run with the same seed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import single_thread_env, text_project
+
+from unitask.config import load_config
+from unitask.training.finetune import finetune
+
+# 160 train rows / batch 16 = 10 steps per epoch; a checkpoint every 5 steps, i.e. mid-epoch too
+SETTINGS = {"epochs": 6, "eval_strategy": "steps", "eval_steps": 5}
+KILL_AFTER = "checkpoint-25"  # mid-epoch 3
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
+    straight = finetune(load_config(text_project(tmp_path / "straight", "classification", finetune=SETTINGS)), "toy")
+
+    params = text_project(tmp_path / "killed", "classification", finetune=SETTINGS)
+    checkpoints = tmp_path / "killed" / "models" / "checkpoints" / "finetune" / "toy"
+    command = [sys.executable, "-m", "unitask.cli", "finetune", "--task", "toy", "--params", str(params)]
+    proc = subprocess.Popen(command, env=single_thread_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (checkpoints / KILL_AFTER / "trainer_state.json").exists():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "reports" / "finetune" / "toy.json").exists()
+    shutil.rmtree(tmp_path / "killed" / "mlflow")  # the killed run's store; the resumed run opens a new one
+
+    resumed = finetune(load_config(params), "toy", resume=True)
+    saved = json.loads((tmp_path / "killed" / "reports" / "finetune" / "toy.json").read_text())
+    assert saved == json.loads(json.dumps(resumed))
+    assert resumed["train"]["steps"] == straight["train"]["steps"] == 60
+    for split in ("validation", "test"):
+        assert resumed[split] == pytest.approx(straight[split], rel=1e-5, abs=1e-6), split
+    assert straight["validation"]["macro_f1"] > 0.9

@@ -1,0 +1,336 @@
+"""The Kubeflow driver: the compiled spec, a local run with kfp's SubprocessRunner, submit."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, TINY_BERT, classification_task, keyword_rows, write_project
+from unitask.cli import main
+from unitask.kubeflow.runtime import decode_nulls, encode_nulls, integral
+
+SECRET_URI = "postgresql://mlflow:pl4nted-Mlflow-S3cret@db.internal/mlflow"
+SECRET_KEY = "pl4nted-Aws-S3cret-Key"
+
+
+def plant_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET_URI)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "pl4nted-Aws-Key-Id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+
+
+def assert_no_secrets(text: str) -> None:
+    for value in (SECRET_URI, "pl4nted-Mlflow-S3cret", "pl4nted-Aws-Key-Id", SECRET_KEY):
+        assert value not in text
+
+
+def image_task(root: Path) -> dict[str, Any]:
+    """A text+image task from a local folder: a CSV of questions naming 4 PNG files."""
+    from PIL import Image
+
+    folder = root / "data" / "external" / "vqa"
+    (folder / "images").mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (16, 16), (60 * i, 0, 0)).save(folder / "images" / f"{i}.png")
+    pd.DataFrame(
+        [{"question": f"is shape {i} red?", "image_id": i % 4, "answer": ["yes", "no"][i % 2]} for i in range(40)]
+    ).to_csv(folder / "train.csv", index=False)
+    return {
+        "type": "multimodal_classification",
+        "source": {"kind": "local", "path": "data/external/vqa"},
+        "read": {"format": "csv", "files": {"train": "train.csv"}, "image_path": "images/{image_id}.png"},
+        "columns": {"text": "question", "image": "image", "label": "answer"},
+        "labels": ["yes", "no"],
+    }
+
+
+def tiny_project(root: Path, rows: dict[str, list[dict[str, str]]], extra: dict[str, Any] | None = None, **sections: Any) -> Path:
+    """CSV tasks under root/data/external, a tiny BERT from config, a few steps of training."""
+    tasks = dict(extra or {})
+    for name, data in rows.items():
+        path = root / "data" / "external" / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(data).to_csv(path, index=False)
+        tasks[name] = classification_task(f"data/external/{name}.csv")
+    sections.setdefault("model", {"backbone_config": TINY_BERT, "max_length": 32})
+    sections.setdefault("tracking", {"uri": "sqlite:///mlflow/mlflow.db"})
+    sections.setdefault("prepare", {"max_rows": 50})
+    sections.setdefault("pretrain", {"max_steps": 2, "batch_size": 8, "bf16": False, "heldout_fraction": 0.2})
+    sections.setdefault("finetune", {
+        "max_steps": 3, "batch_size": 8, "bf16": False, "eval_strategy": "steps", "eval_steps": 3,
+        "logging_steps": 1, "early_stopping_patience": None,
+    })  # fmt: skip
+    return write_project(root, tasks, **sections)
+
+
+def compiled(path: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
+    text = path.read_text()
+    spec, platform = yaml.safe_load_all(text)
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"], text
+
+
+# ---- the compiled pipeline -------------------------------------------------------------------
+
+
+def test_compiled_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    plant_secrets(monkeypatch)
+    params = tiny_project(
+        tmp_path,
+        {"alpha": keyword_rows(20), "beta": keyword_rows(20)},
+        kubeflow={
+            "image": "registry.example/ml/unitask",
+            "tag": "t1",
+            "node_selector": {"cloud.example/gpu": "h100"},
+            "tolerations": [{"key": "gpu", "operator": "Equal", "value": "yes", "effect": "NoSchedule"}],
+            "finetune_parallelism": 2,
+            "stages": {"pretrain": {"gpus": 2, "memory_limit": "64Gi"}, "validate": {"caching": False}},
+            "s3_secret": {"name": "team-s3", "keys": {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY"}},
+        },
+    )
+    out = tmp_path / "compiled.yaml"
+    assert main(["pipeline", "compile", "--params", str(params), "--output", str(out), "--set", "prepare.max_rows=7"]) == 0
+    spec, k8s, text = compiled(out)
+    assert_no_secrets(text)
+
+    executors = spec["deploymentSpec"]["executors"]
+    assert set(executors) == {"exec-plan", "exec-prepare", "exec-validate", "exec-pretrain", "exec-finetune"}
+    for executor in executors.values():
+        assert executor["container"]["image"] == "registry.example/ml/unitask:t1"
+        assert "unitask.kubeflow.runtime" in executor["container"]["command"][-1]
+        assert "pip install" not in " ".join(executor["container"]["command"])  # kfp comes with the image
+    resources = {name: executors[f"exec-{name}"]["container"]["resources"] for name in ("prepare", "validate", "pretrain", "finetune")}
+    accelerator = resources["pretrain"]["accelerator"]
+    assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "2"
+    assert resources["finetune"]["accelerator"]["resourceCount"] == "1"
+    assert "accelerator" not in resources["prepare"] and "accelerator" not in resources["validate"]
+    assert resources["pretrain"]["resourceCpuRequest"] == "8" and resources["pretrain"]["resourceMemoryRequest"] == "32Gi"
+    assert resources["pretrain"]["resourceMemoryLimit"] == "64Gi"
+    assert resources["prepare"]["resourceCpuRequest"] == "2" and resources["prepare"]["resourceMemoryRequest"] == "8Gi"
+
+    dag = spec["root"]["dag"]["tasks"]
+    assert {"plan", "prepare", "validate", "pretrain", "for-loop-1"} <= set(dag)
+    assert dag["prepare"]["retryPolicy"] == {
+        "backoffDuration": "30s", "backoffFactor": 2.0, "backoffMaxDuration": "3600s", "maxRetryCount": 2,
+    }  # fmt: skip
+    assert "retryPolicy" not in dag["validate"]  # a failed gate is not transient
+    assert dag["pretrain"]["retryPolicy"]["maxRetryCount"] == 2
+    assert dag["validate"]["cachingOptions"] == {}  # enableCache: false (protobuf drops false)
+    for name in ("plan", "prepare", "pretrain"):
+        assert dag[name]["cachingOptions"] == {"enableCache": True}
+    assert "validate" in dag["pretrain"]["dependentTasks"]  # the gate
+
+    loop = dag["for-loop-1"]
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--plan-Output"
+    assert loop["iteratorPolicy"]["parallelismLimit"] == 2
+    inner = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["finetune"]
+    assert inner["cachingOptions"] == {"enableCache": True} and inner["retryPolicy"]["maxRetryCount"] == 2
+    assert {"pretrain", "validate"} <= set(loop["dependentTasks"])
+
+    for name in ("pretrain", "finetune"):
+        assert k8s[f"exec-{name}"]["nodeSelector"] == {"labels": {"cloud.example/gpu": "h100"}}
+        assert k8s[f"exec-{name}"]["tolerations"] == [{"effect": "NoSchedule", "key": "gpu", "operator": "Equal", "value": "yes"}]
+    for name in ("prepare", "validate"):
+        assert "nodeSelector" not in k8s[f"exec-{name}"] and "tolerations" not in k8s[f"exec-{name}"]
+    for name in ("prepare", "validate", "pretrain", "finetune"):
+        secrets = {s["secretName"]: s["keyToEnv"] for s in k8s[f"exec-{name}"]["secretAsEnv"]}
+        assert secrets["unitask-mlflow"] == [{"envVar": "MLFLOW_TRACKING_URI", "secretKey": "tracking_uri"}]
+        assert {e["envVar"] for e in secrets["team-s3"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(inputs) == {"seed", "tracking", "model", "prepare", "validate", "pretrain", "finetune", "tasks"}
+    assert inputs["seed"]["defaultValue"] == 7 and inputs["tasks"]["parameterType"] == "STRUCT"
+    assert set(inputs["tasks"]["defaultValue"]) == {"alpha", "beta"}
+    assert inputs["prepare"]["defaultValue"] == {"max_rows": 7}  # --set reaches the defaults
+    assert inputs["finetune"]["defaultValue"]["_null"] == ["early_stopping_patience"]  # null survives
+    assert inputs["tracking"]["defaultValue"] == {"uri": "sqlite:///mlflow/mlflow.db"}  # as written, never the env's
+
+
+def test_default_params_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The project's own params.yaml (six real tasks) compiles, with the default GPU placement."""
+    plant_secrets(monkeypatch)
+    out = tmp_path / "unitask.yaml"
+    assert main(["pipeline", "compile", "--params", str(REPO / "params.yaml"), "--output", str(out)]) == 0
+    spec, k8s, text = compiled(out)
+    assert_no_secrets(text)
+    assert spec["pipelineInfo"]["name"] == "unitask"
+    assert k8s["exec-finetune"]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert "easy_vqa" in spec["root"]["inputDefinitions"]["parameters"]["tasks"]["defaultValue"]
+
+
+def test_kubeflow_config_overrides_keep_stage_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from unitask.config import load_config
+
+    params = write_project(tmp_path, {"t": classification_task("x.csv")})
+    kf = load_config(params, ["kubeflow.stages.pretrain.cpu=4", "kubeflow.stages.finetune.memory_limit=40Gi"]).kubeflow
+    assert (kf.stages.pretrain.cpu, kf.stages.pretrain.gpus, kf.stages.pretrain.memory) == ("4", 1, "32Gi")
+    assert kf.stages.finetune.memory_limit == "40Gi" and kf.stages.validate.retries == 0
+    assert main(["pipeline", "compile", "--params", str(params), "--set", "kubeflow.stages.fusion.gpus=1"]) == 2
+    assert "kubeflow.stages.fusion: unknown key; allowed here: prepare, validate, pretrain, finetune" in capsys.readouterr().err
+    assert main(["pipeline", "compile", "--params", str(params), "--set", "kubeflow.mlflow_secret.keys={uri: TRACKING}"]) == 2
+    assert "kubeflow.mlflow_secret: keys must map one secret key to MLFLOW_TRACKING_URI" in capsys.readouterr().err
+    assert not (tmp_path / "pipelines").exists()
+
+
+def test_parameters_round_trip() -> None:
+    """Nulls and ints survive the trip through protobuf Values (no null; every number a double)."""
+    section = {"a": None, "b": {"c": None, "d": 32}, "e": [1, 2.5], "f": "x"}
+    encoded = encode_nulls(section)
+    assert encoded == {"b": {"d": 32, "_null": ["c"]}, "e": [1, 2.5], "f": "x", "_null": ["a"]}
+    as_doubles = json.loads(json.dumps(encoded).replace("32", "32.0").replace("[1,", "[1.0,"))
+    assert integral(decode_nulls(as_doubles)) == section
+
+
+# ---- local runs ------------------------------------------------------------------------------
+
+
+def run_outputs(out: Path) -> Path:
+    (run,) = [p for p in out.iterdir() if p.is_dir() and p.name.startswith("unitask-")]
+    return run
+
+
+def executor_output(task_dir: Path) -> dict[str, Any]:
+    return json.loads((task_dir / "executor_output.json").read_text())
+
+
+@pytest.mark.slow
+def test_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole chain with kfp's SubprocessRunner: every output lands, MLflow has each stage's run.
+    The text+image task's files travel in the Dataset (validate checks them); finetune skips it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = tiny_project(tmp_path, {"alpha": keyword_rows(60), "beta": keyword_rows(60)}, {"vqa": image_task(tmp_path)})
+    out = tmp_path / "kfp"
+    assert main(["pipeline", "run-local", "--params", str(params), "--output", str(out), "--cache"]) == 0
+    run = run_outputs(out)
+    assert f"outputs\t{run}" in capsys.readouterr().out
+
+    dataset = run / "prepare" / "dataset" / "prepared"
+    for task in ("alpha", "beta"):
+        rows = sum(len(pd.read_parquet(dataset / task / f"{s}.parquet")) for s in ("train", "validation", "test"))
+        assert rows == 50  # prepare.max_rows
+    assert len(list((run / "prepare" / "dataset" / "raw" / "vqa").rglob("*.png"))) == 4
+    assert not (run / "prepare" / "dataset" / "raw" / "alpha").exists()  # text rows name no files
+    report = (run / "validate" / "report").read_text()
+    assert "alpha" in report and "passed" in report
+    assert (run / "validate" / "data_docs" / "vqa" / "index.html").is_file()
+    gate = executor_output(run / "validate")["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert gate["alpha.passed"] == 1 and gate["beta.rows_checked"] == 50
+    assert gate["vqa.passed"] == 1 and gate["vqa.expectations.failed_error"] == 0  # images found
+
+    encoder = run / "pretrain" / "encoder"
+    assert (encoder / "config.json").is_file() and (encoder / "model.safetensors").is_file()
+    assert "heldout.perplexity_after" in executor_output(run / "pretrain")["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+
+    tuned = {}
+    for iteration in sorted(run.glob("for-loop-*-iteration-*")):
+        outputs = executor_output(iteration / "finetune")["artifacts"]
+        task = outputs["finetuned"]["artifacts"][0]["metadata"]["task"]
+        tuned[task] = outputs["metrics"]["artifacts"][0]["metadata"]
+        model = iteration / "finetune" / "finetuned"
+        assert (model / "model.safetensors").is_file() and json.loads((model / "labels.json").read_text())["task"] == task
+    assert set(tuned) == {"alpha", "beta"}
+    assert 0 <= tuned["alpha"]["alpha.test.accuracy"] <= 1
+
+    with sqlite3.connect(tmp_path / "mlflow" / "mlflow.db") as db:  # the project's store, not a workspace's
+        stages = {v for (v,) in db.execute("select value from tags where key = 'unitask.stage'")}
+    assert {"prepare", "validate", "pretrain", "finetune"} <= stages
+
+    # Again with the local cache: every task is reused, nothing runs, no new run folder.
+    assert main(["pipeline", "run-local", "--params", str(params), "--output", str(out), "--cache"]) == 0
+    assert "every task came from the local cache" in capsys.readouterr().err
+    assert run_outputs(out) == run
+
+
+def test_validation_failure_stops_local_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    skewed = [{"text": f"example {i} is {'good' if i % 6 else 'bad'}", "label": "pos" if i % 6 else "neg"} for i in range(60)]
+    params = tiny_project(
+        tmp_path,
+        {"skewed": skewed},
+        validate={"severity": {"class_balance": "error"}, "class_balance_min_ratio": 0.9},
+    )
+    out = tmp_path / "kfp"
+    assert main(["pipeline", "run-local", "--params", str(params), "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "unitask: error: kubeflow local run" in err and "validate" in err and "Traceback" not in err.split("unitask: error")[-1]
+    run = run_outputs(out)
+    assert (run / "prepare" / "dataset").is_dir()
+    assert not (run / "pretrain").exists() and not list(run.glob("for-loop-*"))
+
+
+# ---- submit ----------------------------------------------------------------------------------
+
+
+class StubKfp(BaseHTTPRequestHandler):
+    """Just enough of the Kubeflow Pipelines v2beta1 API for kfp.Client to start a run."""
+
+    requests: list[tuple[str, str, Any]] = []
+
+    def _reply(self, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.requests.append(("GET", self.path, None))
+        self._reply({"multi_user": False} if "healthz" in self.path else {})
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append(("POST", self.path, body))
+        if self.path.endswith("/experiments"):
+            self._reply({"experiment_id": "exp-1", "display_name": body["display_name"]})
+        else:
+            self._reply({"run_id": "run-42", "display_name": body["display_name"], "experiment_id": body["experiment_id"]})
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_submit_to_stub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    plant_secrets(monkeypatch)
+    params = tiny_project(tmp_path, {"alpha": keyword_rows(20)})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StubKfp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    StubKfp.requests = []
+    try:
+        host = f"http://127.0.0.1:{server.server_port}"
+        argv = ["pipeline", "submit", "--params", str(params), "--host", host, "--experiment", "nightly", "--no-cache",
+                "--set", "prepare.max_rows=5"]  # fmt: skip
+        assert main(argv) == 0
+    finally:
+        server.shutdown()
+    assert "run\trun-42" in capsys.readouterr().out
+    posts = {path.rsplit("/", 1)[-1]: body for method, path, body in StubKfp.requests if method == "POST"}
+    assert posts["experiments"]["display_name"] == "nightly"
+    run = posts["runs"]
+    assert run["experiment_id"] == "exp-1" and run["display_name"].startswith("unitask-")
+    assert run["runtime_config"]["parameters"]["prepare"] == {"max_rows": 5}
+    assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "unitask"
+    tasks = run["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]
+    assert all(not t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())  # --no-cache
+    assert_no_secrets(json.dumps(StubKfp.requests))
+
+
+def test_submit_unreachable_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    params = tiny_project(tmp_path, {"alpha": keyword_rows(20)})
+    assert main(["pipeline", "submit", "--params", str(params), "--host", f"http://127.0.0.1:{port}"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot submit to http://127.0.0.1:{port}" in err and "Traceback" not in err

