@@ -24,7 +24,7 @@ from unitask.models.backbone import load_tokenizer
 from unitask.tasks.text import TextTask, read_split, text_task
 from unitask.tracking import flatten, stage_run
 from unitask.training.model import build_model
-from unitask.training.trainer import MlflowMetrics, UnitaskTrainer, device_arguments, is_main_process
+from unitask.training.trainer import MlflowMetrics, UnitaskTrainer, is_main_process, trainer_arguments
 
 TIMING_KEYS = ("runtime", "samples_per_second", "steps_per_second", "epoch")
 
@@ -54,17 +54,7 @@ def training_arguments(cfg: Config, task: TextTask, output_dir: Path) -> Any:
     ft = cfg.finetune.for_task(task.name)
     return TrainingArguments(
         output_dir=str(output_dir),
-        num_train_epochs=ft.epochs,
-        max_steps=ft.max_steps or -1,
-        per_device_train_batch_size=ft.batch_size,
-        per_device_eval_batch_size=ft.eval_batch_size,
-        gradient_accumulation_steps=ft.grad_accumulation,
-        # the heads average their loss per batch; Trainer's token-count scaling (for models that sum
-        # by `num_items_in_batch`) would multiply their loss by the number of DDP processes
-        average_tokens_across_devices=False,
-        learning_rate=ft.learning_rate,
-        warmup_steps=ft.warmup_ratio,
-        weight_decay=ft.weight_decay,
+        **trainer_arguments(ft, cfg.seed),
         eval_strategy=ft.eval_strategy,
         save_strategy=ft.eval_strategy,
         eval_steps=ft.eval_steps,
@@ -75,13 +65,8 @@ def training_arguments(cfg: Config, task: TextTask, output_dir: Path) -> Any:
         greater_is_better=True,
         restore_callback_states_from_checkpoint=True,
         logging_strategy="steps",
-        logging_steps=ft.logging_steps,
         logging_first_step=True,
-        train_sampling_strategy="group_by_length",
-        seed=cfg.seed,
         data_seed=cfg.seed,
-        report_to="none",
-        **device_arguments(ft.bf16),
     )
 
 

@@ -28,7 +28,7 @@ from unitask.data.sources import package_path
 from unitask.errors import ConfigError, DataError, UnitaskError
 from unitask.models.backbone import backbone_path, load_tokenizer
 from unitask.tracking import stage_run
-from unitask.training.trainer import MlflowMetrics, is_main_process, use_bf16
+from unitask.training.trainer import MlflowMetrics, is_main_process, trainer_arguments
 
 TEXT_ROLES = ("text", "text_pair", "question", "context")
 MIN_TEXTS = 2  # one to train on, one to hold out
@@ -326,31 +326,16 @@ class _Collator:
 
 
 def _training_args(cfg: Config, checkpoints: Path):
-    import torch
     from transformers import TrainingArguments
 
-    p = cfg.pretrain
     return TrainingArguments(
         output_dir=str(checkpoints),
-        num_train_epochs=p.epochs,
-        max_steps=p.max_steps or -1,
-        per_device_train_batch_size=p.batch_size,
-        per_device_eval_batch_size=p.eval_batch_size,
-        gradient_accumulation_steps=p.grad_accumulation,
-        learning_rate=p.learning_rate,
-        warmup_steps=p.warmup_ratio,
-        weight_decay=p.weight_decay,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=use_bf16(p.bf16),
-        logging_steps=p.logging_steps,
+        **trainer_arguments(cfg.pretrain, cfg.seed),
         eval_strategy="no",
         save_strategy="steps",
-        save_steps=p.save_steps,
+        save_steps=cfg.pretrain.save_steps,
         save_total_limit=1,
         prediction_loss_only=True,
-        train_sampling_strategy="group_by_length",
-        seed=cfg.seed,
-        report_to="none",  # MlflowMetrics logs into the stage's own run
     )
 
 

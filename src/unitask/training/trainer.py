@@ -11,6 +11,8 @@ from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from unitask.config import TrainSettings
+
 
 def is_main_process() -> bool:
     """True in a single process and in rank 0 of a torchrun job (the one that writes outputs)."""
@@ -26,12 +28,31 @@ def use_bf16(setting: bool | str) -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def device_arguments(bf16: bool | str) -> dict[str, Any]:
-    """TrainingArguments for the device: CPU (gloo under torchrun) or GPU (nccl under torchrun)."""
+def trainer_arguments(settings: TrainSettings, seed: int) -> dict[str, Any]:
+    """TrainingArguments every stage shares: schedule, batch sizes and the device, CPU (gloo under
+    torchrun) or GPU (nccl under torchrun). Logging goes through `MlflowMetrics`, not `report_to`."""
     cuda = torch.cuda.is_available()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    backend = ("nccl" if cuda else "gloo") if distributed else None
-    return {"use_cpu": not cuda, "bf16": use_bf16(bf16), "ddp_backend": backend}
+    return {
+        "num_train_epochs": settings.epochs,
+        "max_steps": settings.max_steps or -1,
+        "per_device_train_batch_size": settings.batch_size,
+        "per_device_eval_batch_size": settings.eval_batch_size,
+        "gradient_accumulation_steps": settings.grad_accumulation,
+        # the heads average their loss per batch; Trainer's token-count scaling (for models that sum
+        # by `num_items_in_batch`) would multiply their loss by the number of DDP processes
+        "average_tokens_across_devices": False,
+        "learning_rate": settings.learning_rate,
+        "warmup_steps": settings.warmup_ratio,  # transformers 5: a float below 1 is a ratio
+        "weight_decay": settings.weight_decay,
+        "logging_steps": settings.logging_steps,
+        "train_sampling_strategy": "group_by_length",
+        "seed": seed,
+        "report_to": "none",
+        "use_cpu": not cuda,
+        "bf16": use_bf16(settings.bf16),
+        "ddp_backend": ("nccl" if cuda else "gloo") if distributed else None,
+    }
 
 
 class MlflowMetrics(TrainerCallback):

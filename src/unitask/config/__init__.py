@@ -1,0 +1,42 @@
+"""The typed schema of `params.yaml`, its loader, `key=value` overrides and readable errors.
+
+Every stage reads its own section of one `Config`. A config that does not fit the schema is refused
+with a `ConfigError` (exit code 2) that names each bad key and what is allowed there.
+"""
+
+from unitask.config.base import Strict
+from unitask.config.kubeflow import Kubeflow
+from unitask.config.loader import apply_override, load_config
+from unitask.config.schema import Config
+from unitask.config.stages import (
+    CheckName,
+    Corpus,
+    Finetune,
+    Model,
+    Paths,
+    Prepare,
+    Pretrain,
+    Severity,
+    Tracking,
+    TrainSettings,
+    Validate,
+)
+from unitask.config.tasks import (
+    SPLITS,
+    HubSource,
+    LocalSource,
+    PackageSource,
+    ReadSpec,
+    Role,
+    S3Source,
+    Source,
+    SplitName,
+    TaskConfig,
+)
+
+__all__ = [
+    "SPLITS", "CheckName", "Config", "Corpus", "Finetune", "HubSource", "Kubeflow", "LocalSource",
+    "Model", "PackageSource", "Paths", "Prepare", "Pretrain", "ReadSpec", "Role", "S3Source",
+    "Severity", "Source", "SplitName", "Strict", "TaskConfig", "Tracking", "TrainSettings",
+    "Validate", "apply_override", "load_config",
+]  # fmt: skip

