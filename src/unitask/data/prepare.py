@@ -17,10 +17,9 @@ from unitask.config import SPLITS, Config, TaskConfig
 from unitask.data.fetch import raw_entry
 from unitask.data.readers import read_table
 from unitask.errors import ConfigError, DataError
-from unitask.tasks import TASK_TYPES
+from unitask.tasks import TASK_TYPES, TEXT_ROLES, example_keys
 from unitask.tracking import flatten, stage_run
 
-TEXT_ROLES = ("text", "text_pair", "question", "context")
 
 
 def prepare(cfg: Config, tasks: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -155,16 +154,9 @@ def clean(task: TaskConfig, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str
     if "split" in frame:
         order = frame["split"].map({"test": 0, "validation": 1, "train": 2})
         frame = frame.assign(_order=order).sort_values("_order", kind="stable").drop(columns="_order")
-    keys = frame[list(spec.inputs)].apply(lambda r: json.dumps([_plain(v) for v in r]), axis=1)
-    duplicate = keys.duplicated(keep="first")
+    duplicate = pd.Series(example_keys(frame, spec.inputs), index=frame.index).duplicated(keep="first")
     frame = frame[~duplicate].sort_values("id", kind="stable").reset_index(drop=True)
     return frame, {"empty": n_empty, "duplicate": int(duplicate.sum())}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value if isinstance(value, (str, int, float, list, dict)) or value is None else str(value)
 
 
 def cap(cfg: Config, task: TaskConfig, frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:

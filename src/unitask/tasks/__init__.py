@@ -5,10 +5,15 @@ A task in `params.yaml` names one of these types; adding a task of an existing t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LabelKind = Literal["categorical", "numeric", "tags", "span"]
+TEXT_ROLES: tuple[str, ...] = ("text", "text_pair", "question", "context")
 
 
 @dataclass(frozen=True)
@@ -56,3 +61,17 @@ TASK_TYPES: dict[str, TaskType] = {
 }
 
 ROLES: tuple[str, ...] = tuple(sorted({r for t in TASK_TYPES.values() for r in t.roles}))
+
+
+def example_keys(frame: pd.DataFrame, roles: tuple[str, ...]) -> list[str]:
+    """One string per row naming its example by its input roles: what deduplication, disjoint splits
+    and the leakage check compare."""
+    if len(roles) == 1 and roles[0] in TEXT_ROLES:
+        return [str(v) for v in frame[roles[0]]]
+    return [json.dumps([_plain(v) for v in row]) for row in zip(*(frame[r] for r in roles))]
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy arrays (list columns read from Parquet) and scalars
+        return value.tolist()
+    return value if isinstance(value, (str, int, float, list, dict)) or value is None else str(value)

@@ -27,10 +27,10 @@ from unitask.data.readers import READERS
 from unitask.data.sources import package_path
 from unitask.errors import ConfigError, DataError, UnitaskError
 from unitask.models.backbone import backbone_path, load_tokenizer
+from unitask.tasks import TEXT_ROLES
 from unitask.tracking import stage_run
 from unitask.training.trainer import MlflowMetrics, is_main_process, trainer_arguments
 
-TEXT_ROLES = ("text", "text_pair", "question", "context")
 MIN_TEXTS = 2  # one to train on, one to hold out
 
 

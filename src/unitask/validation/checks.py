@@ -10,7 +10,6 @@ GX expectation asserts it: an empty error string per row (`_bio_error` in {''}),
 
 from __future__ import annotations
 
-import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from unitask.config import CheckName, Config, Severity, TaskConfig
-from unitask.tasks import TASK_TYPES
+from unitask.tasks import TASK_TYPES, TEXT_ROLES, example_keys
 
 SCHEMA = "columns_exist"
 """Required columns: always an error, since no other check can run on a split without them."""
@@ -32,7 +31,6 @@ DEFAULT_SEVERITY: dict[str, Severity] = {
     "class_balance": "warn",
     "truncation": "warn",
 }
-TEXT_ROLES = ("text", "text_pair", "question", "context")
 ORDER = ("train", "validation", "test")  # leakage: a row may not repeat a row of an earlier split
 
 
@@ -161,7 +159,7 @@ def _derived(name: str, role: str, column: str, ok: Any, description: str) -> Ch
 def derive(cfg: Config, task: TaskConfig, splits: dict[str, pd.DataFrame], tokenizer: Any) -> dict[str, pd.DataFrame]:
     """Each split with the derived columns its checks read (the role columns stay untouched)."""
     spec = TASK_TYPES[task.type]
-    keys = {s: _input_keys(frame, spec.inputs) for s, frame in splits.items()}
+    keys = {s: example_keys(frame, spec.inputs) for s, frame in splits.items()}
     images: dict[str, tuple[bool, bool | None, str | None, float, float]] = {}
     out = {}
     for split, frame in splits.items():
@@ -195,15 +193,6 @@ def derive(cfg: Config, task: TaskConfig, splits: dict[str, pd.DataFrame], token
                 )
         out[split] = frame
     return out
-
-
-def _input_keys(frame: pd.DataFrame, inputs: tuple[str, ...]) -> list[str]:
-    if len(inputs) == 1 and inputs[0] in TEXT_ROLES:
-        return [str(v) for v in frame[inputs[0]]]
-    return [
-        json.dumps([v if isinstance(v, (str, list)) else str(v) for v in row])
-        for row in zip(*(frame[r] for r in inputs))
-    ]
 
 
 def _seen_in(keys: list[str], earlier: dict[str, set[str]]) -> list[str]:

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 
 from unitask.config import Config, TaskConfig
 from unitask.errors import DataError
-from unitask.tasks import TASK_TYPES
+from unitask.tasks import TASK_TYPES, TEXT_ROLES
 
-TEXT_ROLES = ("text", "text_pair", "question", "context", "image")
+STRING_ROLES = (*TEXT_ROLES, "image")
 LIST_ROLES = ("tokens", "tags")
 SHOW = 5
 
@@ -168,7 +168,7 @@ def _typed(frame: pd.DataFrame, role: str, task: TaskConfig, where: str) -> pd.S
     """The role's column with its values checked for type (nulls pass: expectations report them)."""
     column = frame[role]
     kind = TASK_TYPES[task.type].label_kind
-    if role in TEXT_ROLES or (role == "label" and kind == "categorical"):
+    if role in STRING_ROLES or (role == "label" and kind == "categorical"):
         bad = column.map(lambda v: not (v is None or isinstance(v, str) or _is_nan(v))).to_numpy()
         if bad.any():
             expected = f"text labels from tasks.<task>.labels {task.labels}" if role == "label" else "text"
