@@ -30,12 +30,15 @@ def configure(cfg: Config) -> str:
     mlflow.set_tracking_uri(tracking_uri(cfg))
     experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        artifacts = Path(cfg.path(cfg.tracking.artifact_location))
-        experiment_id = mlflow.create_experiment(cfg.tracking.experiment, artifact_location=artifacts.as_uri())
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return experiment_id
+        return mlflow.set_experiment(experiment_id=experiment.experiment_id).experiment_id
+    # a local store keeps artifacts under the project; a server uses its own artifact root
+    local = not cfg.tracking.uri.startswith(("http://", "https://", "databricks"))
+    location = Path(cfg.path(cfg.tracking.artifact_location)).as_uri() if local else None
+    try:
+        mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent stage
+        pass
+    return mlflow.set_experiment(cfg.tracking.experiment).experiment_id
 
 
 @contextmanager

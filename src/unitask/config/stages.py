@@ -24,7 +24,8 @@ class Tracking(Strict):
     )
     experiment: str = "unitask"
     artifact_location: str = Field(
-        default="mlflow/artifacts", description="artifact root for experiments this project creates"
+        default="mlflow/artifacts",
+        description="artifact root of experiments created in a local store (a server uses its own)",
     )
 
 

@@ -114,26 +114,9 @@ def workspace(sections: dict[str, Any]) -> Iterator[Config]:
     """A temporary project root holding the params.yaml of `sections`; removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="unitask-kfp-"))
     try:
-        cfg = load_sections(sections, root)
-        _remote_experiment(cfg)
-        yield cfg
+        yield load_sections(sections, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _remote_experiment(cfg: Config) -> None:
-    """On a tracking server, create the experiment with the server's own artifact root: a pod's
-    workspace is no place for artifacts (tracking.configure would point it at a local folder)."""
-    if not cfg.tracking.uri.startswith(("http://", "https://", "databricks")):
-        return
-    import mlflow
-
-    mlflow.set_tracking_uri(cfg.tracking.uri)
-    if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
-        try:
-            mlflow.create_experiment(cfg.tracking.experiment)
-        except mlflow.exceptions.MlflowException:  # another pod created it meanwhile
-            pass
 
 
 def link(source: str | Path, dest: Path) -> None:
