@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: env data demo test mlflow-ui clean
+.PHONY: help env data demo test mlflow-ui clean
 .DEFAULT_GOAL := help
 
 help:
