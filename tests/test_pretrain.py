@@ -234,3 +234,14 @@ def test_resume_continues_from_the_last_checkpoint(
     assert [Path(p).name for p in resumed_from] == ["checkpoint-4"]
     assert _metrics(params)["steps"] == 6
     assert not (tmp_path / "models" / "checkpoints" / "pretrain").exists()
+
+
+def test_disabled_pretraining_trains_nothing_and_leaves_a_note(tmp_path: Path) -> None:
+    """With pretrain.enabled false the DVC stage still has an output, but no model is loaded or trained:
+    the backbone folder here does not even exist."""
+    params = make_project(tmp_path, "no/such-model", enabled=False)
+    assert main(["pretrain", "--params", str(params)]) == 0
+    note = {"enabled": False, "encoder": "no/such-model"}
+    assert _metrics(params) == note
+    assert json.loads((tmp_path / "models/pretrained/unitask-model.json").read_text()) == note
+    assert [p.name for p in (tmp_path / "models/pretrained").iterdir()] == ["unitask-model.json"]

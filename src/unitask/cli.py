@@ -200,9 +200,11 @@ def _validate(cfg: Config, args: argparse.Namespace) -> None:
 def _pretrain(cfg: Config, args: argparse.Namespace) -> None:
     from unitask.training.pretrain import pretrain
 
-    held = pretrain(cfg, resume=args.resume)["heldout"]
-    print(f"held-out perplexity\t{held['perplexity_before']:.2f} -> {held['perplexity_after']:.2f}")
-    print(f"encoder\t{cfg.path(cfg.pretrain.output)}")
+    result = pretrain(cfg, resume=args.resume)
+    if cfg.pretrain.enabled:
+        held = result["heldout"]
+        print(f"held-out perplexity\t{held['perplexity_before']:.2f} -> {held['perplexity_after']:.2f}")
+        print(f"encoder\t{cfg.path(cfg.pretrain.output)}")
 
 
 def _finetune(cfg: Config, args: argparse.Namespace) -> None:

@@ -36,7 +36,6 @@ from unitask.errors import UnitaskError
 # The pipeline parameters: one per params.yaml section that a stage reads. `paths` is not one of
 # them (artifacts take its place) and `kubeflow` only shapes the compiled pipeline.
 SECTIONS = ("seed", "tracking", "model", "prepare", "validate", "pretrain", "finetune", "tasks")
-MARKER = "unitask-model.json"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -246,22 +245,19 @@ def validation_html(summaries: dict[str, dict[str, Any]]) -> str:
 
 @stage_errors
 def run_pretrain(sections: dict[str, Any], dataset: Any, encoder: Any, metrics: Any) -> None:
-    """Continued pretraining on the validated data; outputs the encoder (or a marker when disabled)."""
-    with workspace(sections) as cfg:
-        out = Path(encoder.path)
-        out.mkdir(parents=True, exist_ok=True)
-        if not cfg.pretrain.enabled:
-            (out / MARKER).write_text(json.dumps({"pretrained": False}) + "\n", encoding="utf-8")
-            encoder.metadata["pretrained"] = False
-            log_metrics(metrics, {})
-            return
-        from unitask.training.pretrain import pretrain
+    """Continued pretraining on the validated data; outputs the encoder (or, when disabled, the note
+    `pretrain` leaves instead)."""
+    from unitask.training.pretrain import pretrain
 
+    with workspace(sections) as cfg:
         link_dataset(cfg, dataset)
         result = pretrain(cfg)
-        export(cfg.path(cfg.pretrain.output), out)
-        (out / MARKER).write_text(json.dumps({"pretrained": True}) + "\n", encoding="utf-8")
-        encoder.metadata.update({"pretrained": True, "objective": result["objective"], "steps": result["steps"]})
+        export(cfg.path(cfg.pretrain.output), encoder.path)
+        encoder.metadata["pretrained"] = cfg.pretrain.enabled
+        if not cfg.pretrain.enabled:
+            log_metrics(metrics, {})
+            return
+        encoder.metadata.update({"objective": result["objective"], "steps": result["steps"]})
         log_metrics(metrics, {"heldout": result["heldout"], "train_loss": result["train_loss"], "steps": result["steps"]})
 
 

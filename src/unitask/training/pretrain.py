@@ -13,6 +13,7 @@ import gzip
 import math
 import random
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -34,8 +35,14 @@ from unitask.training.trainer import MlflowMetrics, is_main_process, trainer_arg
 MIN_TEXTS = 2  # one to train on, one to hold out
 
 
+OFF_NOTE = "unitask-model.json"  # what pretrain.output holds when pretraining is off
+
+
 def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
-    """Pretrain the encoder named by `model`; return (and write to `pretrain.metrics`) the metrics."""
+    """Pretrain the encoder named by `model`; return (and write to `pretrain.metrics`) the metrics.
+    With `pretrain.enabled` false nothing is trained (see `skip`)."""
+    if not cfg.pretrain.enabled:
+        return skip(cfg)
     import mlflow
     from transformers import Trainer, set_seed
     from transformers.trainer_utils import get_last_checkpoint
@@ -103,6 +110,18 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
             mlflow.log_artifact(str(metrics_file))
             shutil.rmtree(checkpoints, ignore_errors=True)
     return metrics
+
+
+def skip(cfg: Config) -> dict[str, Any]:
+    """Pretraining is off: leave a note where the encoder would go (the DVC stage's output must
+    exist) and metrics that say so, so that a pipeline with pretraining off does no training here."""
+    note = {"enabled": False, "encoder": cfg.model.backbone}
+    if is_main_process():
+        with atomic_dir(cfg.path(cfg.pretrain.output)) as tmp:
+            write_json(tmp / OFF_NOTE, note)
+        write_json(cfg.path(cfg.pretrain.metrics), note)
+    print("unitask: pretrain.enabled is false: nothing to train; fine-tuning starts from model.backbone", file=sys.stderr)
+    return note
 
 
 # ---- corpus ----------------------------------------------------------------------------------
