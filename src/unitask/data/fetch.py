@@ -8,9 +8,9 @@ from tqdm import tqdm
 
 from unitask.atomic import atomic_dir
 from unitask.config import Config, LocalSource, PackageSource
-from unitask.data.hashing import sha256_path
+from unitask.data.hashing import sha256_path, verify_sha256
 from unitask.data.sources import entry_name, fetch_source, package_path
-from unitask.errors import ConfigError, DataError
+from unitask.errors import ConfigError
 
 
 def fetch(cfg: Config, tasks: list[str] | None = None, force: bool = False) -> dict[str, str]:
@@ -33,14 +33,7 @@ def fetch(cfg: Config, tasks: list[str] | None = None, force: bool = False) -> d
             continue
         with atomic_dir(raw / name) as tmp:
             fetch_source(cfg, name, tmp)
-            got = sha256_path(tmp / entry_name(task))
-            if expected and got != expected:
-                raise DataError(
-                    f"tasks.{name}.source: checksum mismatch for {_describe(task.source)}: "
-                    f"expected sha256 {expected}, got {got}",
-                    hint="the source is corrupted or a different version; restore it, "
-                    f"or update tasks.{name}.source.sha256 if the change is intended",
-                )
+            got = verify_sha256(tmp / entry_name(task), expected, f"tasks.{name}.source", _describe(task.source))
         hashes[name] = got
     return hashes
 

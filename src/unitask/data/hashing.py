@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from unitask.errors import DataError
+
 _CHUNK = 1 << 20
 
 
@@ -27,3 +29,16 @@ def sha256_path(path: Path) -> str:
         if p.is_file()
     )
     return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def verify_sha256(path: Path, expected: str | None, key: str, what: str) -> str:
+    """`path`'s sha256; a DataError naming `key` (the config key that pins it) and `what` (the
+    source) when `expected` is set and differs."""
+    got = sha256_path(path)
+    if expected and got != expected:
+        raise DataError(
+            f"{key}: checksum mismatch for {what}: expected sha256 {expected}, got {got}",
+            hint=f"the source is corrupted or a different version; restore it, or update {key}.sha256 "
+            "if the change is intended",
+        )
+    return got

@@ -19,16 +19,16 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 
 from unitask.atomic import atomic_dir, write_json
 from unitask.config import Config, Corpus, PackageSource
-from unitask.data.hashing import sha256_path
+from unitask.data.hashing import verify_sha256
 from unitask.data.readers import READERS
 from unitask.data.sources import package_path
 from unitask.errors import ConfigError, DataError, UnitaskError
 from unitask.models.backbone import backbone_path, load_tokenizer
 from unitask.tasks import TEXT_ROLES
+from unitask.tasks.text import read_split
 from unitask.tracking import stage_run
 from unitask.training.trainer import MlflowMetrics, is_main_process, trainer_arguments
 
@@ -151,11 +151,8 @@ def gather_corpus(cfg: Config) -> tuple[list[str], str]:
 
 def task_train_texts(cfg: Config, name: str) -> list[str]:
     """Every non-empty text of task `name`'s train split: one text per text role, tokens joined."""
-    path = cfg.path(cfg.paths.prepared) / name / "train.parquet"
-    if not path.is_file():
-        raise DataError(f"pretrain: no prepared train split for task '{name}' ({path})", hint="run `unitask prepare`")
     roles = [r for r in cfg.tasks[name].columns if r in TEXT_ROLES or r == "tokens"]
-    table = pd.read_parquet(path, columns=roles)
+    table = read_split(cfg, name, "train")
     texts = []
     for role in roles:
         values = table[role].map(" ".join) if role == "tokens" else table[role]
@@ -169,11 +166,8 @@ def read_corpus(cfg: Config, corpus: Corpus) -> list[str]:
     path = package_path(src, "pretrain.corpus") if isinstance(src, PackageSource) else cfg.path(src.path)
     if not path.is_file():
         raise ConfigError(f"pretrain.corpus.source.path: '{path}' is not a file", hint="fix the path")
-    if src.sha256 and (got := sha256_path(path)) != src.sha256:
-        raise DataError(
-            f"pretrain.corpus.source: checksum mismatch for {path}: expected sha256 {src.sha256}, got {got}",
-            hint="restore the file, or update pretrain.corpus.source.sha256 if the change is intended",
-        )
+    if src.sha256:
+        verify_sha256(path, src.sha256, "pretrain.corpus.source", str(path))
     if corpus.read is None:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
