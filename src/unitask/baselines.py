@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from unitask.atomic import write_json
 from unitask.config import SPLITS, Config
 from unitask.errors import ConfigError
-from unitask.tasks.sequence import SequenceTask, classification_metrics, regression_metrics
+from unitask.evaluation.metrics import classification_metrics, regression_metrics
+from unitask.evaluation.predictions import write_predictions
+from unitask.tasks.sequence import SequenceTask, label_outputs
 from unitask.tasks.text import read_split
 from unitask.tracking import flatten, stage_run
 
@@ -60,6 +64,14 @@ def baseline(cfg: Config, name: str) -> dict[str, Any]:
     }
     for split in ("validation", "test"):
         summary[split] = score(targets[split], models[best].predict(x[split]))
+    if task.regression:
+        outputs = [{"value": float(v)} for v in models[best].predict(x["test"])]
+    else:
+        model = models[best]
+        probabilities = np.zeros((len(frames["test"]), task.num_labels()))
+        probabilities[:, model.classes_] = model.predict_proba(x["test"])  # classes seen in training
+        outputs = label_outputs(probabilities, task.labels() or [])
+    write_predictions(cfg, "baseline", name, task.gold(frames["test"]), outputs)
     write_json(cfg.path(cfg.paths.reports) / "baseline" / f"{name}.json", summary)
     with stage_run(cfg, "baseline", name, params={k: summary[k] for k in ("type", "model", "C", "features")}):
         import mlflow

@@ -6,9 +6,6 @@ and the best-scoring valid span over an example's windows is its answer.
 
 from __future__ import annotations
 
-import collections
-import re
-import string
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,31 +21,6 @@ if TYPE_CHECKING:
 N_BEST = 20  # start and end candidates per window
 
 
-def normalize_answer(text: str) -> str:
-    """SQuAD normalization: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
-
-
-def squad_metrics(golds: list[list[str]], predictions: list[str]) -> dict[str, float]:
-    """Exact match and token F1 in percent, each the best over an example's gold answers."""
-
-    def f1(gold: str, pred: str) -> float:
-        g, p = normalize_answer(gold).split(), normalize_answer(pred).split()
-        if not g or not p:
-            return float(g == p)
-        common = sum((collections.Counter(g) & collections.Counter(p)).values())
-        if common == 0:
-            return 0.0
-        precision, recall = common / len(p), common / len(g)
-        return 2 * precision * recall / (precision + recall)
-
-    exact = [max(normalize_answer(g) == normalize_answer(p) for g in gs or [""]) for gs, p in zip(golds, predictions)]
-    f1s = [max(f1(g, p) for g in gs or [""]) for gs, p in zip(golds, predictions)]
-    n = max(len(predictions), 1)
-    return {"exact_match": 100.0 * sum(exact) / n, "f1": 100.0 * sum(f1s) / n}
-
-
 def _answers(value: Any) -> tuple[list[str], list[int]]:
     """A SQuAD `answers` cell -> (texts, character starts)."""
     return [str(t) for t in value["text"]], [int(s) for s in value["answer_start"]]
@@ -56,6 +28,7 @@ def _answers(value: Any) -> tuple[list[str], list[int]]:
 
 class ExtractiveQATask:
     auto_model = "AutoModelForQuestionAnswering"
+    type = "extractive_qa"
     main_metric = "f1"
 
     def __init__(self, name: str, config: TaskConfig, doc_stride: int, max_answer_length: int) -> None:
@@ -121,10 +94,14 @@ class ExtractiveQATask:
 
         return DataCollatorWithPadding(tokenizer)
 
-    def answer_texts(self, start_logits: np.ndarray, end_logits: np.ndarray, features: Dataset, frame: pd.DataFrame) -> list[str]:
-        """The best valid span per example over all of its windows (empty when none is valid)."""
+    def gold(self, frame: pd.DataFrame) -> list[list[str]]:
+        return [_answers(a)[0] for a in frame["answers"]]
+
+    def decode(self, predictions: Any, features: Dataset, frame: pd.DataFrame) -> list[dict[str, Any]]:
+        """The best valid span per example over all of its windows ("" when none is valid)."""
+        start_logits, end_logits = (np.asarray(p) for p in predictions)
         contexts = frame["context"].astype(str).tolist()
-        best: dict[int, tuple[float, str]] = {}
+        best: dict[int, tuple[float, int, int]] = {}
         for starts, ends, offsets, example in zip(
             start_logits, end_logits, features["offset_mapping"], features["example_index"]
         ):
@@ -134,11 +111,10 @@ class ExtractiveQATask:
                     if offsets[s] is None or offsets[e] is None or not 0 <= e - s < self.max_answer_length:
                         continue
                     score = float(starts[s] + ends[e])
-                    if score > best.get(example, (-np.inf, ""))[0]:
-                        best[example] = (score, contexts[example][offsets[s][0] : offsets[e][1]])
-        return [best.get(i, (0.0, ""))[1] for i in range(len(contexts))]
-
-    def metrics(self, predictions: Any, label_ids: Any, features: Dataset, frame: pd.DataFrame) -> dict[str, float]:
-        start_logits, end_logits = predictions
-        predicted = self.answer_texts(np.asarray(start_logits), np.asarray(end_logits), features, frame)
-        return squad_metrics([_answers(a)[0] for a in frame["answers"]], predicted)
+                    if score > best.get(example, (-np.inf, 0, 0))[0]:
+                        best[example] = (score, offsets[s][0], offsets[e][1])
+        outputs = []
+        for i, context in enumerate(contexts):
+            score, start, end = best.get(i, (0.0, 0, 0))
+            outputs.append({"answer": context[start:end], "start": start, "end": end, "score": score})
+        return outputs

@@ -7,34 +7,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unitask.errors import DataError
+from unitask.evaluation.metrics import MAIN_METRIC
 
 if TYPE_CHECKING:
     import pandas as pd
     from datasets import Dataset
 
     from unitask.config import TaskConfig
-
-
-def classification_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score
-
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-    }
-
-
-def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
-    from scipy.stats import pearsonr, spearmanr
-
-    y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
-    constant = np.ptp(y_pred) == 0 or np.ptp(y_true) == 0  # correlation is undefined: report 0
-    return {
-        "pearson": 0.0 if constant else float(pearsonr(y_true, y_pred).statistic),
-        "spearman": 0.0 if constant else float(spearmanr(y_true, y_pred).statistic),
-        "rmse": float(np.sqrt(np.mean((y_true - y_pred) ** 2))),
-        "mae": float(np.mean(np.abs(y_true - y_pred))),
-    }
 
 
 class SequenceTask:
@@ -45,8 +24,9 @@ class SequenceTask:
     def __init__(self, name: str, config: TaskConfig) -> None:
         self.name = name
         self.config = config
+        self.type = config.type
         self.regression = config.type == "regression"
-        self.main_metric = "pearson" if self.regression else "macro_f1"
+        self.main_metric = MAIN_METRIC[config.type]
 
     def labels(self) -> list[str] | None:
         return None if self.regression else list(self.config.labels or [])
@@ -80,7 +60,24 @@ class SequenceTask:
 
         return DataCollatorWithPadding(tokenizer)
 
-    def metrics(self, predictions: Any, label_ids: Any, features: Dataset, frame: pd.DataFrame) -> dict[str, float]:
+    def gold(self, frame: pd.DataFrame) -> list[Any]:
+        return frame["label"].astype(float).tolist() if self.regression else frame["label"].astype(str).tolist()
+
+    def decode(self, predictions: Any, features: Dataset, frame: pd.DataFrame) -> list[dict[str, Any]]:
+        logits = np.asarray(predictions, dtype=float)
         if self.regression:
-            return regression_metrics(label_ids, np.asarray(predictions).reshape(-1))
-        return classification_metrics(label_ids, np.asarray(predictions).argmax(-1))
+            return [{"value": float(v)} for v in logits.reshape(-1)]
+        return label_outputs(softmax(logits), self.labels() or [])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def label_outputs(probabilities: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
+    """Rows of class probabilities -> {"label": the most likely, "scores": probability per label}."""
+    return [
+        {"label": labels[int(row.argmax())], "scores": {name: float(p) for name, p in zip(labels, row)}}
+        for row in probabilities
+    ]

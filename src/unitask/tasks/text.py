@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from unitask.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
     from datasets import Dataset
 
@@ -21,6 +20,7 @@ if TYPE_CHECKING:
 
 class TextTask(Protocol):
     name: str
+    type: str  # the task type (TASK_TYPES)
     auto_model: str  # the transformers `AutoModelFor*` class that adds the head
     main_metric: str  # the validation metric to select and early-stop on (greater is better)
 
@@ -36,10 +36,19 @@ class TextTask(Protocol):
     def collator(self, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
         """Pads a batch of features dynamically."""
 
-    def metrics(
-        self, predictions: np.ndarray | tuple[np.ndarray, ...], label_ids: Any, features: Dataset, frame: pd.DataFrame
-    ) -> dict[str, float]:
-        """Scores for predictions over `features` (encoded from `frame`)."""
+    def gold(self, frame: pd.DataFrame) -> list[Any]:
+        """The target of each row of `frame`, as `unitask.evaluation.metrics.task_metrics` takes it."""
+
+    def decode(self, predictions: Any, features: Dataset, frame: pd.DataFrame) -> list[dict[str, Any]]:
+        """Model outputs over `features` (encoded from `frame`) -> one output per row of `frame`:
+        {"label", "scores"}, {"value"}, {"tags", "entities"} or {"answer", "start", "end", "score"}."""
+
+
+def task_scores(task: TextTask, predictions: Any, features: Dataset, frame: pd.DataFrame) -> dict[str, float]:
+    """The task type's metrics for raw model predictions over `features`."""
+    from unitask.evaluation.metrics import task_metrics
+
+    return task_metrics(task.type, task.gold(frame), task.decode(predictions, features, frame))
 
 
 def text_task(cfg: Config, name: str) -> TextTask:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unitask.errors import DataError
+from unitask.evaluation.metrics import entity_spans
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -17,36 +18,9 @@ if TYPE_CHECKING:
 IGNORE = -100  # the label of subwords after the first and of special tokens: no loss, not scored
 
 
-def entity_spans(tags: list[str]) -> set[tuple[str, int, int]]:
-    """BIO tags -> {(type, start, end)}; an I- tag that does not continue an entity starts one (conlleval)."""
-    spans: set[tuple[str, int, int]] = set()
-    kind: str | None = None
-    start = 0
-    for i, tag in enumerate([*tags, "O"]):
-        prefix, _, name = tag.partition("-")
-        if kind is not None and (prefix != "I" or name != kind):
-            spans.add((kind, start, i))
-            kind = None
-        if prefix == "B" or (prefix == "I" and kind is None):
-            kind, start = name, i
-    return spans
-
-
-def entity_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
-    """Entity-level micro precision/recall/F1 (exact span and type) and token accuracy."""
-    true_spans = [(i, *s) for i, tags in enumerate(gold) for s in entity_spans(tags)]
-    pred_spans = [(i, *s) for i, tags in enumerate(predicted) for s in entity_spans(tags)]
-    hits = len(set(true_spans) & set(pred_spans))
-    precision = hits / len(pred_spans) if pred_spans else 0.0
-    recall = hits / len(true_spans) if true_spans else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
-    pairs = [(g, p) for gs, ps in zip(gold, predicted) for g, p in zip(gs, ps)]
-    accuracy = sum(g == p for g, p in pairs) / len(pairs) if pairs else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "accuracy": accuracy}
-
-
 class TokenClassificationTask:
     auto_model = "AutoModelForTokenClassification"
+    type = "token_classification"
     main_metric = "f1"
 
     def __init__(self, name: str, config: TaskConfig) -> None:
@@ -87,12 +61,20 @@ class TokenClassificationTask:
 
         return DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE)
 
-    def metrics(self, predictions: Any, label_ids: Any, features: Dataset, frame: pd.DataFrame) -> dict[str, float]:
+    def gold(self, frame: pd.DataFrame) -> list[list[str]]:
+        return [[str(t) for t in row] for row in frame["tags"]]
+
+    def decode(self, predictions: Any, features: Dataset, frame: pd.DataFrame) -> list[dict[str, Any]]:
+        """Each word's tag from its first subword; words cut off by model.max_length are tagged O."""
         names = self.labels()
-        predicted = np.asarray(predictions).argmax(-1)
-        gold_rows, pred_rows = [], []
-        for pred, gold in zip(predicted, np.asarray(label_ids)):
-            keep = gold != IGNORE
-            gold_rows.append([names[i] for i in gold[keep]])
-            pred_rows.append([names[i] for i in pred[keep]])
-        return entity_metrics(gold_rows, pred_rows)
+        outputs = []
+        for pred, first, tokens in zip(np.asarray(predictions).argmax(-1), features["labels"], frame["tokens"]):
+            words = [str(w) for w in tokens]
+            tags = [names[p] for p, label in zip(pred, first) if label != IGNORE]
+            tags += ["O"] * (len(words) - len(tags))
+            entities = [
+                {"entity": kind, "start": start, "end": end, "text": " ".join(words[start:end])}
+                for kind, start, end in sorted(entity_spans(tags), key=lambda s: s[1])
+            ]
+            outputs.append({"tags": tags, "entities": entities})
+        return outputs

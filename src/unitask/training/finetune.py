@@ -20,8 +20,9 @@ import pandas as pd
 
 from unitask.atomic import atomic_dir, write_json
 from unitask.config import SPLITS, Config
+from unitask.evaluation.predictions import write_predictions
 from unitask.models.backbone import load_tokenizer
-from unitask.tasks.text import TextTask, read_split, text_task
+from unitask.tasks.text import TextTask, read_split, task_scores, text_task
 from unitask.tracking import flatten, stage_run
 from unitask.training.model import build_model
 from unitask.training.trainer import MlflowMetrics, UnitaskTrainer, is_main_process, trainer_arguments
@@ -31,7 +32,7 @@ TIMING_KEYS = ("runtime", "samples_per_second", "steps_per_second", "epoch")
 
 def scorer(task: TextTask, features: Any, frame: pd.DataFrame) -> Callable[[Any], dict[str, float]]:
     """Trainer's `compute_metrics` for one split (post-processing needs that split's features)."""
-    return lambda output: task.metrics(output.predictions, output.label_ids, features, frame)
+    return lambda output: task_scores(task, output.predictions, features, frame)
 
 
 def resume_point(folder: Path, resume: bool) -> str | None:
@@ -134,13 +135,15 @@ def finetune(cfg: Config, name: str, resume: bool = False) -> dict[str, Any]:
         }
         for split in ("validation", "test"):
             trainer.compute_metrics = scorer(task, features[split], frames[split])
-            scores = trainer.evaluate(features[split], metric_key_prefix=split)
+            output = trainer.predict(features[split], metric_key_prefix=split)
             summary[split] = {
                 key.removeprefix(f"{split}_"): value
-                for key, value in scores.items()
+                for key, value in output.metrics.items()
                 if not key.endswith(TIMING_KEYS)
             }
         if main:
+            decoded = task.decode(output.predictions, features["test"], frames["test"])
+            write_predictions(cfg, "finetune", name, task.gold(frames["test"]), decoded)
             _write_outputs(cfg, name, task, trainer, tokenizer, summary)
             shutil.rmtree(checkpoints, ignore_errors=True)
     return summary

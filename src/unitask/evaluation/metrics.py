@@ -1,0 +1,133 @@
+"""Metrics by task type, on decoded outputs: label names, scores, tag sequences or answer texts.
+
+Every model (TF-IDF baseline, fine-tune, multi-task, fusion) is scored by the same functions, so a
+comparison across models compares like with like. `task_metrics` picks the set for a task type.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+from typing import Any
+
+import numpy as np
+
+MAIN_METRIC = {
+    "classification": "macro_f1",
+    "pair_classification": "macro_f1",
+    "multimodal_classification": "macro_f1",
+    "regression": "pearson",
+    "token_classification": "f1",
+    "extractive_qa": "f1",
+}
+
+
+def classification_metrics(gold: list[Any], predicted: list[Any]) -> dict[str, float]:
+    """Accuracy and macro precision, recall and F1 (scikit-learn; a class never predicted scores 0)."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    precision, recall, f1, _ = precision_recall_fscore_support(gold, predicted, average="macro", zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(gold, predicted)),
+        "macro_precision": float(precision),
+        "macro_recall": float(recall),
+        "macro_f1": float(f1),
+    }
+
+
+def regression_metrics(gold: list[float], predicted: list[float]) -> dict[str, float]:
+    """Pearson and Spearman correlation (0 when either side is constant), MSE, RMSE and MAE."""
+    from scipy.stats import pearsonr, spearmanr
+
+    y_true, y_pred = np.asarray(gold, dtype=float), np.asarray(predicted, dtype=float)
+    constant = np.ptp(y_pred) == 0 or np.ptp(y_true) == 0
+    mse = float(np.mean((y_true - y_pred) ** 2))
+    return {
+        "pearson": 0.0 if constant else float(pearsonr(y_true, y_pred).statistic),
+        "spearman": 0.0 if constant else float(spearmanr(y_true, y_pred).statistic),
+        "mse": mse,
+        "rmse": float(np.sqrt(mse)),
+        "mae": float(np.mean(np.abs(y_true - y_pred))),
+    }
+
+
+def entity_spans(tags: list[str]) -> set[tuple[str, int, int]]:
+    """BIO tags -> {(type, start, end)}; an I- tag that does not continue an entity starts one (conlleval)."""
+    spans: set[tuple[str, int, int]] = set()
+    kind: str | None = None
+    start = 0
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, name = tag.partition("-")
+        if kind is not None and (prefix != "I" or name != kind):
+            spans.add((kind, start, i))
+            kind = None
+        if prefix == "B" or (prefix == "I" and kind is None):
+            kind, start = name, i
+    return spans
+
+
+def entity_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
+    """Entity-level micro precision/recall/F1 (exact span and type, as conlleval and seqeval's
+    default mode score BIO tags) and token accuracy."""
+    true_spans = {(i, *s) for i, tags in enumerate(gold) for s in entity_spans(tags)}
+    pred_spans = {(i, *s) for i, tags in enumerate(predicted) for s in entity_spans(tags)}
+    hits = len(true_spans & pred_spans)
+    precision = hits / len(pred_spans) if pred_spans else 0.0
+    recall = hits / len(true_spans) if true_spans else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+    pairs = [(g, p) for gs, ps in zip(gold, predicted) for g, p in zip(gs, ps)]
+    accuracy = sum(g == p for g, p in pairs) / len(pairs) if pairs else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "accuracy": accuracy}
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalization: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def squad_metrics(golds: list[list[str]], predictions: list[str]) -> dict[str, float]:
+    """Exact match and token F1 in percent, each the best over an example's gold answers."""
+
+    def f1(gold: str, pred: str) -> float:
+        g, p = normalize_answer(gold).split(), normalize_answer(pred).split()
+        if not g or not p:
+            return float(g == p)
+        common = sum((collections.Counter(g) & collections.Counter(p)).values())
+        if common == 0:
+            return 0.0
+        precision, recall = common / len(p), common / len(g)
+        return 2 * precision * recall / (precision + recall)
+
+    exact = [max(normalize_answer(g) == normalize_answer(p) for g in gs or [""]) for gs, p in zip(golds, predictions)]
+    f1s = [max(f1(g, p) for g in gs or [""]) for gs, p in zip(golds, predictions)]
+    n = max(len(predictions), 1)
+    return {"exact_match": 100.0 * sum(exact) / n, "f1": 100.0 * sum(f1s) / n}
+
+
+SCORERS = {
+    "classification": classification_metrics,
+    "pair_classification": classification_metrics,
+    "multimodal_classification": classification_metrics,
+    "regression": regression_metrics,
+    "token_classification": entity_metrics,
+    "extractive_qa": squad_metrics,
+}
+
+
+# the field of a decoded output (see `TextTask.decode`) that is compared with the gold value
+OUTPUT_KEY = {
+    "classification": "label",
+    "pair_classification": "label",
+    "multimodal_classification": "label",
+    "regression": "value",
+    "token_classification": "tags",
+    "extractive_qa": "answer",
+}
+
+
+def task_metrics(task_type: str, gold: list[Any], outputs: list[dict[str, Any]]) -> dict[str, float]:
+    """The metrics of `task_type` for gold values and decoded outputs (one per example)."""
+    key = OUTPUT_KEY[task_type]
+    return SCORERS[task_type](gold, [output[key] for output in outputs])

@@ -1,0 +1,44 @@
+"""Test-split predictions of every model, one JSON line per example: {"gold": ..., **decoded output}.
+
+Training stages write them (`reports/predictions/<model>/<task>.jsonl`) and `unitask evaluate`
+scores and compares them, so evaluation needs no model loaded and every model is scored alike.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from unitask.atomic import atomic_file
+from unitask.config import Config
+from unitask.errors import DataError
+
+
+def predictions_path(cfg: Config, model: str, task: str) -> Path:
+    return cfg.path(cfg.paths.reports) / "predictions" / model / f"{task}.jsonl"
+
+
+def write_predictions(cfg: Config, model: str, task: str, gold: list[Any], outputs: list[dict[str, Any]]) -> Path:
+    """Write `model`'s decoded outputs for `task`'s test rows beside their gold values (atomically)."""
+    if len(gold) != len(outputs):
+        raise ValueError(f"{model}/{task}: {len(gold)} gold values but {len(outputs)} outputs")
+    path = predictions_path(cfg, model, task)
+    with atomic_file(path) as tmp:
+        with tmp.open("w", encoding="utf-8") as out:
+            for value, output in zip(gold, outputs):
+                out.write(json.dumps({"gold": _plain(value), **output}) + "\n")
+    return path
+
+
+def read_predictions(cfg: Config, model: str, task: str) -> tuple[list[Any], list[dict[str, Any]]]:
+    """(gold values, decoded outputs) of `model` on `task`; DataError when the stage has not run."""
+    path = predictions_path(cfg, model, task)
+    if not path.is_file():
+        raise DataError(f"{path}: no predictions of model '{model}' for task '{task}'", hint="run that training stage first")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [row.pop("gold") for row in rows], rows
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else value
