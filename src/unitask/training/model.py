@@ -70,12 +70,26 @@ def check_weights(path: str) -> None:
 def build_model(cfg: Config, task: TextTask) -> Any:
     """The encoder plus a fresh head for `task`, seeded with `cfg.seed`."""
     import transformers
+
+    return _build(cfg, getattr(transformers, task.auto_model), head_kwargs(task), task)
+
+
+def build_encoder(cfg: Config) -> Any:
+    """The bare encoder (`AutoModel`, no head) that multi-task and fusion models put heads on."""
+    from transformers import AutoModel
+
+    return _build(cfg, AutoModel, {}, None)
+
+
+def _build(cfg: Config, auto: Any, kwargs: dict[str, Any], task: TextTask | None) -> Any:
+    """`auto` from `encoder_path(cfg)`, or from `model.backbone_config` (random init) when pretraining
+    is off; seeded with `cfg.seed`."""
+    import transformers
     from transformers import AutoConfig
 
-    auto = getattr(transformers, task.auto_model)
     if cfg.model.backbone_config and not cfg.pretrain.enabled:
         try:
-            model_config = AutoConfig.for_model(**cfg.model.backbone_config, **head_kwargs(task))
+            model_config = AutoConfig.for_model(**cfg.model.backbone_config, **kwargs)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"model.backbone_config: {exc}", hint="give model_type and its config keys") from None
         check_max_length(model_config, cfg.model.max_length, "model.backbone_config")
@@ -88,9 +102,10 @@ def build_model(cfg: Config, task: TextTask) -> Any:
     except OSError as exc:
         raise ConfigError(f"model.backbone: cannot load a model config from {path}: {exc}") from None
     check_max_length(model_config, cfg.model.max_length, path)
-    check_head(model_config, task, path)
+    if task is not None:
+        check_head(model_config, task, path)
     transformers.set_seed(cfg.seed)
     try:
-        return auto.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code, **head_kwargs(task))
+        return auto.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code, **kwargs)
     except OSError as exc:
         raise ConfigError(f"model.backbone: cannot load weights from {path}: {exc}") from None
