@@ -63,11 +63,25 @@ def test_repro_runs_the_chain_then_is_a_no_op(clone):
     for task in params["finetune"]["tasks"]:
         assert (clone / "models/finetune" / task / "model.safetensors").is_file()
         assert "test" in json.loads((clone / "reports/finetune" / f"{task}.json").read_text())
+    multitask = json.loads((clone / "reports/multitask.json").read_text())
+    assert multitask["tasks"] == params["multitask"]["tasks"] and "mean_score" in multitask["test"]
+    assert (clone / "models/multitask/unitask-model.json").is_file()
+    comparison = json.loads((clone / "reports/multitask_comparison.json").read_text())
+    assert comparison["mean"]["tasks"] == len(params["multitask"]["tasks"])
+    # one saved model answers every default text task
+    (clone / "rows.jsonl").write_text("".join(
+        json.dumps({"task": task, "text": "WIN a prize now in London"}) + "\n" for task in params["multitask"]["tasks"]
+    ))
+    predicted = _run([str(BIN / "unitask"), "predict", "--input", "rows.jsonl"], clone)
+    answers = [json.loads(line) for line in predicted.splitlines() if line.startswith("{")]
+    assert len(answers) == len(params["multitask"]["tasks"]) and not any("error" in a for a in answers)
+    assert answers[params["multitask"]["tasks"].index("sms_spam")]["label"] in ("ham", "spam")
     second = _run([str(BIN / "dvc"), "repro"], clone)
     assert "Running stage" not in second
     assert json.loads(_run([str(BIN / "dvc"), "status", "--json"], clone)) == {}
     metrics = _run([str(BIN / "dvc"), "metrics", "show", "--json"], clone)
     assert "reports/prepare/sms_spam.json" in metrics
+    assert "reports/multitask.json" in metrics and "reports/multitask_comparison.json" in metrics
 
 
 def test_a_changed_task_reruns_only_its_data_stages(clone):

@@ -116,6 +116,77 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.set_defaults(run=_finetune)
 
+    search = commands.add_parser(
+        "tune",
+        parents=[common],
+        help="hyperparameter search for a task's fine-tuning (Optuna; also writes a Katib Experiment)",
+        description="Search tune.space (learning rate, batch size, epochs, warmup, weight decay, ...) for one "
+        "task with Optuna's TPE sampler and median pruning on the validation metric; each trial trains with "
+        "tune.budget (e.g. a cap on train rows) in a temporary folder and is a child MLflow run of one `tune` "
+        "run. Prints one line per trial; writes the best values to <tune.output>/<task>.yaml "
+        "(finetune.per_task.<task>, to merge into params.yaml) and the same search as a Katib v1beta1 "
+        "Experiment to <tune.output>/<task>-katib.yaml. The fine-tune stage's outputs are not touched.",
+    )
+    search.add_argument("--stage", default="finetune", choices=["finetune"], help="the stage to tune (default: %(default)s)")
+    search.add_argument("--task", required=True, metavar="NAME", help="the task to tune")
+    search.set_defaults(run=_tune)
+
+    multi = commands.add_parser(
+        "multitask",
+        parents=[common],
+        help="train one shared encoder with a head per text task (multi-task learning)",
+        description="Train one encoder with a head per text task (multitask.tasks; default: every declared "
+        "text task) jointly: each batch holds one task's examples, drawn by multitask.sampler "
+        "(proportional, temperature with size_cap, uniform, round_robin); the task losses are weighted by "
+        "multitask.weighting (equal, static, uncertainty, dwa). Every task is scored on validation at each "
+        "evaluation and the checkpoint with the best mean of the task metrics is kept. Writes "
+        "multitask.output (one model for every task: `unitask predict` answers from it), "
+        "reports/multitask.json, test predictions in reports/predictions/multitask/ and an MLflow run. "
+        "--compare trains nothing: it compares the model with the single-task fine-tunes (metrics, training "
+        "time, examples seen) in multitask.comparison (JSON and a Markdown table) and the MLflow run.",
+    )
+    multi.add_argument("--resume", action="store_true", help="continue from the last checkpoint in multitask.checkpoints")
+    multi.add_argument(
+        "--compare", action="store_true", help="only write the comparison with the single-task fine-tunes (trains nothing)"
+    )
+    multi.set_defaults(run=_multitask)
+
+    ask = commands.add_parser(
+        "predict",
+        parents=[common],
+        help="answer one input (or a JSON-lines file of them) with a saved model",
+        description="Load a saved model (default: multitask.output, one model for every text task; for a "
+        "text+image task fusion.output/<task>) and print its output for the task as JSON: {label, scores}, "
+        "{value}, {tags, entities} or {answer, start, end, score}. Pair classification takes --text-pair; "
+        "extractive QA takes the question as --text and the context as --text-pair; token classification "
+        "splits --text on white space. --input reads rows {task, text, text_pair, image} (one JSON object "
+        "a line; - for standard input) and prints one JSON line per row.",
+    )
+    ask.add_argument("--task", metavar="NAME", help="the task to answer")
+    ask.add_argument("--text", help="the input text (extractive QA: the question)")
+    ask.add_argument("--text-pair", metavar="TEXT", help="the second text (pair classification; QA: the context)")
+    ask.add_argument("--image", metavar="FILE", help="the image of a text+image task")
+    ask.add_argument("--input", metavar="FILE", help="JSON lines of rows to answer instead (- reads standard input)")
+    ask.add_argument("--model", metavar="DIR", help="the saved model folder (default: see above)")
+    ask.set_defaults(run=_predict)
+
+    fuse = commands.add_parser(
+        "fusion",
+        parents=[common],
+        help="train text+image models (and text-only / image-only baselines) for multimodal tasks",
+        description="For each multimodal task (default: fusion.tasks) train a late-fusion model: the text "
+        "encoder (as fine-tuning uses), an image encoder (fusion.image_encoder from the hub or a folder, "
+        "else a small ViT from fusion.image_config trained from scratch), a fusion module (fusion.method: "
+        "concat, gated, weighted, cross_attention) and a classifier head, with optional auxiliary unimodal "
+        "losses (fusion.loss_weights) and training-only image augmentation (fusion.augment). With "
+        "fusion.baselines, a text-only and an image-only model get the same budget. Writes "
+        "fusion.output/<task> (safetensors, tokenizer, image processor, unitask-model.json; `unitask "
+        "predict` loads it), reports/fusion/<task>.json (all models side by side), test predictions in "
+        "reports/predictions/{fusion,fusion_text,fusion_image}/<task>.jsonl, and one MLflow run per model.",
+    )
+    _tasks_option(fuse, "train")
+    fuse.set_defaults(run=_fusion)
+
     base = commands.add_parser(
         "baseline",
         parents=[common],
@@ -126,6 +197,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _tasks_option(base, "score")
     base.set_defaults(run=_baseline)
+
+    score = commands.add_parser(
+        "evaluate",
+        parents=[common],
+        help="score and compare every model on the test splits: tables, plots, an MLflow run",
+        description="Score reports/predictions/<model>/<task>.jsonl of each model in evaluate.models (TF-IDF "
+        "baseline, fine-tunes, multi-task, fusion and its text-only/image-only baselines) with the metrics "
+        "of each task type, without loading any model. Writes evaluate.output (default reports/evaluate): "
+        "comparison.json (a DVC metric), comparison.md, report.json (per-class reports, confusion matrices) "
+        "and plots/ for `dvc plots show` (confusion matrices, metric by model, training curves from the "
+        "training stages' MLflow runs); the MLflow run `evaluate` holds them with PNG figures.",
+    )
+    score.set_defaults(run=_evaluate)
+
+    reg = commands.add_parser(
+        "register",
+        parents=[common],
+        help="register the served model (multi-task + fusion) in MLflow; gate the champion alias",
+        description="Log one MLflow pyfunc that answers every task (multitask.output, plus fusion.output when "
+        "register.include_fusion) with a signature, an input example and a model card, and register it as "
+        "register.name. The new version gets the alias `challenger`; `champion` moves to it only when it "
+        "beats the current champion on register.gate.primary and no task's main metric drops by more "
+        "than register.gate.max_task_regression. The decision and its numbers go to register.output and "
+        "the MLflow run `register`. Rerunning with unchanged models and metrics registers nothing new.",
+    )
+    reg.set_defaults(run=_register)
 
     kfp_group = commands.add_parser(
         "pipeline",
@@ -210,11 +307,64 @@ def _pretrain(cfg: Config, args: argparse.Namespace) -> None:
 def _finetune(cfg: Config, args: argparse.Namespace) -> None:
     from unitask.training.finetune import finetune
     from unitask.training.trainer import is_main_process
+    from unitask.tuning.katib import metric_line
 
     summary = finetune(cfg, args.task, resume=args.resume)
     if is_main_process():
         metric = summary["main_metric"]
         print(f"{args.task}\tvalidation {metric} {summary['validation'][metric]:.4f}\ttest {metric} {summary['test'][metric]:.4f}")
+        print(metric_line(metric, summary["validation"][metric]))  # for Katib's metrics collector
+
+
+def _tune(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.tuning.search import tune
+
+    summary = tune(cfg, args.stage, args.task, report=lambda line: print(line, flush=True))
+    best = " ".join(f"{k}={v}" for k, v in summary["best_params"].items())
+    print(f"best\t{summary['metric']} {summary['best_value']:.4f}\t{best}\t({summary['complete']} complete, "
+          f"{summary['pruned']} pruned, {summary['seconds']:.0f} s)")
+    print(f"params\t{summary['params_file']}\nkatib\t{summary['katib_file']}")
+
+
+def _fusion(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.training.fusion import fusion, fusion_tasks
+
+    for name in args.tasks or fusion_tasks(cfg):
+        summary = fusion(cfg, name)
+        metric = summary["main_metric"]
+        cells = "\t".join(f"{m} {r['test'][metric]:.4f}" for m, r in summary["models"].items())
+        print(f"{name}\ttest {metric}\t{cells}")
+
+
+def _multitask(cfg: Config, args: argparse.Namespace) -> None:
+    if args.compare:
+        from unitask.evaluation.multitask_comparison import compare_multitask
+
+        result = compare_multitask(cfg)
+        for name, row in result["tasks"].items():
+            single = "–" if row["single_task"] is None else f"{row['single_task']:.4f}"
+            print(f"{name}\t{row['metric']}\tsingle-task {single}\tmulti-task {row['multitask']:.4f}")
+        mean, compute = result["mean"], result["compute"]
+        print(f"mean\tsingle-task {mean['single_task']:.4f}\tmulti-task {mean['multitask']:.4f}")
+        print(f"seconds\tsingle-task {compute['single_task']['seconds']:.0f}\tmulti-task {compute['multitask']['seconds']:.0f}")
+        print(f"comparison\t{cfg.path(cfg.multitask.comparison)}")
+        return
+    from unitask.training.multitask import multitask
+    from unitask.training.trainer import is_main_process
+
+    summary = multitask(cfg, resume=args.resume)
+    if is_main_process():
+        for name, metric in summary["main_metrics"].items():
+            print(f"{name}\tvalidation {metric} {summary['validation'][name][metric]:.4f}"
+                  f"\ttest {metric} {summary['test'][name][metric]:.4f}")
+        print(f"mean\tvalidation {summary['validation']['mean_score']:.4f}\ttest {summary['test']['mean_score']:.4f}")
+        print(f"model\t{cfg.path(cfg.multitask.output)}")
+
+
+def _predict(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.inference.command import predict_command
+
+    predict_command(cfg, args)
 
 
 def _baseline(cfg: Config, args: argparse.Namespace) -> None:
@@ -224,6 +374,23 @@ def _baseline(cfg: Config, args: argparse.Namespace) -> None:
         summary = baseline(cfg, name)
         metric = summary["main_metric"]
         print(f"{name}\tvalidation {metric} {summary['validation'][metric]:.4f}\ttest {metric} {summary['test'][metric]:.4f}")
+
+def _evaluate(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.evaluation.stage import evaluate
+
+    result = evaluate(cfg)
+    for task, entry in result["tasks"].items():
+        main = entry["main_metric"]
+        cells = "\t".join(f"{m} {v[main]:.4f}" for m, v in result["table"][task].items())
+        print(f"{task}\t{main}\t{cells}")
+
+
+def _register(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.registry import register
+
+    decision = register(cfg)
+    print(f"{decision['name']}\tversion {decision['version']}\t{decision['decision']}: {decision['reason']}")
+
 
 def _pipeline_compile(cfg: Config, args: argparse.Namespace) -> None:
     from pathlib import Path

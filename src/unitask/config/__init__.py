@@ -4,7 +4,10 @@ Every stage reads its own section of one `Config`. A config that does not fit th
 with a `ConfigError` (exit code 2) that names each bad key and what is allowed there.
 """
 
+from unitask.config.augment import Augment
 from unitask.config.base import Strict
+from unitask.config.evaluate import Evaluate, Gate, Register
+from unitask.config.fusion import Fusion, FusionMethod, ImageAugment, LossWeights
 from unitask.config.kubeflow import Kubeflow
 from unitask.config.loader import apply_override, load_config
 from unitask.config.schema import Config
@@ -13,6 +16,7 @@ from unitask.config.stages import (
     Corpus,
     Finetune,
     Model,
+    Multitask,
     Paths,
     Prepare,
     Pretrain,
@@ -33,10 +37,14 @@ from unitask.config.tasks import (
     SplitName,
     TaskConfig,
 )
+from unitask.config.tune import Katib, SearchRange, Tune
 
 __all__ = [
-    "SPLITS", "CheckName", "Config", "Corpus", "Finetune", "HubSource", "Kubeflow", "LocalSource",
-    "Model", "PackageSource", "Paths", "Prepare", "Pretrain", "ReadSpec", "Role", "S3Source",
+    "SPLITS", "CheckName", "Config", "Corpus", "Finetune", "Fusion", "FusionMethod", "ImageAugment", "LossWeights",
+    "HubSource", "Kubeflow", "LocalSource",
+    "Model", "Multitask", "PackageSource", "Paths", "Prepare", "Pretrain", "ReadSpec", "Role", "S3Source",
     "Severity", "Source", "SplitName", "Strict", "TaskConfig", "Tracking", "TrainSettings",
     "Validate", "apply_override", "load_config",
+    "Evaluate", "Gate", "Register",
+    "Augment", "Katib", "SearchRange", "Tune",
 ]  # fmt: skip

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from unitask.config.base import Strict
+from unitask.config.base import ProjectPath, Strict
 
 
 
@@ -97,7 +97,7 @@ class Kubeflow(Strict):
     image: str = Field(default="ghcr.io/unitask/unitask", description="the components' image (components/Dockerfile)")
     tag: str = Field(default="0.1.0", description="the image tag")
     pipeline_name: str = Field(default="unitask", pattern=r"^[a-z0-9][a-z0-9-]*$")
-    package: str = Field(default="pipelines/unitask.yaml", description="where `unitask pipeline compile` writes")
+    package: ProjectPath = Field(default="pipelines/unitask.yaml", description="where `unitask pipeline compile` writes")
     accelerator_type: str = Field(default="nvidia.com/gpu", description="resource name of the accelerator")
     node_selector: dict[str, str] = Field(
         default_factory=lambda: {"nvidia.com/gpu.present": "true"},

@@ -23,9 +23,14 @@ def load_config(params: str | Path = "params.yaml", overrides: list[str] = ()) -
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(
+            f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}",
+            hint="fix the YAML syntax there (unclosed brackets or quotes, tabs, bad indentation)",
+        ) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raise ConfigError(f"{path}: the top level must be a mapping of sections", hint="start from params.yaml")
     for item in overrides:
         apply_override(raw, item)
     try:
@@ -37,6 +42,7 @@ def load_config(params: str | Path = "params.yaml", overrides: list[str] = ()) -
             hint="fix the keys above (see README.md, 'The config')",
         ) from None
     cfg._root = path.resolve().parent
+    cfg.check_paths()
     return cfg
 
 
@@ -44,18 +50,23 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply one `dotted.key=value` override in place; the value is parsed as YAML."""
     key, sep, value = item.partition("=")
     if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set prepare.max_rows=200")
+        raise ConfigError(f"--set {item!r}: expected key=value", hint="e.g. --set prepare.max_rows=200")
     node = raw
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {item!r}: '{'.'.join(parts[: i + 1])}' is not a section")
+            raise ConfigError(
+                f"--set {item!r}: '{'.'.join(parts[: i + 1])}' is not a section",
+                hint="set the key itself, not a key inside it",
+            )
         node = child
     try:
         node[parts[-1]] = yaml.safe_load(value) if value else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
+        raise ConfigError(
+            f"--set {item!r}: the value is not valid YAML: {exc}", hint="quote the value, e.g. --set 'key=\"a: b\"'"
+        ) from None
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -6,15 +6,21 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, model_validator
 
-from unitask.config.base import Strict
+from unitask.config.augment import Augment
+from unitask.config.base import ProjectPath, Strict
 from unitask.config.tasks import LocalSource, PackageSource, ReadSpec
 
 
 
 class Paths(Strict):
-    raw: str = "data/raw"
-    prepared: str = "data/prepared"
-    reports: str = "reports"
+    raw: ProjectPath = "data/raw"
+    prepared: ProjectPath = "data/prepared"
+    reports: ProjectPath = "reports"
+    roots: list[str] = Field(
+        default_factory=list,
+        description="folders outside the project that paths in this config may point into (e.g. a "
+        "shared data disk); every other path must stay inside the project",
+    )
 
 
 class Tracking(Strict):
@@ -23,9 +29,18 @@ class Tracking(Strict):
         description="MLflow tracking URI; a relative sqlite path is relative to the project root",
     )
     experiment: str = "unitask"
-    artifact_location: str = Field(
+    artifact_location: ProjectPath = Field(
         default="mlflow/artifacts",
         description="artifact root of experiments created in a local store (a server uses its own)",
+    )
+    timeout: float = Field(
+        default=5.0, gt=0,
+        description="seconds a stage waits for an http(s) tracking server's /health before it refuses to start",
+    )
+    fallback_uri: str | None = Field(
+        default=None,
+        description="explicit opt-in: when the `uri` server is unreachable, log to this store instead (e.g. "
+        "sqlite:///mlflow/mlflow.db), with a warning and a tag on every run; null: the stage fails",
     )
 
 
@@ -130,7 +145,7 @@ class Pretrain(TrainSettings):
     """Continued pretraining of the encoder on unlabeled text (masked-LM or causal-LM)."""
 
     enabled: bool = Field(default=True, description="fine-tuning starts from `output` when true")
-    output: str = Field(default="models/pretrained", description="folder of the pretrained encoder")
+    output: ProjectPath = Field(default="models/pretrained", description="folder of the pretrained encoder")
     objective: Literal["mlm", "clm"] = Field(
         default="mlm", description="mlm: masked-LM (encoders); clm: causal-LM (decoders such as GPT-2)"
     )
@@ -146,8 +161,8 @@ class Pretrain(TrainSettings):
     )
     mlm_probability: float = Field(default=0.15, gt=0, lt=1, description="mlm: share of tokens masked")
     save_steps: int = Field(default=100, gt=0, description="checkpoint every N steps, for --resume")
-    checkpoints: str = Field(default="models/checkpoints/pretrain", description="checkpoints, for --resume")
-    metrics: str = Field(default="reports/pretrain.json", description="perplexity before/after, corpus size")
+    checkpoints: ProjectPath = Field(default="models/checkpoints/pretrain", description="checkpoints, for --resume")
+    metrics: ProjectPath = Field(default="reports/pretrain.json", description="perplexity before/after, corpus size")
 
 
 class Finetune(TrainSettings):
@@ -165,8 +180,16 @@ class Finetune(TrainSettings):
     )
     doc_stride: int = Field(default=64, gt=0, description="extractive QA: overlap of context windows")
     max_answer_length: int = Field(default=30, gt=0, description="extractive QA: tokens per answer")
-    output: str = Field(default="models/finetune", description="model folder per task: <output>/<task>")
-    checkpoints: str = Field(default="models/checkpoints/finetune", description="<checkpoints>/<task>, for --resume")
+    augment: Augment = Field(default_factory=Augment, description="text augmentation of training rows; off by default")
+    max_train_rows: int | None = Field(
+        default=None, gt=0, description="train on a seeded sample of this many train rows (low-data runs, tuning budgets)"
+    )
+    dropout: float | None = Field(
+        default=None, ge=0, lt=1, description="dropout of the encoder and head (hidden, attention, classifier); null: the model's own"
+    )
+    head_l1: float = Field(default=0.0, ge=0, description="L1 penalty on the head's parameters (those outside the encoder), added to the loss")
+    output: ProjectPath = Field(default="models/finetune", description="model folder per task: <output>/<task>")
+    checkpoints: ProjectPath = Field(default="models/checkpoints/finetune", description="<checkpoints>/<task>, for --resume")
     per_task: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="task -> keys of this section that differ for it, e.g. {wnut_ner: {epochs: 6}}"
     )
@@ -190,3 +213,61 @@ class Finetune(TrainSettings):
         if not changes:
             return self
         return Finetune.model_validate({**self.model_dump(exclude={"per_task"}), **changes})
+
+
+SamplerName = Literal["proportional", "temperature", "uniform", "round_robin"]
+WeightingName = Literal["equal", "static", "uncertainty", "dwa"]
+
+
+class Multitask(TrainSettings):
+    """One shared encoder with a head per text task, trained jointly: each batch holds one task's
+    examples, the task drawn by `sampler`; the task losses are weighted by `weighting`."""
+
+    tasks: list[str] | None = Field(
+        default=None, description="text tasks trained together (a head each); unset: every declared text task"
+    )
+    sampler: SamplerName = Field(
+        default="temperature",
+        description="which task each batch comes from: proportional (to train rows), temperature "
+        "(rows capped at size_cap, to the power 1/temperature), uniform, or round_robin (in turn)",
+    )
+    temperature: float = Field(default=2.0, ge=1, description="sampler temperature: 1 is proportional, large is uniform")
+    size_cap: int | None = Field(
+        default=None, gt=0, description="temperature: rows counted per task at most (T5/jiant's cap); null: no cap"
+    )
+    steps_per_epoch: int | None = Field(
+        default=None, gt=0, description="batches per epoch; null: one pass's worth, sum over tasks of ceil(rows / batch_size)"
+    )
+    weighting: WeightingName = Field(
+        default="equal",
+        description="task loss weights: equal; static (`weights`); uncertainty (Kendall et al. 2018, learned "
+        "log-variances); dwa (Dynamic Weight Average, Liu et al. 2019, from the last two epochs' losses)",
+    )
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="static: task -> loss weight (> 0); a task left out weighs 1"
+    )
+    weighting_lr: float | None = Field(
+        default=None, gt=0, description="uncertainty: learning rate of the log-variances; null: learning_rate"
+    )
+    dwa_temperature: float = Field(default=2.0, gt=0, description="dwa: softness of the weights")
+    eval_strategy: Literal["epoch", "steps"] = Field(
+        default="epoch", description="when to evaluate every task, checkpoint, and check early stopping"
+    )
+    eval_steps: int = Field(default=100, gt=0, description="with eval_strategy: steps")
+    early_stopping_patience: int | None = Field(
+        default=None, gt=0, description="evaluations without a better mean validation score; null: never stop early"
+    )
+    output: ProjectPath = Field(default="models/multitask", description="the saved model: one encoder, a head per task")
+    checkpoints: ProjectPath = Field(default="models/checkpoints/multitask", description="checkpoints, for --resume")
+    metrics: ProjectPath = Field(default="reports/multitask.json", description="validation and test metrics per task")
+    comparison: ProjectPath = Field(
+        default="reports/multitask_comparison.json",
+        description="`unitask multitask --compare`: against the single-task fine-tunes (a .md table beside it)",
+    )
+
+    @model_validator(mode="after")
+    def _positive_weights(self) -> Multitask:
+        bad = sorted(name for name, weight in self.weights.items() if not weight > 0)
+        if bad:
+            raise ValueError(f"weights: {bad} must be above 0")
+        return self

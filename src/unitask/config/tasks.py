@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
-from unitask.config.base import Strict
+from unitask.config.base import ProjectPath, Strict
 from unitask.tasks import ROLES, TASK_TYPES
 
 TaskTypeName = Literal[tuple(TASK_TYPES)]  # type: ignore[valid-type]
@@ -23,7 +23,7 @@ TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 class LocalSource(Strict):
     kind: Literal["local"]
-    path: str = Field(description="file or folder, relative to the project root")
+    path: ProjectPath = Field(description="file or folder, relative to the project root (or in paths.roots)")
     sha256: str | None = None
 
 

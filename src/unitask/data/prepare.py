@@ -21,7 +21,6 @@ from unitask.tasks import TASK_TYPES, TEXT_ROLES, example_keys
 from unitask.tracking import flatten, stage_run
 
 
-
 def prepare(cfg: Config, tasks: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Prepare the named tasks (all by default); return each task's summary."""
     names = tasks or list(cfg.tasks)
@@ -46,7 +45,10 @@ def prepare_task(cfg: Config, name: str) -> dict[str, Any]:
     frame = canonical(cfg, name, task, table, entry)
     frame, dropped = clean(task, frame)
     if frame.empty:
-        raise DataError(f"tasks.{name}: no usable rows after dropping empties and duplicates")
+        raise DataError(
+            f"tasks.{name}: no usable rows after dropping empties and duplicates",
+            hint="check tasks.<name>.columns (the text column may be the wrong one) and the raw data",
+        )
     frame, dropped["capped"] = cap(cfg, task, frame)
     splits = split(cfg, task, frame)
     out = cfg.path(cfg.paths.prepared) / name
@@ -72,8 +74,8 @@ def canonical(cfg: Config, name: str, task: TaskConfig, table: pd.DataFrame, ent
     for role, column in task.columns.items():
         if column not in table:
             raise ConfigError(
-                f"tasks.{name}.columns.{role}: no column '{column}' in the raw data; "
-                f"it has {list(table.columns)}"
+                f"tasks.{name}.columns.{role}: no column '{column}' in the raw data; it has {list(table.columns)}",
+                hint="map the role to one of those columns (or set read.names for files without a header)",
             )
         frame[role] = table[column].to_numpy()
     spec = TASK_TYPES[task.type]
@@ -95,7 +97,8 @@ def _image_paths(cfg: Config, name: str, template: str, table: pd.DataFrame, ent
         rels = [template.format(**row) for row in table.to_dict("records")]
     except KeyError as exc:
         raise ConfigError(
-            f"tasks.{name}.read.image_path: no column {exc} in the raw data; it has {list(table.columns)}"
+            f"tasks.{name}.read.image_path: no column {exc} in the raw data; it has {list(table.columns)}",
+            hint="use {column} placeholders (and {split}) that exist in the data",
         ) from None
     return [(entry / rel).relative_to(cfg.root).as_posix() for rel in rels]
 
@@ -125,7 +128,8 @@ def _numeric(name: str, task: TaskConfig, values: pd.Series) -> pd.Series:
     if len(bad):
         raise DataError(
             f"tasks.{name}.columns.label: {len(bad)} targets are not numbers, "
-            f"e.g. rows {list(bad.index[:5])}: {list(bad.head(5))}"
+            f"e.g. rows {list(bad.index[:5])}: {list(bad.head(5))}",
+            hint="fix those rows, or map columns.label to the numeric column",
         )
     if task.label_range is not None:
         lo, hi = task.label_range
@@ -133,7 +137,8 @@ def _numeric(name: str, task: TaskConfig, values: pd.Series) -> pd.Series:
         if len(outside):
             raise ConfigError(
                 f"tasks.{name}.label_range: {len(outside)} targets lie outside [{lo}, {hi}], "
-                f"e.g. {list(outside.head(5))}"
+                f"e.g. {list(outside.head(5))}",
+                hint="widen label_range, or fix those rows",
             )
     return numbers.astype("float64")
 
@@ -181,7 +186,10 @@ def split(cfg: Config, task: TaskConfig, frame: pd.DataFrame) -> dict[str, pd.Da
         pool = out["train"]
         n = max(1, round(fraction * total))
         if n >= len(pool):
-            raise DataError(f"{len(pool)} training rows are too few to carve a {name} split of {n}")
+            raise DataError(
+                f"{len(pool)} training rows are too few to carve a {name} split of {n}",
+                hint=f"lower prepare.{name}_fraction, raise prepare.max_rows, or add data",
+            )
         out[name] = _take(pool, n, _strata(task, pool), cfg.seed)
         out["train"] = pool.drop(out[name].index)
     return {s: part.sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True) for s, part in out.items()}

@@ -41,7 +41,9 @@ def _read(path: Path, spec: ReadSpec) -> pd.DataFrame:
     try:
         table = READERS[spec.format](path, spec)
     except (ValueError, OSError) as exc:  # pandas' and pyarrow's parse errors are ValueErrors
-        raise DataError(f"{path}: cannot read as {spec.format}: {exc}") from None
+        raise DataError(
+            f"{path}: cannot read as {spec.format}: {exc}", hint="set read.format (and read.sep) to match the file"
+        ) from None
     return table
 
 
@@ -81,7 +83,9 @@ def _jsonl(path: Path, spec: ReadSpec) -> pd.DataFrame:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not a JSON line: {exc.msg}") from None
+                raise DataError(
+                    f"{path}:{number}: not a JSON line: {exc.msg}", hint="fix that line (one JSON object per line)"
+                ) from None
     return _records(rows, spec, path)
 
 
@@ -89,9 +93,9 @@ def _json(path: Path, spec: ReadSpec) -> pd.DataFrame:
     try:
         rows = json.loads(_text(path, spec))
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+        raise DataError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}", hint="fix the JSON there") from None
     if not isinstance(rows, list):
-        raise DataError(f"{path}: expected a JSON list of rows")
+        raise DataError(f"{path}: expected a JSON list of rows", hint="use format jsonl for one object per line")
     return _records(rows, spec, path)
 
 
@@ -111,7 +115,9 @@ def _text_folder(path: Path, spec: ReadSpec) -> pd.DataFrame:
     """`<path>/<label>/<file>.txt`: one example per file."""
     files = sorted(p for p in path.glob("*/*.txt") if p.is_file())
     if not files:
-        raise DataError(f"{path}: no <label>/<name>.txt files")
+        raise DataError(
+            f"{path}: no <label>/<name>.txt files", hint="text_folder reads one folder per label of .txt files"
+        )
     return pd.DataFrame(
         {
             "text": [_text(p, spec) for p in files],
@@ -131,7 +137,10 @@ def _conll(path: Path, spec: ReadSpec) -> pd.DataFrame:
             continue
         fields = line.split(spec.sep if spec.sep != "," else "\t")
         if len(fields) < 2:
-            raise DataError(f"{path}:{number}: expected 'token<TAB>tag', got {line!r}")
+            raise DataError(
+                f"{path}:{number}: expected 'token<TAB>tag', got {line!r}",
+                hint="give every token line a tag (read.sep sets the separator); sentences end at a blank line",
+            )
         sentences[-1][0].append(fields[0])
         sentences[-1][1].append(fields[-1])
     sentences = [s for s in sentences if s[0]]

@@ -59,7 +59,10 @@ def package_path(src: PackageSource, name: str) -> Path:
         )
     path = Path(str(dist.locate_file(src.path)))
     if not path.exists():
-        raise DataError(f"{key}.path: '{src.path}' is not in {src.package} {src.version} ({path})")
+        raise DataError(
+            f"{key}.path: '{src.path}' is not in {src.package} {src.version} ({path})",
+            hint="give a path relative to site-packages that the installed distribution contains",
+        )
     return path
 
 
@@ -90,11 +93,11 @@ def _fetch_s3(src: S3Source, target: Path, name: str) -> None:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
         keys = sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
         if not keys:
-            raise DataError(f"tasks.{name}.source.uri: no objects under {src.uri}")
+            raise DataError(f"tasks.{name}.source.uri: no objects under {src.uri}", hint="check the bucket and prefix")
         for obj in tqdm(keys, desc=f"s3 {src.uri}", unit="object", leave=False):
             if obj.endswith("/"):
                 continue
-            out = target / obj[len(key):]
+            out = target / obj[len(key) :]
             out.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, obj, str(out))
     except (BotoCoreError, ClientError) as exc:
@@ -111,8 +114,7 @@ def _fetch_hub(src: HubSource, target: Path, name: str) -> None:
         loaded = datasets.load_dataset(src.dataset, name=src.name, revision=src.revision)
     except Exception as exc:  # datasets raises many types: offline, not found, bad config, ...
         raise DataError(
-            f"tasks.{name}.source.dataset: cannot load '{src.dataset}' from the hub: "
-            f"{type(exc).__name__}: {exc}",
+            f"tasks.{name}.source.dataset: cannot load '{src.dataset}' from the hub: {type(exc).__name__}: {exc}",
             hint="check the id and network access (HF_HUB_OFFLINE=1 forbids downloads)",
         ) from None
     wanted = src.splits or [s for s in loaded if s in SPLITS]
@@ -121,6 +123,7 @@ def _fetch_hub(src: HubSource, target: Path, name: str) -> None:
         raise ConfigError(
             f"tasks.{name}.source.splits: {bad or 'none'} of the hub splits {list(loaded)} "
             f"can be used; unitask keeps splits named {list(SPLITS)}",
+            hint="list the hub splits to keep in source.splits (train, and validation/test if they exist)",
         )
     target.mkdir(parents=True)
     for split in wanted:

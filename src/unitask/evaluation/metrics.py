@@ -22,6 +22,14 @@ MAIN_METRIC = {
     "extractive_qa": "f1",
 }
 
+# main metrics reported in percent; `unit_score` scales them to 0-1 where scores of tasks are averaged
+PERCENT_METRICS = {"extractive_qa": {"exact_match", "f1"}}
+
+
+def unit_score(task_type: str, metric: str, value: float) -> float:
+    """`value` of `metric` on the 0-1 scale of the other metrics (SQuAD's percentages / 100)."""
+    return value / 100 if metric in PERCENT_METRICS.get(task_type, ()) else value
+
 
 def classification_metrics(gold: list[Any], predicted: list[Any]) -> dict[str, float]:
     """Accuracy and macro precision, recall and F1 (scikit-learn; a class never predicted scores 0)."""
@@ -34,6 +42,21 @@ def classification_metrics(gold: list[Any], predicted: list[Any]) -> dict[str, f
         "macro_recall": float(recall),
         "macro_f1": float(f1),
     }
+
+
+def per_class_report(gold: list[Any], predicted: list[Any], labels: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per label (scikit-learn's classification report)."""
+    from sklearn.metrics import classification_report
+
+    report = classification_report(gold, predicted, labels=labels, output_dict=True, zero_division=0)
+    return {label: {k: float(v) for k, v in report[label].items()} for label in labels}
+
+
+def confusion(gold: list[Any], predicted: list[Any], labels: list[str]) -> list[list[int]]:
+    """Confusion matrix: row = gold label, column = predicted label, both in `labels` order."""
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(gold, predicted, labels=labels).tolist()
 
 
 def regression_metrics(gold: list[float], predicted: list[float]) -> dict[str, float]:

@@ -24,12 +24,18 @@ def resolve_backbone(spec: str, root: Path) -> str:
             ) from None
         path = Path(str(dist.locate_file(inner)))
         if not path.is_dir():
-            raise ConfigError(f"model.backbone: no folder '{inner}' in package {dist_name} ({path})")
+            raise ConfigError(
+                f"model.backbone: no folder '{inner}' in package {dist_name} ({path})",
+                hint="write package:<distribution>/<folder under site-packages>",
+            )
         return str(path)
     local = root / spec
     if spec.startswith((".", "/")) or local.exists():
         if not local.is_dir():
-            raise ConfigError(f"model.backbone: '{spec}' is not a model folder (under {root})")
+            raise ConfigError(
+                f"model.backbone: '{spec}' is not a model folder (under {root})",
+                hint="give a hub id, a folder saved with save_pretrained, or package:<distribution>/<folder>",
+            )
         return str(local.resolve())
     return spec
 

@@ -17,6 +17,13 @@ from unitask.models.backbone import encoder_path
 from unitask.tasks.text import TextTask
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+# dropout settings of transformers configs (BERT/RoBERTa/ELECTRA, DistilBERT, GPT-2, T5, DeBERTa):
+# `finetune.dropout` sets every one the model's config has
+DROPOUT_FIELDS = (
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout", "attention_dropout",
+    "seq_classif_dropout", "qa_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout",
+    "dropout_rate", "pooler_dropout",
+)  # fmt: skip
 
 
 def head_kwargs(task: TextTask) -> dict[str, Any]:
@@ -67,21 +74,34 @@ def check_weights(path: str) -> None:
         )
 
 
-def build_model(cfg: Config, task: TextTask) -> Any:
-    """The encoder plus a fresh head for `task`, seeded with `cfg.seed`."""
+def dropout_kwargs(model_config: Any, dropout: float | None) -> dict[str, float]:
+    """Config overrides that set every dropout probability of this model to `dropout` (None: keep)."""
+    if dropout is None:
+        return {}
+    fields = {name: dropout for name in DROPOUT_FIELDS if hasattr(model_config, name)}
+    if not fields:
+        raise ConfigError(
+            f"finetune.dropout: the {model_config.model_type} config has none of the dropout settings {list(DROPOUT_FIELDS)}",
+            hint="leave finetune.dropout unset (null) for this model",
+        )
+    return fields
+
+
+def build_model(cfg: Config, task: TextTask, dropout: float | None = None) -> Any:
+    """The encoder plus a fresh head for `task`, seeded with `cfg.seed`; `dropout` replaces the model's."""
     import transformers
 
-    return _build(cfg, getattr(transformers, task.auto_model), head_kwargs(task), task)
+    return _build(cfg, getattr(transformers, task.auto_model), head_kwargs(task), task, dropout)
 
 
-def build_encoder(cfg: Config) -> Any:
+def build_encoder(cfg: Config, dropout: float | None = None) -> Any:
     """The bare encoder (`AutoModel`, no head) that multi-task and fusion models put heads on."""
     from transformers import AutoModel
 
-    return _build(cfg, AutoModel, {}, None)
+    return _build(cfg, AutoModel, {}, None, dropout)
 
 
-def _build(cfg: Config, auto: Any, kwargs: dict[str, Any], task: TextTask | None) -> Any:
+def _build(cfg: Config, auto: Any, kwargs: dict[str, Any], task: TextTask | None, dropout: float | None = None) -> Any:
     """`auto` from `encoder_path(cfg)`, or from `model.backbone_config` (random init) when pretraining
     is off; seeded with `cfg.seed`."""
     import transformers
@@ -93,6 +113,8 @@ def _build(cfg: Config, auto: Any, kwargs: dict[str, Any], task: TextTask | None
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"model.backbone_config: {exc}", hint="give model_type and its config keys") from None
         check_max_length(model_config, cfg.model.max_length, "model.backbone_config")
+        for name, value in dropout_kwargs(model_config, dropout).items():
+            setattr(model_config, name, value)
         transformers.set_seed(cfg.seed)
         return auto.from_config(model_config)
     path = encoder_path(cfg)
@@ -100,12 +122,17 @@ def _build(cfg: Config, auto: Any, kwargs: dict[str, Any], task: TextTask | None
     try:
         model_config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
     except OSError as exc:
-        raise ConfigError(f"model.backbone: cannot load a model config from {path}: {exc}") from None
+        raise ConfigError(
+            f"model.backbone: cannot load a model config from {path}: {exc}", hint="check that config.json is there and valid"
+        ) from None
     check_max_length(model_config, cfg.model.max_length, path)
     if task is not None:
         check_head(model_config, task, path)
+    kwargs = {**kwargs, **dropout_kwargs(model_config, dropout)}
     transformers.set_seed(cfg.seed)
     try:
         return auto.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code, **kwargs)
     except OSError as exc:
-        raise ConfigError(f"model.backbone: cannot load weights from {path}: {exc}") from None
+        raise ConfigError(
+            f"model.backbone: cannot load weights from {path}: {exc}", hint="save the model again with save_pretrained"
+        ) from None

@@ -29,7 +29,7 @@ from unitask.errors import ConfigError, DataError, UnitaskError
 from unitask.models.backbone import backbone_path, load_tokenizer
 from unitask.tasks import TEXT_ROLES
 from unitask.tasks.text import read_split
-from unitask.tracking import stage_run
+from unitask.tracking import preflight, stage_run
 from unitask.training.trainer import MlflowMetrics, is_main_process, trainer_arguments
 
 MIN_TEXTS = 2  # one to train on, one to hold out
@@ -43,6 +43,7 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
     With `pretrain.enabled` false nothing is trained (see `skip`)."""
     if not cfg.pretrain.enabled:
         return skip(cfg)
+    preflight(cfg)  # an unreachable tracking server fails the stage before any work
     import mlflow
     from transformers import Trainer, set_seed
     from transformers.trainer_utils import get_last_checkpoint
@@ -238,7 +239,7 @@ def load_lm(cfg: Config, tokenizer):
         if cfg.model.backbone_config is not None:
             spec = dict(cfg.model.backbone_config)
             if "model_type" not in spec:
-                raise ConfigError("model.backbone_config: needs model_type, e.g. bert or gpt2")
+                raise ConfigError("model.backbone_config: needs model_type", hint="e.g. {model_type: bert, hidden_size: 32, ...}")
             spec.setdefault("vocab_size", len(tokenizer))
             for special in ("pad", "bos", "eos"):  # the tokenizer's, not the config class defaults
                 spec.setdefault(f"{special}_token_id", getattr(tokenizer, f"{special}_token_id"))

@@ -12,6 +12,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from unitask.config import TrainSettings
+from unitask.errors import ConfigError
 
 
 def is_main_process() -> bool:
@@ -86,10 +87,37 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         return super().__iter__()
 
 
+def head_parameters(model: Any) -> list[torch.nn.Parameter]:
+    """The parameters outside the encoder (`model.base_model`): the task head's."""
+    base = getattr(model, "base_model", model)
+    inside = {id(p) for p in base.parameters()} if base is not model else None
+    return [] if inside is None else [p for p in model.parameters() if id(p) not in inside]
+
+
 class UnitaskTrainer(Trainer):
     """Trainer with reproducible length grouping: training batches come from an epoch-seeded sampler,
     and evaluation keeps dataset order, which post-processing that maps predictions back to examples
-    (extractive QA) relies on."""
+    (extractive QA) relies on. `head_l1` adds `head_l1 * sum|w|` over the head's parameters to the
+    training loss (not to evaluation losses)."""
+
+    def __init__(self, *args: Any, head_l1: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.head_l1 = head_l1
+        self.head_params = head_parameters(self.model) if head_l1 else []
+        if head_l1 and not self.head_params:
+            raise ConfigError(
+                "finetune.head_l1: the model has no head parameters apart from its encoder",
+                hint="set finetune.head_l1 to 0 for this model",
+            )
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if not self.head_l1 or not model.training:
+            return out
+        penalty = self.head_l1 * sum(p.abs().sum() for p in self.head_params)
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            penalty = penalty / self.current_gradient_accumulation_steps  # Trainer will not divide this loss
+        return (out[0] + penalty, out[1]) if return_outputs else out + penalty
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         """Groups by the global batch (all ranks, all accumulation steps), so that N processes see

@@ -1,0 +1,172 @@
+"""Fine-tuning throughput and model FLOP utilization (MFU) on the default real tasks.
+
+    HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false .venv/bin/python bench/bench_finetune.py \
+        [--tasks trec_coarse sms_spam bbc_topic] [--steps 20] [--repeats 3] [--bf16 auto|true|false]
+
+Three ways to train the same model (the pretrained encoder, or model.backbone) on the same prepared
+train split with the same batch size, learning rate and precision, measured side by side and
+interleaved (A, B, C, A, B, C, ...):
+- `unitask`: what `unitask finetune` runs (UnitaskTrainer: dynamic padding + length-grouped batches);
+- `run_glue padded`: a plain transformers Trainer as in `run_glue.py`'s default, every example
+  padded to model.max_length (128) and random batches;
+- `run_glue dynamic`: the same plain Trainer with DataCollatorWithPadding (`--pad_to_max_length False`).
+Each run times `--steps` optimizer steps after 3 warm-up steps, from one step's end to the next (data
+loading and collation included, evaluation excluded), and reports samples/s, real (non-pad) tokens/s
+and MFU: achieved training FLOP/s (6·N·tokens + 12·layers·tokens·seq·hidden for attention, over the
+padded tokens the model computes; N = non-embedding parameters) divided by this machine's measured
+matmul peak in the same precision. Prints a Markdown table of medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+
+from unitask.config import load_config
+from unitask.models.backbone import load_tokenizer
+from unitask.tasks.text import read_split, text_task
+from unitask.training.finetune import training_arguments
+from unitask.training.model import build_model
+from unitask.training.trainer import UnitaskTrainer, use_bf16
+
+REPO = Path(__file__).resolve().parents[1]
+WARMUP = 3
+
+
+class StepClock(TrainerCallback):
+    """Wall time between consecutive optimizer-step ends, and the batch shapes trained on."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.ends.append(time.perf_counter())
+
+
+class ShapeRecorder:
+    """Wraps a collator: records each batch's padded and real token counts."""
+
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+        self.batches: list[tuple[int, int, int]] = []  # (examples, padded tokens, real tokens)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collate(features)
+        mask = batch["attention_mask"]
+        self.batches.append((mask.shape[0], mask.numel(), int(mask.sum())))
+        return batch
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """Median FLOP/s of an n x n matmul in `dtype` on this machine's torch threads."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
+
+
+def model_flops(model: Any, padded_tokens: int, seq: float) -> float:
+    """Training FLOPs: 6·N per token (forward + backward) plus attention scores and values."""
+    embeddings = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    n = sum(p.numel() for p in model.parameters()) - embeddings
+    cfg = model.config
+    return 6 * n * padded_tokens + 12 * cfg.num_hidden_layers * padded_tokens * seq * cfg.hidden_size
+
+
+def one_run(variant: str, cfg: Any, name: str, steps: int, bf16: bool) -> dict[str, float]:
+    task = text_task(cfg, name)
+    tokenizer = load_tokenizer(cfg)
+    frame = read_split(cfg, name, "train")
+    model = build_model(cfg, task)
+    with tempfile.TemporaryDirectory() as tmp:
+        common = {"max_steps": WARMUP + steps, "bf16": bf16, "save_strategy": "no", "eval_strategy": "no"}
+        if variant == "unitask":
+            features = task.encode(frame, tokenizer, cfg.model.max_length)
+            args = training_arguments(cfg, task, Path(tmp))
+            args = TrainingArguments(**{**args.to_dict(), **common, "load_best_model_at_end": False, "output_dir": tmp})
+            collate = ShapeRecorder(task.collator(tokenizer))
+            trainer_class: Any = UnitaskTrainer
+        else:
+            padded = variant == "run_glue padded"
+            encoded = tokenizer(
+                frame["text"].astype(str).tolist(),
+                padding="max_length" if padded else False,
+                truncation=True,
+                max_length=cfg.model.max_length,
+            )
+            from datasets import Dataset
+
+            features = Dataset.from_dict({**encoded, "labels": task.targets(frame)})
+            ft = cfg.finetune
+            args = TrainingArguments(
+                output_dir=tmp,
+                per_device_train_batch_size=ft.batch_size,
+                learning_rate=ft.learning_rate,
+                seed=cfg.seed,
+                report_to="none",
+                use_cpu=not torch.cuda.is_available(),
+                **common,
+            )
+            collate = ShapeRecorder(default_data_collator if padded else DataCollatorWithPadding(tokenizer))
+            trainer_class = Trainer
+        clock = StepClock()
+        trainer = trainer_class(model=model, args=args, train_dataset=features, data_collator=collate, callbacks=[clock])
+        trainer.train()
+    seconds = clock.ends[-1] - clock.ends[WARMUP - 1]
+    # batches are collated one ahead of the step that uses them: count the timed steps' batches
+    timed = collate.batches[WARMUP : WARMUP + steps]
+    examples, padded_tokens, real_tokens = (sum(b[i] for b in timed) for i in range(3))
+    seq = padded_tokens / examples
+    return {
+        "samples_per_s": examples / seconds,
+        "tokens_per_s": real_tokens / seconds,
+        "padded_share": 1 - real_tokens / padded_tokens,
+        "flops_per_s": model_flops(model, padded_tokens, seq) / seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default=str(REPO / "params.yaml"))
+    parser.add_argument("--tasks", nargs="+", default=["trec_coarse", "sms_spam", "bbc_topic"])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bf16", default="auto", choices=["auto", "true", "false"])
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    cfg = load_config(args.params, args.overrides)
+    bf16 = use_bf16(args.bf16 if args.bf16 == "auto" else args.bf16 == "true")
+    peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
+    variants = ["unitask", "run_glue padded", "run_glue dynamic"]
+    print(f"matmul peak ({'bf16' if bf16 else 'fp32'}, {torch.get_num_threads()} threads): {peak / 1e9:.1f} GFLOP/s")
+    print("| task | variant | samples/s | real tokens/s | padding | MFU | vs run_glue padded | vs run_glue dynamic |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.tasks:
+        runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+        for _ in range(args.repeats):
+            for variant in variants:
+                runs[variant].append(one_run(variant, cfg, name, args.steps, bf16))
+        med = {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in runs.items()}
+        for v in variants:
+            m = med[v]
+            ratios = [m["samples_per_s"] / med[b]["samples_per_s"] for b in variants[1:]]
+            print(
+                f"| {name} | {v} | {m['samples_per_s']:.1f} | {m['tokens_per_s']:.0f} | {m['padded_share']:.0%} "
+                f"| {m['flops_per_s'] / peak:.0%} | {ratios[0]:.2f}x | {ratios[1]:.2f}x |"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""`unitask evaluate`: score and compare every model on the test splits; tables, plots, one MLflow run.
+
+Writes under `evaluate.output` (default reports/evaluate), replacing it whole:
+- comparison.json: {task: {model: {metric: value}}}, the DVC metric (`dvc metrics show`, `dvc exp show`);
+- comparison.md: the same as Markdown tables;
+- report.json: per task the type, main metric, best model, and per model the rows scored, the
+  per-class report and confusion matrix (classification types);
+- plots/: data for `dvc plots show` (confusion/, by_model/, loss/, eval_loss/).
+The MLflow run `evaluate` holds the metrics, these files and PNG figures of the plots.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unitask.atomic import atomic_dir, write_json
+from unitask.config import Config
+from unitask.evaluation.compare import markdown, score
+from unitask.evaluation.plots import CURVES, figures, training_curves, write_plot_data
+from unitask.tracking import flatten, stage_run
+
+PLOT_FOLDERS = ("confusion", "by_model", *CURVES)
+
+
+def evaluate(cfg: Config) -> dict[str, Any]:
+    """Score, compare, plot and log; return the comparison (see `compare.score`)."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    result = score(cfg)
+    params = {"models": ",".join(result["models"]), "skipped": ",".join(result["skipped"]), "tasks": ",".join(result["table"])}
+    with stage_run(cfg, "evaluate", params=params) as run:
+        curves = training_curves(run.info.experiment_id) if cfg.evaluate.curves else {}
+        table = markdown(result)
+        with atomic_dir(cfg.path(cfg.evaluate.output)) as tmp:
+            write_json(tmp / "comparison.json", result["table"])
+            (tmp / "comparison.md").write_text(table, encoding="utf-8")
+            write_json(tmp / "report.json", {k: result[k] for k in ("models", "skipped", "tasks")} | {"curves": sorted(curves)})
+            for folder in PLOT_FOLDERS:  # every declared DVC plot folder exists, even when empty
+                (tmp / "plots" / folder).mkdir(parents=True, exist_ok=True)
+            write_plot_data(tmp / "plots", result, curves)
+        output = cfg.path(cfg.evaluate.output)
+        mlflow.log_metrics(flatten("test", result["table"]))
+        for name in ("comparison.json", "comparison.md", "report.json"):
+            mlflow.log_artifact(str(output / name))
+        for name, fig in figures(result, curves).items():
+            mlflow.log_figure(fig, f"plots/{name}")
+            plt.close(fig)
+    return result

@@ -1,0 +1,84 @@
+"""`unitask predict`: one input from the command line, or JSON lines of them, through a saved model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from unitask.config import Config
+from unitask.errors import ConfigError, DataError
+from unitask.inference import load_predictor
+
+
+def default_model(cfg: Config, task: str | None) -> Path:
+    """multitask.output, or fusion.output/<task> for a text+image task."""
+    declared = cfg.tasks.get(task) if task else None
+    fusion = getattr(cfg, "fusion", None)
+    if declared is not None and declared.type == "multimodal_classification" and fusion is not None:
+        return cfg.path(fusion.output) / task
+    return cfg.path(cfg.multitask.output)
+
+
+def read_rows(source: str, task: str | None) -> list[dict[str, Any]]:
+    """JSON objects, one a line (`-`: standard input); `task` fills rows that name none."""
+    text = sys.stdin.read() if source == "-" else _read_file(Path(source))
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{source}:{number}: not a JSON object: {exc.msg}", hint="one JSON object a line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{source}:{number}: not a JSON object", hint='e.g. {"task": "sms_spam", "text": "..."}')
+        if task and not row.get("task"):
+            row["task"] = task
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{source}: no rows to answer")
+    return rows
+
+
+def _read_file(path: Path) -> str:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file", hint="pass --input FILE (JSON lines) or - for standard input")
+    return path.read_text(encoding="utf-8")
+
+
+def predict_command(cfg: Config, args: argparse.Namespace) -> None:
+    if args.input:
+        rows = read_rows(args.input, args.task)
+    else:
+        if not args.task or (args.text is None and args.image is None):
+            raise ConfigError("predict: give --task NAME and --text TEXT (or --input FILE)",
+                              hint='e.g. unitask predict --task sms_spam --text "WIN a prize now"')
+        row = {"task": args.task, "text": args.text, "text_pair": args.text_pair, "image": args.image}
+        rows = [{k: v for k, v in row.items() if v is not None}]
+    folder = Path(args.model) if args.model else default_model(cfg, rows[0].get("task"))
+    if not folder.is_dir():
+        raise ConfigError(
+            f"{folder}: no saved model there",
+            hint="run `unitask multitask` (or `dvc repro multitask`) first, or pass --model DIR",
+        )
+    predictor = load_predictor(folder)
+    unknown = sorted({str(r.get("task")) for r in rows} - set(predictor.tasks))
+    if unknown and not args.input:
+        raise ConfigError(
+            f"predict: the model in {folder} does not answer task {unknown[0]!r}",
+            hint=f"its tasks: {', '.join(predictor.tasks)}",
+        )
+    outputs = predictor.predict(rows)
+    if not args.input:
+        if "error" in outputs[0]:
+            raise DataError(f"predict: {outputs[0]['error']}")
+        print(json.dumps(outputs[0], ensure_ascii=False))
+        return
+    for output in outputs:
+        print(json.dumps(output, ensure_ascii=False))
+    failed = sum("error" in output for output in outputs)
+    if failed:
+        raise DataError(f"predict: {failed} of {len(outputs)} rows could not be answered (see their \"error\")")

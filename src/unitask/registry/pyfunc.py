@@ -1,0 +1,109 @@
+"""The served model: one MLflow pyfunc that answers every task by routing each row to the bundled
+predictor (multi-task model, fusion model) that knows its task.
+
+Rows look like {"task", "text"[, "text_pair"][, "image"]}; each output follows the task type
+({"label", "scores"}, {"value"}, {"tags", "entities"}, {"answer", "start", "end", "score"}). A row that
+cannot be answered (unknown task, missing field) gets {"error": ...}; the rest of the batch is answered.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import mlflow.pyfunc
+
+from unitask.inference import Predictor, load_predictor
+
+# the signature's input columns; only `task` is required, so that a row lacking a field gets its own
+# error from the predictor instead of the whole batch being refused by schema enforcement
+INPUT_COLUMNS = ("task", "text", "text_pair", "image")
+
+
+class Router:
+    """Predictors in priority order; a task goes to the first predictor that answers it."""
+
+    def __init__(self, predictors: dict[str, Predictor]) -> None:
+        self.predictors = predictors
+        self.routes: dict[str, str] = {}
+        self.tasks: dict[str, str] = {}
+        for name, predictor in predictors.items():
+            for task, kind in predictor.tasks.items():
+                self.routes.setdefault(task, name)
+                self.tasks.setdefault(task, kind)
+
+    def predict(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One output per row, in order; rows of one predictor go to it as one batch."""
+        outputs: list[dict[str, Any] | None] = [None] * len(rows)
+        groups: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            task = row.get("task") if isinstance(row, dict) else None
+            if not task:
+                outputs[i] = {"error": "row has no 'task'; rows look like {task, text[, text_pair][, image]}"}
+            elif task not in self.routes:
+                outputs[i] = {"error": f"unknown task '{task}'; this model answers: {', '.join(sorted(self.routes))}"}
+            else:
+                groups.setdefault(self.routes[task], []).append(i)
+        for name, index in groups.items():
+            try:
+                answers = self.predictors[name].predict([rows[i] for i in index])
+            except Exception as exc:  # noqa: BLE001 - one predictor's failure must not fail other rows
+                answers = [{"error": f"{name} model failed: {type(exc).__name__}: {exc}"} for _ in index]
+            for i, answer in zip(index, answers):
+                outputs[i] = answer
+        return [o if o is not None else {"error": "no output"} for o in outputs]
+
+
+def as_rows(model_input: Any) -> list[dict[str, Any]]:
+    """A DataFrame, a dict of columns, or a list of dicts -> rows without missing (None/NaN) fields."""
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):
+        records = model_input.to_dict(orient="records")
+    elif isinstance(model_input, dict):
+        records = pd.DataFrame(model_input).to_dict(orient="records")
+    else:
+        records = list(model_input)
+    return [{k: v for k, v in r.items() if not _missing(v)} if isinstance(r, dict) else r for r in records]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def priority(name: str) -> tuple[bool, str]:
+    """Artifact order: the multi-task model first, then the fusion models by name."""
+    return (name != "multitask", name)
+
+
+class UnitaskModel(mlflow.pyfunc.PythonModel):
+    """Loads each bundled model folder (an artifact) with `load_predictor` and routes rows by task."""
+
+    def load_context(self, context: Any) -> None:
+        names = sorted(context.artifacts, key=priority)
+        self.router = Router({name: load_predictor(context.artifacts[name]) for name in names})
+
+    # untyped on purpose: MLflow reads type hints on `predict` as a schema, and the signature is explicit
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        return self.router.predict(as_rows(model_input))
+
+
+def signature() -> Any:
+    """Input columns (only `task` required); outputs are one JSON object per row, shaped by task type."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    inputs = Schema([ColSpec("string", name, required=name == "task") for name in INPUT_COLUMNS])
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(AnyType())]))
+
+
+# what the bundled code imports at inference (unitask itself travels as code_paths)
+REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "datasets", "pandas", "numpy",
+                "pyarrow", "pillow", "pydantic", "pyyaml", "scikit-learn", "scipy")  # fmt: skip
+
+
+def pip_requirements() -> list[str]:
+    """The installed versions, pinned; a local tag (torch's +cpu) is dropped, since no index serves it."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in REQUIREMENTS]

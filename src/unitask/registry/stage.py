@@ -1,0 +1,147 @@
+"""`unitask register`: log the served model (one pyfunc over the multi-task and fusion models), register
+it, and move the aliases: every new version is `challenger`; `champion` only when the gate says so.
+
+Works against any tracking URI (sqlite, a local `mlflow server`, the team server). Rerunning with the
+same model folders and metrics registers nothing new: the version that holds them is reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import unitask
+from unitask.atomic import write_json
+from unitask.config import Config
+from unitask.data.hashing import sha256_path
+from unitask.errors import DataError
+from unitask.inference import MANIFEST, load_predictor
+from unitask.registry.card import model_card
+from unitask.registry.examples import as_frame, example_rows
+from unitask.registry.gate import decide, primary, task_scores
+from unitask.registry.pyfunc import Router, UnitaskModel, pip_requirements, priority, signature
+from unitask.tracking import configure, stage_run
+
+SCORE_TAG = "unitask.score."  # + task: the version's test main metric (0-1), what the gate compares
+FINGERPRINT_TAG = "unitask.fingerprint"
+
+
+def served_folders(cfg: Config) -> dict[str, Path]:
+    """{artifact name: model folder} the pyfunc bundles, in routing priority: the multi-task model, then
+    (with register.include_fusion and a text+image task declared) the fusion model."""
+    folders = {"multitask": cfg.path(cfg.multitask.output)}
+    if cfg.register.include_fusion and any(t.type == "multimodal_classification" for t in cfg.tasks.values()):
+        folders["fusion"] = cfg.path(cfg.fusion.output)
+    for name, folder in folders.items():
+        if not (folder / MANIFEST).is_file():
+            raise DataError(
+                f"{folder}: no saved {name} model (no {MANIFEST})",
+                hint=f"run `unitask {name}` first" + ("" if name == "multitask" else ", or set register.include_fusion: false"),
+            )
+    return dict(sorted(folders.items(), key=lambda item: priority(item[0])))
+
+
+def comparison_table(cfg: Config) -> dict[str, Any]:
+    path = cfg.path(cfg.evaluate.output) / "comparison.json"
+    if not path.is_file():
+        raise DataError(f"{path}: no comparison of the models' test metrics", hint="run `unitask evaluate` first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def fingerprint(folders: dict[str, Path], scores: dict[str, float]) -> str:
+    """One hash of the bundled folders' bytes and the scores the gate saw."""
+    parts = {name: sha256_path(folder) for name, folder in folders.items()} | {"scores": scores}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _champion(client: Any, name: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, "champion")
+    except MlflowException:  # no such model or no champion yet
+        return None
+
+
+def _same_version(client: Any, name: str, digest: str) -> Any | None:
+    versions = client.search_model_versions(f"name = '{name}'")
+    return next((v for v in versions if v.tags.get(FINGERPRINT_TAG) == digest), None)
+
+
+def register(cfg: Config) -> dict[str, Any]:
+    """Gate, log and register the served model; write register.output; return the decision record."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    name = cfg.register.name
+    table = comparison_table(cfg)
+    folders = served_folders(cfg)
+    router = Router({artifact: load_predictor(folder) for artifact, folder in folders.items()})
+    routes = {task: router.routes[task] for task in cfg.tasks if task in router.routes}
+    scores = task_scores(table, routes, router.tasks)
+    digest = fingerprint(folders, scores)
+    configure(cfg)
+    client = MlflowClient()
+    same = _same_version(client, name, digest)
+    if same is not None:
+        aliases = sorted(client.get_model_version(name, same.version).aliases)
+        record = {"name": name, "version": int(same.version), "decision": "unchanged", "aliases": aliases,
+                  "reason": f"version {same.version} already holds these models and metrics", "scores": scores}
+        write_json(cfg.path(cfg.register.output), record)
+        return record
+    champion = _champion(client, name)
+    old = {k.removeprefix(SCORE_TAG): float(v) for k, v in champion.tags.items() if k.startswith(SCORE_TAG)} if champion else None
+    gate = decide(scores, old, cfg.register.gate)
+    examples = example_rows(cfg, routes, router.tasks)
+    errors = [(row["task"], out["error"]) for row, out in zip(examples, router.predict(examples)) if "error" in out]
+    if errors:
+        raise DataError(f"the bundled models fail on test rows: {errors[:3]}", hint="retrain the models named there")
+    card = model_card(cfg, name, routes, scores, gate)
+    params = {"name": name, "bundled": ",".join(folders), "gate.primary": cfg.register.gate.primary,
+              "gate.max_task_regression": cfg.register.gate.max_task_regression,
+              "gate.min_improvement": cfg.register.gate.min_improvement}
+    with stage_run(cfg, "register", params=params) as run:
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=UnitaskModel(),
+            artifacts={artifact: str(folder) for artifact, folder in folders.items()},
+            code_paths=[str(Path(unitask.__file__).parent)],
+            signature=signature(),
+            input_example=as_frame(examples),
+            pip_requirements=pip_requirements(),
+            registered_model_name=name,
+        )
+        version = str(info.registered_model_version)
+        tags = {FINGERPRINT_TAG: digest, "unitask.run_id": run.info.run_id, "unitask.primary": str(primary(scores, cfg.register.gate)),
+                **{SCORE_TAG + task: str(value) for task, value in scores.items()}}
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+        client.update_model_version(name, version, description=card)
+        client.set_registered_model_alias(name, "challenger", version)
+        if gate["promote"]:
+            client.set_registered_model_alias(name, "champion", version)
+        record = {
+            "name": name,
+            "version": int(version),
+            "decision": "promoted" if gate["promote"] else "not promoted",
+            "reason": gate["reason"],
+            "aliases": ["challenger", "champion"] if gate["promote"] else ["challenger"],
+            "champion_before": int(champion.version) if champion else None,
+            "routes": routes,
+            "scores": scores,
+            "gate": {k: gate[k] for k in ("candidate", "champion", "deltas", "regressions")},
+            "model_uri": info.model_uri,
+            "run_id": run.info.run_id,
+        }
+        mlflow.set_tags({"unitask.gate.decision": record["decision"], "unitask.registered_version": version})
+        mlflow.log_metrics(
+            {"gate.promoted": float(gate["promote"]), "gate.primary.candidate": gate["candidate"]["primary"],
+             **({"gate.primary.champion": gate["champion"]["primary"]} if gate["champion"] and gate["champion"]["primary"] is not None else {}),
+             **{f"gate.delta.{t}": d for t, d in gate["deltas"].items()}, **{f"score.{t}": v for t, v in scores.items()}}
+        )
+        mlflow.log_dict(record, "gate.json")
+        mlflow.log_text(card, "model_card.md")
+    write_json(cfg.path(cfg.register.output), record)
+    return record

@@ -1,0 +1,390 @@
+"""`unitask multitask`: one shared encoder with a head per text task, trained jointly on Trainer.
+
+One plain function, `multitask(cfg)`, called by the CLI and DVC. Each batch holds one task's
+examples; `multitask.sampler` draws the task of each batch (`unitask.training.sampling`) and
+`multitask.weighting` weighs its loss (`unitask.training.weighting`). Every task is scored on its
+validation split at each evaluation; the checkpoint with the best mean of the tasks' main metrics
+(SQuAD's percentages scaled to 0-1) is kept. The stage writes the model folder (one encoder, a head
+per task: `unitask predict` answers every task from it), `reports/multitask.json` with validation
+and test metrics per task, test predictions per task, and one MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from unitask.atomic import atomic_dir, write_json
+from unitask.config import SPLITS, Config
+from unitask.errors import ConfigError, DataError
+from unitask.evaluation.metrics import task_metrics, unit_score
+from unitask.evaluation.predictions import write_predictions
+from unitask.models.backbone import load_tokenizer
+from unitask.models.multitask import HeadSpec, MultitaskModel, save_multitask
+from unitask.tasks.text import TextTask, read_split, text_task
+from unitask.tracking import flatten, stage_run
+from unitask.training.finetune import resume_point
+from unitask.training.model import build_encoder
+from unitask.training.sampling import TaskBatchSampler, steps_per_epoch, task_probabilities
+from unitask.training.trainer import MlflowMetrics, UnitaskTrainer, is_main_process, trainer_arguments
+from unitask.training.weighting import LossWeighting, make_weighting
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+TARGETS = ("labels", "start_positions", "end_positions")
+MEAN = "mean_score"
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+
+class TaskRows(Dataset):
+    """Rows of one or more tasks laid end to end; each item carries its task's index as `task_id`."""
+
+    def __init__(self, parts: list[tuple[int, list[dict[str, Any]]]]) -> None:
+        self.rows = [{**row, "task_id": task} for task, rows in parts for row in rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+
+class TaskCollator:
+    """Pads a batch with its task's collator and adds `task_id`; a batch must hold one task."""
+
+    def __init__(self, collators: list[Any]) -> None:
+        self.collators = collators
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        tasks = {f["task_id"] for f in features}
+        if len(tasks) != 1:
+            raise ValueError(f"a multi-task batch must hold one task's examples, not tasks {sorted(tasks)}")
+        (task,) = tasks
+        batch = self.collators[task]([{k: v for k, v in f.items() if k != "task_id"} for f in features])
+        batch["task_id"] = torch.tensor(task)
+        return batch
+
+
+def model_rows(features: Any, keep: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The encoded features as plain rows, with only the columns in `keep`."""
+    return features.select_columns([c for c in features.column_names if c in keep]).to_list()
+
+
+# ---- model and trainer -----------------------------------------------------------------------
+
+
+class WeightedModel(nn.Module):
+    """What Trainer trains: the multi-task model and the loss weighting (whose learned log-variances
+    the optimizer updates and checkpoints save). In training, the task's loss is weighted."""
+
+    def __init__(self, model: MultitaskModel, weighting: LossWeighting) -> None:
+        super().__init__()
+        self.model = model
+        self.weighting = weighting
+
+    def forward(
+        self,
+        task_id: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        out = self.model(task_id, input_ids, attention_mask, token_type_ids, labels, start_positions, end_positions)
+        if self.training and "loss" in out:
+            out = {**out, "raw_loss": out["loss"].detach(), "loss": self.weighting(int(task_id.reshape(-1)[0]), out["loss"])}
+        return out
+
+
+def _trainer_class() -> type:
+    """Trainer with a task-batch sampler, per-task evaluation (the mean of the tasks' main metrics is
+    what selects the best checkpoint), and a learning rate of its own for the weighting's parameters.
+    Evaluation keeps dataset order (`UnitaskTrainer`), which decoding relies on."""
+    class _MultitaskTrainer(UnitaskTrainer):
+        def __init__(self, *args: Any, tasks: dict[str, TextTask], evaluation: dict[str, Any], batch_sampler: TaskBatchSampler,
+                     weighting_lr: float | None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.tasks = tasks
+            self.evaluation = evaluation  # task -> split -> (model dataset, encoded features, frame)
+            self.batch_sampler = batch_sampler
+            self.weighting_lr = weighting_lr
+            self._task_loss: dict[str, list[float]] = defaultdict(list)
+
+        # training batches: one task each, drawn by the sampler
+        def get_train_dataloader(self) -> DataLoader:
+            loader = DataLoader(
+                self.train_dataset,
+                batch_sampler=self.batch_sampler,
+                collate_fn=self.data_collator,
+                num_workers=self.args.dataloader_num_workers,
+                pin_memory=self.args.dataloader_pin_memory,
+            )
+            return self.accelerator.prepare(loader)
+
+        def create_optimizer(self, model: Any = None) -> Any:
+            optimizer = super().create_optimizer(model)
+            weighting = list(self.model.weighting.parameters())
+            if weighting and not any(g.get("unitask_weighting") for g in optimizer.param_groups):
+                ids = {id(p) for p in weighting}
+                for group in optimizer.param_groups:
+                    group["params"] = [p for p in group["params"] if id(p) not in ids]
+                optimizer.add_param_group(
+                    {"params": weighting, "weight_decay": 0.0, "lr": self.weighting_lr or self.args.learning_rate,
+                     "unitask_weighting": True}
+                )
+            return optimizer
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            outputs = model(**inputs)
+            if "raw_loss" in outputs:
+                name = list(self.tasks)[int(inputs["task_id"].reshape(-1)[0])]
+                self._task_loss[name].append(float(outputs["raw_loss"]))
+            return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            """Training logs also get each task's mean loss (unweighted) since the last log."""
+            if "loss" in logs and self._task_loss:
+                logs = {**logs, **{f"loss_{n}": sum(v) / len(v) for n, v in self._task_loss.items() if v}}
+                self._task_loss.clear()
+            super().log(logs, start_time)
+
+        # evaluation: every task on its validation split, and their mean
+        def task_outputs(self, name: str, split: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
+            """Decoded outputs and metrics of task `name` on `split`."""
+            dataset, features, frame = self.evaluation[name][split]
+            task = self.tasks[name]
+            predictions = self.predict(dataset, metric_key_prefix=f"{split}_{name}").predictions
+            decoded = task.decode(predictions, features, frame)
+            return decoded, task_metrics(task.type, task.gold(frame), decoded)
+
+        def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
+            scores, metrics = {}, {}
+            for name, task in self.tasks.items():
+                _, values = self.task_outputs(name, "validation")
+                metrics.update({f"{metric_key_prefix}_{name}_{k}": v for k, v in values.items()})
+                scores[name] = unit_score(task.type, task.main_metric, values[task.main_metric])
+            metrics[f"{metric_key_prefix}_{MEAN}"] = sum(scores.values()) / len(scores)
+            metrics.update({f"weight_{n}": w for n, w in self.model.weighting.weights().items()})
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    return _MultitaskTrainer
+
+
+def _epoch_end_callback() -> Any:
+    from transformers import TrainerCallback
+
+    class WeightingEpochs(TrainerCallback):
+        """Tells the loss weighting that an epoch ended (DWA recomputes its weights then)."""
+
+        def __init__(self, weighting: LossWeighting) -> None:
+            self.weighting = weighting
+
+        def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.weighting.end_epoch()
+
+    return WeightingEpochs
+
+
+# ---- the stage -------------------------------------------------------------------------------
+
+
+def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Train the multi-task model on `multitask.tasks`; return the summary written to `multitask.metrics`."""
+    from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+
+    mt = cfg.multitask
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "multitask: runs in one process (each step trains one task's head, so DDP processes would disagree)",
+            hint="run `unitask multitask` without torchrun; one GPU, or the CPU, trains it",
+        )
+    names = cfg.multitask_tasks()
+    if not names:
+        raise ConfigError("multitask: no text tasks to train", hint="declare text tasks, or list them in multitask.tasks")
+    tasks = {name: text_task(cfg, name) for name in names}
+    frames = {name: {split: read_split(cfg, name, split) for split in SPLITS} for name in names}
+    for name in names:
+        for split in SPLITS:
+            if frames[name][split].empty:
+                raise DataError(
+                    f"tasks.{name}: the {split} split has no rows; multi-task training needs rows in every split",
+                    hint=f"check `unitask prepare --task {name}` (reports/prepare/{name}.json), or leave the task out of multitask.tasks",
+                )
+    tokenizer = load_tokenizer(cfg)
+    features = {
+        name: {split: tasks[name].encode(frames[name][split], tokenizer, cfg.model.max_length) for split in SPLITS}
+        for name in names
+    }
+    sizes = {name: len(features[name]["train"]) for name in names}
+    probabilities = task_probabilities(sizes, mt.sampler, mt.temperature, mt.size_cap)
+    steps = mt.steps_per_epoch or steps_per_epoch(list(sizes.values()), mt.batch_size)
+    sampler = TaskBatchSampler(
+        [[len(ids) for ids in features[name]["train"]["input_ids"]] for name in names],
+        mt.batch_size, [probabilities[n] for n in names], steps, cfg.seed, round_robin=mt.sampler == "round_robin",
+    )
+
+    encoder = build_encoder(cfg)
+    set_seed(cfg.seed)
+    model = MultitaskModel(encoder, {name: HeadSpec(task.type, task.num_labels()) for name, task in tasks.items()})
+    weighting = make_weighting(mt.weighting, names, mt.weights, mt.dwa_temperature)
+    train_set = TaskRows([(i, model_rows(features[n]["train"], INPUTS + TARGETS)) for i, n in enumerate(names)])
+    evaluation = {
+        name: {
+            split: (TaskRows([(i, model_rows(features[name][split], INPUTS))]), features[name][split], frames[name][split])
+            for split in ("validation", "test")
+        }
+        for i, name in enumerate(names)
+    }
+    checkpoints = cfg.path(mt.checkpoints)
+    last = resume_point(checkpoints, resume)
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        **trainer_arguments(mt, cfg.seed),
+        eval_strategy=mt.eval_strategy,
+        save_strategy=mt.eval_strategy,
+        eval_steps=mt.eval_steps,
+        save_steps=mt.eval_steps,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model=MEAN,
+        greater_is_better=True,
+        restore_callback_states_from_checkpoint=True,
+        logging_strategy="steps",
+        logging_first_step=True,
+        data_seed=cfg.seed,
+        remove_unused_columns=False,
+        label_names=[],
+    )
+    callbacks: list[Any] = [MlflowMetrics(), _epoch_end_callback()(weighting)]
+    if mt.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=mt.early_stopping_patience))
+    trainer = _trainer_class()(
+        model=WeightedModel(model, weighting),
+        args=args,
+        data_collator=TaskCollator([tasks[n].collator(tokenizer) for n in names]),
+        train_dataset=train_set,
+        eval_dataset={name: evaluation[name]["validation"][0] for name in names},  # scored by `evaluate`
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        tasks=tasks,
+        evaluation=evaluation,
+        batch_sampler=sampler,
+        weighting_lr=mt.weighting_lr,
+    )
+    encoder_name = _encoder_name(cfg)
+    params = {
+        "tasks": ",".join(names),
+        "encoder": encoder_name,
+        "seed": cfg.seed,
+        "max_length": cfg.model.max_length,
+        "bf16": args.bf16,
+        "steps_per_epoch": steps,
+        "resumed_from": last or "",
+        **{f"train_features.{n}": size for n, size in sizes.items()},
+        **{f"sampling.{n}": round(p, 6) for n, p in probabilities.items()},
+        **flatten("multitask", mt.model_dump(exclude={"tasks", "weights"})),
+        **{f"multitask.weights.{n}": w for n, w in mt.weights.items()},
+    }
+    main = is_main_process()
+    with stage_run(cfg, "multitask", params=params) if main else nullcontext() as run:
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=last)
+        seconds = time.perf_counter() - started
+        trainer.remove_callback(MlflowMetrics)
+        micro_batches = _micro_batches(trainer.state.global_step, steps, args.gradient_accumulation_steps)
+        seen = sampler.examples_seen(micro_batches)
+        summary: dict[str, Any] = {
+            "tasks": names,
+            "types": {n: tasks[n].type for n in names},
+            "main_metrics": {n: tasks[n].main_metric for n in names},
+            "encoder": encoder_name,
+            "sampler": {"name": mt.sampler, "temperature": mt.temperature, "size_cap": mt.size_cap,
+                        "probabilities": probabilities},
+            "weighting": {"name": mt.weighting, "final_weights": weighting.weights()},
+            "train": {
+                "loss": result.training_loss,
+                "steps": trainer.state.global_step,
+                "epochs": trainer.state.epoch,
+                "steps_per_epoch": steps,
+                "best_step": trainer.state.best_global_step,
+                "seconds": round(seconds, 1),
+                "examples": sizes,
+                "examples_seen": {**{n: seen[i] for i, n in enumerate(names)}, "total": sum(seen)},
+            },
+            "parameters": {
+                "encoder": sum(p.numel() for p in model.encoder.parameters()),
+                "heads": sum(p.numel() for p in model.heads.parameters()),
+            },
+        }
+        decoded: dict[str, list[dict[str, Any]]] = {}
+        for split in ("validation", "test"):
+            summary[split] = {}
+            for name, task in tasks.items():
+                decoded[name], summary[split][name] = trainer.task_outputs(name, split)
+            summary[split][MEAN] = sum(
+                unit_score(t.type, t.main_metric, summary[split][n][t.main_metric]) for n, t in tasks.items()
+            ) / len(tasks)
+        if main:
+            summary["mlflow_run_id"] = run.info.run_id
+            for name, task in tasks.items():
+                write_predictions(cfg, "multitask", name, task.gold(frames[name]["test"]), decoded[name])
+            _write_outputs(cfg, model, tokenizer, tasks, summary)
+            shutil.rmtree(checkpoints, ignore_errors=True)
+    return summary
+
+
+def _micro_batches(global_step: int, steps: int, accumulation: int) -> int:
+    """Batches consumed after `global_step` optimizer steps (an epoch's last step may take fewer)."""
+    per_epoch = -(-steps // accumulation)
+    epochs, rest = divmod(global_step, per_epoch)
+    return epochs * steps + min(rest * accumulation, steps)
+
+
+def _encoder_name(cfg: Config) -> str:
+    if cfg.model.backbone_config and not cfg.pretrain.enabled:
+        return f"config:{cfg.model.backbone_config.get('model_type')}"
+    return cfg.pretrain.output if cfg.pretrain.enabled else cfg.model.backbone
+
+
+def _write_outputs(cfg: Config, model: MultitaskModel, tokenizer: Any, tasks: dict[str, TextTask], summary: dict[str, Any]) -> None:
+    """Model folder (atomically), metrics JSON, and the final metrics and model in the MLflow run."""
+    import mlflow
+
+    manifest = {
+        "max_length": cfg.model.max_length,
+        "encoder": summary["encoder"],
+        "tasks": {
+            name: {
+                "type": task.type,
+                "labels": task.labels(),
+                "main_metric": task.main_metric,
+                "config": cfg.tasks[name].model_dump(mode="json"),
+                **({"doc_stride": task.doc_stride, "max_answer_length": task.max_answer_length}
+                   if task.type == "extractive_qa" else {}),
+            }
+            for name, task in tasks.items()
+        },
+    }
+    model_dir = cfg.path(cfg.multitask.output)
+    with atomic_dir(model_dir) as tmp:
+        save_multitask(model, tokenizer, tmp, manifest)
+    metrics_file = cfg.path(cfg.multitask.metrics)
+    write_json(metrics_file, summary)
+    mlflow.log_metrics(flatten("", {k: summary[k] for k in ("train", "validation", "test")}))
+    mlflow.log_metrics(flatten("weight", summary["weighting"]["final_weights"]))
+    mlflow.log_artifact(str(metrics_file))
+    mlflow.log_artifacts(str(model_dir), artifact_path="model")

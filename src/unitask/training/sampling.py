@@ -1,0 +1,127 @@
+"""Task sampling for multi-task training: which task each batch comes from.
+
+Every batch holds one task's examples. `task_probabilities` gives the share of batches per task for
+each sampler (as jiant's and T5's samplers define them):
+
+- proportional: p_i = n_i / sum_j n_j (n_i: train rows of task i);
+- temperature: p_i proportional to min(n_i, cap) ** (1 / T); T = 1 is proportional, a large T uniform;
+- uniform: p_i = 1 / K;
+- round_robin: the tasks in turn, so over any K consecutive batches each task has exactly one.
+
+`TaskBatchSampler` draws an epoch's batches: the task sequence from (seed, epoch), and within each
+task length-grouped batches from a reshuffled pass over its rows whenever the previous pass is used
+up, so small tasks repeat and large ones are partly seen, as the sampler wants.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
+
+from unitask.errors import ConfigError
+
+SAMPLERS = ("proportional", "temperature", "uniform", "round_robin")
+
+
+def task_probabilities(
+    sizes: dict[str, int], sampler: str, temperature: float = 1.0, cap: int | None = None
+) -> dict[str, float]:
+    """The share of batches each task gets under `sampler` (round_robin: its long-run share)."""
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"multitask.sampler: unknown sampler '{sampler}'", hint=f"use one of {', '.join(SAMPLERS)}")
+    names = list(sizes)
+    if sampler in ("uniform", "round_robin"):
+        return {name: 1 / len(names) for name in names}
+    counts = np.array([sizes[n] for n in names], dtype=float)
+    if sampler == "temperature":
+        if cap is not None:
+            counts = np.minimum(counts, cap)
+        counts = counts ** (1.0 / temperature)
+    return dict(zip(names, (counts / counts.sum()).tolist()))
+
+
+def steps_per_epoch(sizes: Sequence[int], batch_size: int) -> int:
+    """One pass's worth of batches: sum over tasks of ceil(rows / batch_size)."""
+    return sum(math.ceil(n / batch_size) for n in sizes)
+
+
+class TaskBatchSampler(Sampler[list[int]]):
+    """Batches of indices into the tasks' rows laid end to end (task k's rows start at
+    `sum(lengths[:k])`), each batch from one task. Deterministic given (seed, epoch), so a resumed run
+    that skips the first batches of an epoch sees the same ones as an uninterrupted run."""
+
+    def __init__(
+        self,
+        lengths: Sequence[Sequence[int]],
+        batch_size: int,
+        probabilities: Sequence[float],
+        steps: int,
+        seed: int,
+        round_robin: bool = False,
+    ) -> None:
+        if any(len(task) == 0 for task in lengths):
+            raise ValueError("every task needs at least one row")
+        self.lengths = [list(task) for task in lengths]
+        self.batch_size = batch_size
+        self.probabilities = np.asarray(probabilities, dtype=float)
+        self.steps = steps
+        self.seed = seed
+        self.round_robin = round_robin
+        self.offsets = np.cumsum([0, *(len(task) for task in self.lengths)])[:-1].tolist()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def task_sequence(self, epoch: int | None = None) -> list[int]:
+        """The task of each batch of an epoch."""
+        epoch = self.epoch if epoch is None else epoch
+        k = len(self.lengths)
+        if self.round_robin:
+            start = (epoch * self.steps) % k  # continue the turn across epochs
+            return [(start + i) % k for i in range(self.steps)]
+        rng = np.random.default_rng([self.seed, epoch, 0])
+        return rng.choice(k, size=self.steps, p=self.probabilities).tolist()
+
+    def _batches(self, task: int) -> Iterator[list[int]]:
+        """Endless length-grouped batches of one task, a fresh seeded shuffle per pass."""
+        n, offset = len(self.lengths[task]), self.offsets[task]
+        for sweep in itertools.count():
+            seed = int(np.random.default_rng([self.seed, self.epoch, task + 1, sweep]).integers(2**62))
+            generator = torch.Generator().manual_seed(seed)
+            order = get_length_grouped_indices(self.lengths[task], min(self.batch_size, n), generator=generator)
+            for start in range(0, n, self.batch_size):
+                yield [offset + i for i in order[start : start + self.batch_size]]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        streams = [self._batches(task) for task in range(len(self.lengths))]
+        for task in self.task_sequence():
+            yield next(streams[task])
+
+    def examples_seen(self, batches: int) -> list[int]:
+        """Rows drawn per task in the first `batches` batches of training (epochs 0, 1, ...)."""
+        seen = [0] * len(self.lengths)
+        epoch = self.epoch
+        try:
+            for e in itertools.count():
+                if batches <= 0:
+                    break
+                self.set_epoch(e)
+                for batch in itertools.islice(iter(self), min(batches, self.steps)):
+                    seen[self.task_of(batch[0])] += len(batch)
+                batches -= self.steps
+        finally:
+            self.set_epoch(epoch)
+        return seen
+
+    def task_of(self, index: int) -> int:
+        return int(np.searchsorted(self.offsets, index, side="right")) - 1

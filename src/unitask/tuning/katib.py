@@ -1,0 +1,142 @@
+"""The Katib (Kubeflow's tuner) `Experiment` for the same search as `unitask tune`: search space,
+metric, trial count and budget, with each trial a batch/v1 Job running `unitask finetune`.
+
+A trial's pod mounts `tune.katib.workspace_pvc` (a checkout of the project with its prepared data
+and encoder, e.g. after `dvc pull`) as its working directory, gets the MLflow and S3 Secrets as
+environment variables like the pipeline's pods, and prints `validation_<metric>=<value>`, which
+Katib's StdOut metrics collector reads.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unitask.atomic import atomic_file
+from unitask.config import Config
+from unitask.config.tune import SearchRange, integer_key
+
+CONTAINER = "training-container"
+TRIAL_NAME = "trialName"
+# Katib's StdOut collector: the first group is the metric name, the second its value
+METRICS_FORMAT = r"([\w-]+)=([+-]?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)"
+JOB_SUCCEEDED = 'status.conditions.#(type=="Complete")#|#(status=="True")#'
+JOB_FAILED = 'status.conditions.#(type=="Failed")#|#(status=="True")#'
+
+
+def metric_line(metric: str, value: float) -> str:
+    """The line `unitask finetune` prints for Katib: validation_<metric>=<value>."""
+    return f"validation_{metric}={value:.6f}"
+
+
+def camel(key: str) -> str:
+    """learning_rate -> learningRate (the trial parameter's name in `${trialParameters.NAME}`)."""
+    head, *rest = key.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def feasible_space(key: str, space: SearchRange) -> dict[str, Any]:
+    """A Katib parameter's type and feasibleSpace (Katib takes the bounds as strings)."""
+    if space.choices is not None:
+        cast = int if integer_key(key) else float
+        return {"parameterType": "categorical", "feasibleSpace": {"list": [str(cast(c)) for c in space.choices]}}
+    if integer_key(key):
+        return {"parameterType": "int", "feasibleSpace": {"min": str(int(space.low)), "max": str(int(space.high))}}
+    bounds = {"min": str(space.low), "max": str(space.high)}
+    return {"parameterType": "double", "feasibleSpace": {**bounds, **({"distribution": "logUniform"} if space.log else {})}}
+
+
+def _container(cfg: Config, name: str) -> dict[str, Any]:
+    from unitask.tuning.search import task_overrides
+
+    settings, kf = cfg.tune.katib, cfg.kubeflow
+    values = {**cfg.tune.budget, **{key: f"${{trialParameters.{camel(key)}}}" for key in cfg.tune.space}}
+    command = ["unitask", "finetune", "--task", name]
+    for item in [*trial_paths(), *task_overrides(name, values)]:
+        command += ["--set", item]
+    env = [
+        {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key, "optional": secret.optional}}}
+        for secret in (kf.mlflow_secret, kf.s3_secret) if secret is not None
+        for key, variable in secret.keys.items()
+    ]  # fmt: skip
+    stage = kf.stages.finetune
+    limits = {k: v for k, v in (("cpu", stage.cpu_limit), ("memory", stage.memory_limit)) if v}
+    if stage.gpus:
+        limits[kf.accelerator_type] = str(stage.gpus)
+    resources = {"requests": {"cpu": stage.cpu, "memory": stage.memory}, **({"limits": limits} if limits else {})}
+    return {
+        "name": CONTAINER,
+        "image": kf.image_ref,
+        "command": command,
+        "workingDir": settings.mount_path,
+        "env": env,
+        "resources": resources,
+        "volumeMounts": [{"name": "workspace", "mountPath": settings.mount_path}],
+    }
+
+
+def trial_paths() -> list[str]:
+    """Overrides that give each trial its own outputs in the shared workspace (parallel trials)."""
+    trial = f"${{trialParameters.{TRIAL_NAME}}}"
+    return [f"finetune.output=models/tune/{trial}", f"finetune.checkpoints=models/checkpoints/tune/{trial}",
+            f"paths.reports=reports/tune/trials/{trial}"]  # fmt: skip
+
+
+def experiment(cfg: Config, name: str, metric: str) -> dict[str, Any]:
+    """The Experiment (kubeflow.org/v1beta1) for tuning task `name` on validation `metric`."""
+    tune, kf = cfg.tune, cfg.kubeflow
+    pod: dict[str, Any] = {
+        "containers": [_container(cfg, name)],
+        "restartPolicy": "Never",
+        "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": tune.katib.workspace_pvc}}],
+    }
+    if kf.stages.finetune.gpus:
+        pod["nodeSelector"] = dict(kf.node_selector)
+        pod["tolerations"] = [
+            {{"toleration_seconds": "tolerationSeconds"}.get(k, k): v for k, v in t.model_dump(exclude_none=True).items()}
+            for t in kf.tolerations
+        ]
+    objective: dict[str, Any] = {"type": "maximize", "objectiveMetricName": f"validation_{metric}"}
+    if tune.katib.goal is not None:
+        objective["goal"] = tune.katib.goal
+    return {
+        "apiVersion": "kubeflow.org/v1beta1",
+        "kind": "Experiment",
+        "metadata": {"name": re.sub(r"[^a-z0-9-]+", "-", f"unitask-finetune-{name}".lower()).strip("-")},
+        "spec": {
+            "objective": objective,
+            "algorithm": {"algorithmName": "tpe", "algorithmSettings": [{"name": "random_state", "value": str(tune.seed)}]},
+            "parallelTrialCount": min(tune.katib.parallel_trials, tune.trials),
+            "maxTrialCount": tune.trials,
+            "maxFailedTrialCount": min(tune.katib.max_failed_trials, tune.trials),
+            "metricsCollectorSpec": {"collector": {"kind": "StdOut"}, "source": {"filter": {"metricsFormat": [METRICS_FORMAT]}}},
+            "parameters": [{"name": key, **feasible_space(key, space)} for key, space in tune.space.items()],
+            "trialTemplate": {
+                "primaryContainerName": CONTAINER,
+                "successCondition": JOB_SUCCEEDED,
+                "failureCondition": JOB_FAILED,
+                "trialParameters": [
+                    *({"name": camel(key), "description": f"finetune.{key} of {name}", "reference": key} for key in tune.space),
+                    {"name": TRIAL_NAME, "description": "the trial's name: its output folders", "reference": "${trialSpec.Name}"},
+                ],
+                "trialSpec": {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "spec": {
+                        "backoffLimit": 0,
+                        "template": {"metadata": {"annotations": {"sidecar.istio.io/inject": "false"}}, "spec": pod},
+                    },
+                },
+            },
+        },
+    }
+
+
+def write_experiment(cfg: Config, name: str, metric: str, path: Path) -> Path:
+    """Write the Experiment as YAML (apply with `kubectl apply -n <namespace> -f <path>`)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(experiment(cfg, name, metric), sort_keys=False), encoding="utf-8")
+    return path

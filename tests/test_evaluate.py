@@ -1,0 +1,121 @@
+"""`unitask evaluate`: scores every model's prediction files, compares them, plots, logs to MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import synthetic_task, write_project
+
+from unitask.cli import main
+from unitask.config import Config, load_config
+from unitask.errors import DataError
+from unitask.evaluation.metrics import task_metrics
+from unitask.evaluation.predictions import write_predictions
+from unitask.evaluation.stage import evaluate
+from unitask.tracking import stage_run, tracking_uri
+
+VQA = {
+    "type": "multimodal_classification",
+    "source": {"kind": "local", "path": "data/raw/vqa"},
+    "read": {"format": "parquet"},
+    "columns": {"text": "text", "image": "image", "label": "label"},
+    "labels": ["yes", "no"],
+}
+
+
+def _project(root: Path, models: list[str], **sections: Any) -> Config:
+    tasks = {kind: synthetic_task(kind, 0, seed=0)[0] for kind in ("classification", "regression", "token_classification", "extractive_qa")}
+    tasks["vqa"] = VQA
+    sections.setdefault("fusion", {"baselines": False})
+    return load_config(write_project(root, tasks, evaluate={"models": models, "curves": True}, tracking={"uri": "sqlite:///mlflow/mlflow.db"}, **sections))
+
+
+def _label(label: str) -> dict[str, Any]:
+    return {"label": label, "scores": {label: 1.0}}
+
+
+def _write(cfg: Config, model: str, wrong: int) -> None:
+    """Predictions of `model` with its first `wrong` classification rows wrong."""
+    gold = ["sports", "tech", "food", "tech", "sports", "food"]
+    outputs = [_label("food" if i < wrong else g) for i, g in enumerate(gold)]
+    write_predictions(cfg, model, "classification", gold, outputs)
+    write_predictions(cfg, model, "regression", [1.0, 2.0, 3.0], [{"value": v + wrong} for v in (1.0, 2.5, 2.9)])
+    if model != "baseline":  # the TF-IDF baseline has no token classification or QA
+        tags = [["B-per", "O"], ["O", "B-loc"]]
+        write_predictions(cfg, model, "token_classification", tags, [{"tags": t, "entities": []} for t in (tags[0], ["O", "O"])])
+        write_predictions(cfg, model, "extractive_qa", [["two"], ["five"]], [{"answer": a, "start": 0, "end": 3, "score": 1.0} for a in ("two", "four")])
+
+
+def test_compares_every_model_on_every_task_it_has(tmp_path: Path) -> None:
+    import mlflow
+
+    cfg = _project(tmp_path, ["baseline", "finetune", "fusion", "fusion_text"])
+    _write(cfg, "baseline", wrong=0)
+    _write(cfg, "finetune", wrong=2)
+    write_predictions(cfg, "fusion", "vqa", ["yes", "no", "no"], [_label(x) for x in ("yes", "yes", "no")])
+    with stage_run(cfg, "finetune", "classification"):  # a training run whose curves evaluate pulls
+        for step, loss in [(5, 1.0), (10, 0.6), (15, 0.4)]:
+            mlflow.log_metric("loss", loss, step=step)
+        mlflow.log_metric("eval_loss", 0.5, step=15)
+
+    result = evaluate(cfg)
+    out = tmp_path / "reports" / "evaluate"
+    table = json.loads((out / "comparison.json").read_text())
+    assert table == result["table"]
+    assert set(table) == {"classification", "regression", "token_classification", "extractive_qa", "vqa"}
+    assert set(table["classification"]) == {"baseline", "finetune"} and set(table["extractive_qa"]) == {"finetune"}
+    assert table["classification"]["baseline"]["macro_f1"] == 1.0
+    assert table["classification"]["finetune"]["accuracy"] == pytest.approx(4 / 6)
+    assert table["regression"]["finetune"]["mse"] == pytest.approx(task_metrics("regression", [1.0, 2.0, 3.0], [{"value": v} for v in (3.0, 4.5, 4.9)])["mse"])
+    assert table["extractive_qa"]["finetune"] == {"exact_match": 50.0, "f1": 50.0}
+    assert table["vqa"]["fusion"]["accuracy"] == pytest.approx(2 / 3)
+    assert result["skipped"] == ["fusion_text"]  # fusion.baselines is off
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["tasks"]["classification"]["best"] == "baseline"
+    finetune = report["tasks"]["classification"]["models"]["finetune"]
+    assert finetune["labels"] == ["sports", "tech", "food"]
+    assert finetune["confusion"] == [[1, 0, 1], [0, 1, 1], [0, 0, 2]]
+    assert finetune["per_class"]["food"]["precision"] == pytest.approx(0.5)
+    md = (out / "comparison.md").read_text()
+    assert "## classification (classification, main metric: macro_f1)" in md and "| baseline | 6 | **1.0000** |" in md
+
+    confusion = json.loads((out / "plots/confusion/finetune/classification.json").read_text())
+    assert len(confusion) == 6 and {"actual": "sports", "predicted": "food"} in confusion
+    assert not (out / "plots/confusion/finetune/regression.json").exists()
+    by_model = json.loads((out / "plots/by_model/vqa.json").read_text())
+    assert by_model == [{"model": "fusion", "metric": "macro_f1", "value": table["vqa"]["fusion"]["macro_f1"]}]
+    assert json.loads((out / "plots/loss/finetune_classification.json").read_text()) == [
+        {"step": 5, "loss": 1.0}, {"step": 10, "loss": 0.6}, {"step": 15, "loss": 0.4}
+    ]
+    assert json.loads((out / "plots/eval_loss/finetune_classification.json").read_text()) == [{"step": 15, "eval_loss": 0.5}]
+
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    (run,) = mlflow.search_runs(experiment_names=["unitask"], filter_string="tags.`unitask.stage` = 'evaluate'", output_format="list")
+    assert run.data.metrics["test.classification.finetune.macro_f1"] == table["classification"]["finetune"]["macro_f1"]
+    artifacts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id)}
+    assert {"comparison.json", "comparison.md", "report.json", "plots"} <= artifacts
+    plots = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="plots")}
+    assert {"plots/metric_by_model.png", "plots/curves_loss.png", "plots/confusion"} <= plots
+
+
+def test_a_model_without_predictions_names_the_stage_to_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _project(tmp_path, ["baseline", "multitask"])
+    _write(cfg, "baseline", wrong=0)
+    with pytest.raises(DataError, match="no test predictions of model 'multitask'") as error:
+        evaluate(cfg)
+    assert "run `unitask multitask` first, or drop 'multitask' from evaluate.models" in str(error.value)
+    assert main(["evaluate", "--params", str(tmp_path / "params.yaml")]) == 1
+    assert "unitask multitask" in capsys.readouterr().err
+
+
+def test_cli_prints_the_main_metric_of_each_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _project(tmp_path, ["baseline"])
+    _write(cfg, "baseline", wrong=1)
+    assert main(["evaluate", "--params", str(tmp_path / "params.yaml")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("classification\tmacro_f1\tbaseline 0.")
+    assert out[1].startswith("regression\tpearson\tbaseline ")

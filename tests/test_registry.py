@@ -1,0 +1,283 @@
+"""`unitask register` through a real `mlflow server` over HTTP: log, register, alias, load by alias,
+predict every task type, the gate in the registry, rerun safety, and `mlflow models serve`.
+
+Tiny real models are trained once per module: the multi-task model (every text task type) and the
+fusion model (a text+image task whose label is the colour of the image)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from conftest import TINY_BERT, synthetic_task, write_project
+
+from unitask.config import Config, load_config
+
+BIN = Path(sys.executable).parent
+TEXT_TYPES = ("classification", "pair_classification", "regression", "token_classification", "extractive_qa")
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+TINY_VIT = {"model_type": "vit", "image_size": 16, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 32}  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[:3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"{url} did not answer within {seconds} s:\n{log.read_text()[-3000:]}")
+
+
+def _start(args: list[str], log: Path, health: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A server process in its own process group (so that its workers stop with it)."""
+    proc = subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    _wait_http(health, proc, log)
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real tracking server (sqlite backend, proxied artifacts) on a free local port: its URL."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    proc = _start(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        root / "server.log", f"http://127.0.0.1:{port}/health",
+    )  # fmt: skip
+    yield f"http://127.0.0.1:{port}"
+    _stop(proc)
+
+
+def _prepared(root: Path, name: str, rows: list[dict[str, Any]], sizes: tuple[int, int, int]) -> None:
+    folder = root / "data" / "prepared" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    start = 0
+    for split, size in zip(("train", "validation", "test"), sizes):
+        pd.DataFrame(rows[start : start + size]).to_parquet(folder / f"{split}.parquet")
+        start += size
+
+
+def _colour_rows(root: Path, n: int) -> list[dict[str, Any]]:
+    """Rows of a text+image task: a 16x16 picture of one colour; the question does not tell which."""
+    from PIL import Image
+
+    folder = root / "data" / "raw" / "colours"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        label = list(COLOURS)[i % 2]
+        Image.new("RGB", (16, 16), COLOURS[label]).save(folder / f"{i}.png")
+        rows.append({"id": i, "text": f"what colour is shape {i}?", "image": f"data/raw/colours/{i}.png", "label": label})
+    return rows
+
+
+def _project(root: Path, tracking_uri: str) -> Config:
+    sizes = (48, 16, 16)
+    tasks = {}
+    for kind in TEXT_TYPES:
+        tasks[kind], rows = synthetic_task(kind, sum(sizes), seed=3)
+        _prepared(root, kind, rows, sizes)
+    tasks["colours"] = {
+        "type": "multimodal_classification", "source": {"kind": "local", "path": "data/raw/colours"},
+        "read": {"format": "parquet"}, "columns": {"text": "text", "image": "image", "label": "label"}, "labels": list(COLOURS),
+    }  # fmt: skip
+    _prepared(root, "colours", _colour_rows(root, sum(sizes)), sizes)
+    train = {"max_steps": 12, "batch_size": 8, "eval_batch_size": 16, "learning_rate": 2e-3, "bf16": False, "logging_steps": 4}
+    params = write_project(
+        root, tasks,
+        model={"backbone_config": TINY_BERT, "max_length": 64},
+        tracking={"uri": tracking_uri, "experiment": f"registry-{root.name}"},
+        finetune={"doc_stride": 16},  # extractive QA windows in max_length 64
+        multitask={**train, "tasks": list(TEXT_TYPES)},
+        fusion={**train, "tasks": ["colours"], "baselines": False, "method": "concat", "fusion_dim": 16,
+                "image_config": TINY_VIT},
+        evaluate={"models": ["multitask", "fusion"], "curves": False},
+        register={"name": f"unitask-{root.name}"},
+    )  # fmt: skip
+    return load_config(params)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> Config:
+    """A project with a trained multi-task model, fusion model and comparison, tracked on the server."""
+    import torch
+
+    from unitask.evaluation.stage import evaluate
+    from unitask.training.fusion import fusion
+    from unitask.training.multitask import multitask
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = _project(tmp_path_factory.mktemp("served"), mlflow_server)
+        multitask(cfg)
+        fusion(cfg, "colours")
+        evaluate(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return cfg
+
+
+def _mixed_rows(cfg: Config) -> list[dict[str, Any]]:
+    """One test row per task (as the served model takes them) and two rows it cannot answer."""
+    from unitask.registry.examples import example_rows
+
+    types = {name: task.type for name, task in cfg.tasks.items()}
+    rows = example_rows(cfg, {name: "" for name in cfg.tasks}, types)
+    return [*rows, {"task": "no_such_task", "text": "hello"}, {"task": "classification"}]
+
+
+def _check_outputs(cfg: Config, rows: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+    assert len(outputs) == len(rows)
+    by_task = {row["task"]: out for row, out in zip(rows[:-2], outputs)}  # the last two rows are bad
+    for name in ("classification", "pair_classification", "colours"):
+        out = by_task[name]
+        assert out["label"] in cfg.tasks[name].labels, out
+        assert set(out["scores"]) == set(cfg.tasks[name].labels) and sum(out["scores"].values()) == pytest.approx(1.0)
+    assert isinstance(by_task["regression"]["value"], float)
+    ner = by_task["token_classification"]
+    assert len(ner["tags"]) == len(rows[[r["task"] for r in rows].index("token_classification")]["text"].split())
+    assert isinstance(ner["entities"], list)
+    qa = by_task["extractive_qa"]
+    assert {"answer", "start", "end", "score"} <= set(qa) and isinstance(qa["answer"], str)
+    assert "unknown task 'no_such_task'" in outputs[-2]["error"]
+    assert "text" in outputs[-1]["error"]  # the missing field, named in its own row
+
+
+def test_register_load_by_alias_and_predict_every_task_over_http(served: Config, mlflow_server: str) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from unitask.registry import register
+
+    cfg = served
+    name = cfg.register.name
+    record = register(cfg)
+    assert record["decision"] == "promoted" and record["version"] == 1 and record["reason"] == "no champion yet"
+    assert record["routes"] == {**{t: "multitask" for t in TEXT_TYPES}, "colours": "fusion"}
+    assert json.loads(cfg.path("reports/register.json").read_text()) == record
+
+    mlflow.set_tracking_uri(mlflow_server)
+    client = MlflowClient()
+    version = client.get_model_version_by_alias(name, "champion")
+    assert version.version == "1" and set(version.aliases) == {"champion", "challenger"}
+    assert float(version.tags["unitask.score.colours"]) == record["scores"]["colours"]
+    assert version.description.startswith(f"# Model card: {name}") and "## Known limits" in version.description
+    run = client.get_run(record["run_id"])
+    assert run.data.tags["unitask.gate.decision"] == "promoted" and run.data.metrics["gate.promoted"] == 1.0
+    artifacts = {a.path for a in client.list_artifacts(record["run_id"])}
+    assert {"model_card.md", "gate.json"} <= artifacts
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    assert model.metadata.get_input_schema().input_names() == ["task", "text", "text_pair", "image"]
+    assert model.metadata.saved_input_example_info is not None
+    rows = _mixed_rows(cfg)
+    _check_outputs(cfg, rows, model.predict(pd.DataFrame(rows)))
+
+    again = register(cfg)  # nothing changed: no new version
+    assert again["decision"] == "unchanged" and again["version"] == 1
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+
+
+def _shift_comparison(cfg: Config, changes: dict[str, float]) -> None:
+    """Move the served models' main metric of some tasks (not QA) in evaluate's comparison, the gate's input."""
+    from unitask.evaluation.metrics import MAIN_METRIC
+
+    path = cfg.path(cfg.evaluate.output) / "comparison.json"
+    table = json.loads(path.read_text())
+    for task, delta in changes.items():
+        model = "fusion" if task == "colours" else "multitask"
+        main = MAIN_METRIC[cfg.tasks[task].type]
+        table[task][model][main] += delta
+    path.write_text(json.dumps(table))
+
+
+def test_the_gate_in_the_registry_keeps_the_champion_unless_a_version_beats_it(served: Config, mlflow_server: str) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from unitask.registry import register
+
+    cfg = served
+    name = cfg.register.name
+    first = register(cfg)  # version 1 is champion (or already was, when run after the test above)
+    mlflow.set_tracking_uri(mlflow_server)
+    client = MlflowClient()
+    assert client.get_model_version_by_alias(name, "champion").version == str(first["version"])
+
+    _shift_comparison(cfg, {"classification": +0.2, "colours": -0.05})  # better on average, one task regresses
+    regressed = register(cfg)
+    assert regressed["decision"] == "not promoted" and regressed["reason"].startswith("colours drops by 0.0500")
+    assert client.get_model_version_by_alias(name, "challenger").version == str(regressed["version"])
+    assert client.get_model_version_by_alias(name, "champion").version == str(first["version"])
+
+    _shift_comparison(cfg, {"classification": -0.205, "colours": +0.05})  # worse on average, within tolerance
+    worse = register(cfg)
+    assert worse["decision"] == "not promoted" and "does not beat the champion" in worse["reason"]
+    assert client.get_model_version_by_alias(name, "champion").version == str(first["version"])
+
+    _shift_comparison(cfg, {"classification": +0.105, "regression": +0.05})  # better, nothing regresses
+    better = register(cfg)
+    assert better["decision"] == "promoted" and better["champion_before"] == first["version"]
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.version == str(better["version"]) and set(champion.aliases) == {"champion", "challenger"}
+    assert better["gate"]["deltas"]["classification"] == pytest.approx(0.1)
+
+
+def test_mlflow_models_serve_answers_a_mixed_batch(served: Config, mlflow_server: str, tmp_path: Path) -> None:
+    from unitask.registry import register
+
+    cfg = served
+    register(cfg)
+    port = _free_port()
+    # the scoring server runs `uvicorn` from PATH: this environment's
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": mlflow_server, "OMP_NUM_THREADS": "1"}
+    proc = _start(
+        [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{cfg.register.name}@champion", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)],
+        tmp_path / "serve.log", f"http://127.0.0.1:{port}/ping", env=env,
+    )  # fmt: skip
+    try:
+        rows = _mixed_rows(cfg)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"dataframe_records": rows}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            outputs = json.loads(response.read())["predictions"]
+    finally:
+        _stop(proc)
+    _check_outputs(cfg, rows, outputs)

@@ -1,0 +1,181 @@
+"""`unitask tune`: a tiny Optuna search beats a deliberately bad learning rate, trials are child MLflow
+runs, the stage's outputs stay untouched, and the Katib Experiment is one Katib would accept."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import text_project
+
+from unitask.cli import build_parser, main
+from unitask.config import load_config
+from unitask.tuning.katib import METRICS_FORMAT, experiment, metric_line
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+BAD_LR = 1e-7
+TUNE = {
+    "trials": 4, "seed": 0, "pruner_startup_trials": 2, "budget": {"max_train_rows": 120},
+    "space": {"learning_rate": {"low": 1e-6, "high": 1e-2, "log": True}, "batch_size": {"choices": [16, 32]},
+              "weight_decay": {"low": 0.0, "high": 0.1}},
+}  # fmt: skip
+
+
+def tiny_project(root: Path) -> Path:
+    return text_project(root, "classification", finetune={"learning_rate": BAD_LR, "epochs": 3}, tune=TUNE)
+
+
+def test_tiny_search_beats_a_bad_learning_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import mlflow
+
+    from unitask.tracking import tracking_uri
+    from unitask.training.finetune import finetune
+
+    params = tiny_project(tmp_path)
+    assert main(["tune", "--stage", "finetune", "--task", "toy", "--params", str(params)]) == 0
+    out = capsys.readouterr().out
+    assert len(re.findall(r"^trial \d/4\t(complete|pruned)", out, re.M)) == 4, out
+    best_file = tmp_path / "reports" / "tune" / "toy.yaml"
+    best = yaml.safe_load(best_file.read_text())["finetune"]["per_task"]["toy"]
+    assert set(best) == {"learning_rate", "batch_size", "weight_decay"} and best["batch_size"] in (16, 32)
+    assert not (tmp_path / "models" / "finetune").exists() and not (tmp_path / "reports" / "finetune").exists()
+
+    # the documented merge: the block under finetune.per_task of params.yaml
+    raw = yaml.safe_load(params.read_text())
+    raw["finetune"]["per_task"] = yaml.safe_load(best_file.read_text())["finetune"]["per_task"]
+    params.write_text(yaml.safe_dump(raw))
+    tuned_cfg = load_config(params)
+    assert tuned_cfg.finetune.for_task("toy").learning_rate == best["learning_rate"] != BAD_LR
+    bad_cfg = load_config(params, ["finetune.per_task={}", "finetune.max_train_rows=120"])
+    bad = finetune(bad_cfg, "toy")["validation"]["macro_f1"]
+    tuned = finetune(load_config(params, ["finetune.max_train_rows=120"]), "toy")["validation"]["macro_f1"]
+    assert tuned >= bad + 0.3, (tuned, bad)
+
+    mlflow.set_tracking_uri(tracking_uri(tuned_cfg))
+    runs = mlflow.search_runs(experiment_names=["unitask"], output_format="list")
+    (parent,) = [r for r in runs if r.data.tags.get("unitask.stage") == "tune" and "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4 and {c.info.status for c in children} <= {"FINISHED", "KILLED"}
+    assert parent.data.metrics["best_value"] == max(c.data.metrics["best_macro_f1"] for c in children)
+    assert float(parent.data.params["best.learning_rate"]) == best["learning_rate"]
+    assert all("eval_macro_f1" in c.data.metrics for c in children)
+
+
+def test_pruning_stops_a_trailing_trial(tmp_path: Path) -> None:
+    import optuna
+    from transformers import TrainerControl
+
+    from unitask.tuning.search import pruning_callback
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    for value in (0.9, 0.8):
+        study.add_trial(optuna.trial.create_trial(value=value, intermediate_values={1: value}))
+    trial = study.ask()
+    callback, control = pruning_callback(trial, "macro_f1"), TrainerControl()
+    callback.on_evaluate(None, None, control, metrics={"eval_macro_f1": 0.1})
+    assert callback.pruned and control.should_training_stop
+
+
+def katib_errors(manifest: dict[str, Any]) -> list[str]:
+    """The checks of Katib's experiment validating webhook (pkg/webhook/v1beta1/experiment/validator)."""
+    errors = []
+    if manifest.get("apiVersion") != "kubeflow.org/v1beta1" or manifest.get("kind") != "Experiment":
+        errors.append("apiVersion/kind")
+    if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", manifest["metadata"]["name"]):
+        errors.append("metadata.name")
+    spec = manifest["spec"]
+    if spec["objective"].get("type") not in ("minimize", "maximize") or not spec["objective"].get("objectiveMetricName"):
+        errors.append("objective")
+    if not spec.get("algorithm", {}).get("algorithmName"):
+        errors.append("algorithm")
+    if not 0 < spec["parallelTrialCount"] <= spec["maxTrialCount"] or not 0 <= spec["maxFailedTrialCount"] <= spec["maxTrialCount"]:
+        errors.append("trial counts")
+    names = set()
+    for p in spec["parameters"]:
+        names.add(p["name"])
+        space = p["feasibleSpace"]
+        if p["parameterType"] in ("double", "int"):
+            if "list" in space or not (isinstance(space.get("min"), str) and isinstance(space.get("max"), str)):
+                errors.append(f"feasibleSpace of {p['name']}")
+            float(space["min"]), float(space["max"])
+        elif p["parameterType"] in ("categorical", "discrete"):
+            if set(space) != {"list"} or not all(isinstance(v, str) for v in space["list"]):
+                errors.append(f"feasibleSpace of {p['name']}")
+        else:
+            errors.append(f"parameterType of {p['name']}")
+        if space.get("distribution", "uniform") not in ("uniform", "logUniform", "normal", "logNormal"):
+            errors.append(f"distribution of {p['name']}")
+    template = spec["trialTemplate"]
+    for key in ("primaryContainerName", "successCondition", "failureCondition", "trialParameters", "trialSpec"):
+        if not template.get(key):
+            errors.append(f"trialTemplate.{key}")
+    text = yaml.safe_dump(template["trialSpec"])
+    for tp in template["trialParameters"]:
+        if tp["reference"] not in names and not tp["reference"].startswith("${trialSpec."):
+            errors.append(f"trialParameter {tp['name']}: unknown reference")
+        if "${trialParameters.%s}" % tp["name"] not in text:
+            errors.append(f"trialParameter {tp['name']}: not used in trialSpec")
+        text = text.replace("${trialParameters.%s}" % tp["name"], "test-value")
+    if re.search(r"\$\{trialParameters\..+?\}", text):
+        errors.append("trialSpec uses undeclared trialParameters")
+    job = template["trialSpec"]
+    if (job["apiVersion"], job["kind"]) != ("batch/v1", "Job") or "name" in job.get("metadata", {}):
+        errors.append("trialSpec: a batch/v1 Job without metadata.name")
+    containers = {c["name"] for c in job["spec"]["template"]["spec"]["containers"]}
+    if template["primaryContainerName"] not in containers:
+        errors.append("primaryContainerName names no container")
+    if job["spec"]["template"]["spec"].get("restartPolicy") not in ("Never", "OnFailure"):
+        errors.append("Job restartPolicy")
+    for fmt in spec["metricsCollectorSpec"]["source"]["filter"]["metricsFormat"]:
+        if re.compile(fmt).groups < 2:
+            errors.append("metricsFormat needs two groups")
+    return errors
+
+
+def test_katib_experiment(tmp_path: Path) -> None:
+    params = tiny_project(tmp_path)
+    cfg = load_config(params)
+    manifest = experiment(cfg, "toy", "macro_f1")
+    assert katib_errors(manifest) == []
+    spec = manifest["spec"]
+    assert spec["objective"] == {"type": "maximize", "objectiveMetricName": "validation_macro_f1"}
+    assert spec["algorithm"]["algorithmName"] == "tpe" and spec["maxTrialCount"] == TUNE["trials"]
+    by_name = {p["name"]: p for p in spec["parameters"]}
+    assert by_name["learning_rate"] == {"name": "learning_rate", "parameterType": "double",
+                                        "feasibleSpace": {"min": "1e-06", "max": "0.01", "distribution": "logUniform"}}
+    assert by_name["batch_size"]["feasibleSpace"] == {"list": ["16", "32"]}
+    container = spec["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"{cfg.kubeflow.image}:{cfg.kubeflow.tag}"
+
+    # Katib's collector reads the metric from the line `unitask finetune` prints
+    match = re.search(spec["metricsCollectorSpec"]["source"]["filter"]["metricsFormat"][0], metric_line("macro_f1", 0.8125))
+    assert match and match.group(1) == "validation_macro_f1" and float(match.group(2)) == 0.8125
+    assert METRICS_FORMAT in spec["metricsCollectorSpec"]["source"]["filter"]["metricsFormat"]
+
+    # a trial's command, as Katib substitutes it, is a valid `unitask finetune` call with those values
+    values = {"learningRate": "0.00123", "batchSize": "32", "weightDecay": "0.05", "trialName": "toy-abc123"}
+    command = [re.sub(r"\$\{trialParameters\.(\w+)\}", lambda m: values[m.group(1)], part) for part in container["command"]]
+    assert command[:2] == ["unitask", "finetune"]
+    args = build_parser().parse_args([*command[1:], "--params", str(params)])
+    trial_cfg = load_config(args.params, args.overrides)
+    ft = trial_cfg.finetune.for_task("toy")
+    assert (ft.learning_rate, ft.batch_size, ft.weight_decay, ft.max_train_rows) == (0.00123, 32, 0.05, 120)
+    assert trial_cfg.finetune.output == "models/tune/toy-abc123"  # parallel trials write apart
+
+
+def test_tune_config_errors(tmp_path: Path) -> None:
+    from unitask.errors import ConfigError
+
+    params = tiny_project(tmp_path)
+    with pytest.raises(ConfigError, match=r"tune.space.learning_rate.*low \(0.1\) must be below high"):
+        load_config(params, ["tune.space.learning_rate={low: 0.1, high: 0.01}"])
+    with pytest.raises(ConfigError, match=r"budget.*\['lr'\] are not finetune keys"):
+        load_config(params, ["tune.budget={lr: 1}"])
+    with pytest.raises(ConfigError, match="max_steps overrides epochs"):
+        load_config(params, ["tune.space.epochs={choices: [1, 2]}", "tune.budget={max_steps: 10}"])
+    with pytest.raises(ConfigError, match="tune.space.momentum"):
+        load_config(params, ["tune.space.momentum={low: 0.1, high: 0.9}"])
