@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help env data demo test mlflow-ui clean
+.PHONY: help env data demo test mlflow-ui clean postgres team-up team-down
 .DEFAULT_GOAL := help
 
 help:
@@ -20,6 +20,8 @@ help:
 	@echo "make env        only the environment ($(VENV))"
 	@echo "make data       fetch data/raw from the sources in params.yaml"
 	@echo "make mlflow-ui  browse the tracked runs at http://127.0.0.1:5000"
+	@echo "make team-up    the team tracking setup here: PostgreSQL + S3 (moto) + mlflow server at http://127.0.0.1:5000"
+	@echo "make team-down  stop it (its PostgreSQL data stays in mlflow/team/.data)"
 
 env: $(STAMP)
 
@@ -40,7 +42,7 @@ demo: data
 	dvc repro
 	dvc metrics show
 
-test: env
+test: env postgres
 	$(BIN)/python -m pytest
 
 mlflow-ui: env
@@ -48,3 +50,16 @@ mlflow-ui: env
 
 clean:
 	rm -rf data/prepared reports/* mlflow/mlflow.db mlflow/artifacts
+
+# PostgreSQL's server programs for the team setup and its tests: Debian's package when neither pg_ctl
+# on PATH nor /usr/lib/postgresql/<version>/bin has them (as root, or through sudo).
+postgres:
+	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
+team-up: env postgres
+	$(BIN)/python -m unitask.teamstack up
+
+team-down: env
+	$(BIN)/python -m unitask.teamstack down

@@ -2,7 +2,7 @@
 with and without `finetune.augment`, over several seeds; report test metrics as mean ± std.
 
     HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false .venv/bin/python bench/bench_augment.py \
-        [--task trec_coarse] [--fraction 0.1] [--seeds 1 2 3] [--epochs 10]
+        [--task trec_coarse] [--fraction 0.1] [--seeds 1 2 3] [--epochs 5] [--augment NAME=YAML ...]
 
 Each run is the real `finetune` stage on the default encoder (pretrain.output, else model.backbone)
 in a scratch project (--workdir) that reads this repo's data/prepared, so the repo's stage outputs
@@ -29,9 +29,15 @@ REPO = Path(__file__).resolve().parents[1]
 AUGMENT = {"rows": 0.5, "deletion": 0.1, "swap": 0.1, "insertion": 0.1, "cutoff": 0.1, "mask": 0.1}
 
 
+def variant(text: str) -> tuple[str, dict]:
+    """NAME=YAML -> (name, augment block)."""
+    name, _, block = text.partition("=")
+    return name, yaml.safe_load(block)
+
+
 def scratch_params(workdir: Path, args: argparse.Namespace) -> Path:
-    """The repo's params.yaml, reading this repo's prepared data and encoder, writing under workdir."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    """--params (the repo's params.yaml) reading this repo's prepared data and encoder, writing under workdir."""
+    params = yaml.safe_load(args.params.read_text())
     params["paths"] = {**params.get("paths", {}), "prepared": str(REPO / params["paths"]["prepared"]),
                        "reports": "reports", "roots": [str(REPO)]}  # fmt: skip
     params["pretrain"]["output"] = str(REPO / params["pretrain"]["output"])
@@ -46,11 +52,15 @@ def scratch_params(workdir: Path, args: argparse.Namespace) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="trec_coarse")
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml", help="the config to start from")
     parser.add_argument("--fraction", type=float, default=0.1, help="share of the train split to train on")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--epochs", type=float, default=10)
+    parser.add_argument("--epochs", type=float, default=5)
     parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--augment", type=yaml.safe_load, default=AUGMENT, help="the augment block (YAML)")
+    parser.add_argument("--augment", type=variant, action="append", metavar="NAME=YAML",
+                        help=f"an augmented arm (repeatable); default: all={json.dumps(AUGMENT)}")
+    parser.add_argument("--without", action=argparse.BooleanOptionalAction, default=True,
+                        help="also train the arm without augmentation (default: yes)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "unitask-bench-augment")
     parser.add_argument("--out", type=Path, help="write every run's summary here (JSON)")
     args = parser.parse_args()
@@ -58,12 +68,12 @@ def main() -> None:
     params = scratch_params(args.workdir, args)
     train_rows = len(pd.read_parquet(REPO / "data/prepared" / args.task / "train.parquet"))
     rows = round(args.fraction * train_rows)
-    arms = {"without": {}, "with": args.augment}
+    arms = {**({"without": {}} if args.without else {}), **dict(args.augment or [("all", AUGMENT)])}
     runs = []
     for seed in args.seeds:
         for arm, augment in arms.items():
             overrides = [
-                f"seed={seed}", f"finetune.per_task={{}}", f"finetune.epochs={args.epochs}",
+                f"seed={seed}", "finetune.per_task={}", f"finetune.epochs={args.epochs}",
                 f"finetune.max_train_rows={rows}", "finetune.early_stopping_patience=null",
                 f"finetune.augment={json.dumps(augment)}",
             ]  # fmt: skip
@@ -71,7 +81,7 @@ def main() -> None:
             summary = finetune(load_config(params, overrides), args.task)
             runs.append({"seed": seed, "augment": arm, "seconds": round(time.perf_counter() - started, 1), **summary})
             test = summary["test"]
-            print(f"seed {seed}\t{arm} augmentation\ttest macro_f1 {test['macro_f1']:.4f}\taccuracy {test['accuracy']:.4f}"
+            print(f"seed {seed}\t{arm}\ttest macro_f1 {test['macro_f1']:.4f}\taccuracy {test['accuracy']:.4f}"
                   f"\t{runs[-1]['seconds']} s", flush=True)  # fmt: skip
 
     print(f"\n{args.task}: {rows} of {train_rows} train rows, {args.epochs:g} epochs, seeds {args.seeds}")
@@ -83,8 +93,11 @@ def main() -> None:
             values = [r[split][key] for r in mine]
             cells.append(f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0:.3f}")
         print(f"| {arm} | " + " | ".join(cells) + f" | {statistics.mean(r['seconds'] for r in mine):.0f} |")
-    diffs = [w["test"]["macro_f1"] - o["test"]["macro_f1"] for w, o in zip(runs[1::2], runs[0::2])]
-    print(f"paired difference in test macro-F1 (with - without), per seed: {[round(d, 4) for d in diffs]}")
+    if args.without:
+        base = {r["seed"]: r["test"]["macro_f1"] for r in runs if r["augment"] == "without"}
+        for arm in [a for a in arms if a != "without"]:
+            diffs = [round(r["test"]["macro_f1"] - base[r["seed"]], 4) for r in runs if r["augment"] == arm]
+            print(f"{arm} - without, test macro-F1 per seed: {diffs}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs}, indent=2))

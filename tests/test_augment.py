@@ -126,5 +126,6 @@ def test_finetune_augments_train_rows_only(tmp_path: Path) -> None:
     assert fit.trainer.eval_dataset is fit.features["validation"]
     plain_train = fit.task.encode(fit.frames["train"], tokenizer, cfg.model.max_length)
     assert train.features["input_ids"] != plain_train["input_ids"]
+    assert fit.trainer._get_train_sampler().on_epoch == train.set_epoch  # reaches it under DDP too
     fit.trainer.train()  # trains end to end on the re-drawn rows
     assert fit.trainer.state.epoch == cfg.finetune.epochs and train.epoch == cfg.finetune.epochs - 1

@@ -76,12 +76,50 @@ def test_repro_runs_the_chain_then_is_a_no_op(clone):
     answers = [json.loads(line) for line in predicted.splitlines() if line.startswith("{")]
     assert len(answers) == len(params["multitask"]["tasks"]) and not any("error" in a for a in answers)
     assert answers[params["multitask"]["tasks"].index("sms_spam")]["label"] in ("ham", "spam")
+    _evaluated_and_registered(clone, params)
     second = _run([str(BIN / "dvc"), "repro"], clone)
     assert "Running stage" not in second
+    _dvc_shows_the_comparison(clone)
     assert json.loads(_run([str(BIN / "dvc"), "status", "--json"], clone)) == {}
     metrics = _run([str(BIN / "dvc"), "metrics", "show", "--json"], clone)
     assert "reports/prepare/sms_spam.json" in metrics
     assert "reports/multitask.json" in metrics and "reports/multitask_comparison.json" in metrics
+
+
+def _evaluated_and_registered(clone: Path, params: dict[str, Any]) -> None:
+    """evaluate compared every model; register made version 1 champion, which answers every task."""
+    import mlflow
+
+    from unitask.config import load_config
+    from unitask.registry.examples import example_rows
+
+    comparison = json.loads((clone / "reports/evaluate/comparison.json").read_text())
+    for task in params["finetune"]["tasks"]:
+        assert {"finetune", "multitask"} <= set(comparison[task]), comparison[task]
+    record = json.loads((clone / "reports/register.json").read_text())
+    assert record["decision"] == "promoted" and record["version"] == 1, record
+    cfg = load_config(clone / "params.yaml")
+    mlflow.set_tracking_uri(f"sqlite:///{clone}/mlflow/mlflow.db")
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.register.name}@champion")
+    rows = example_rows(cfg, record["routes"], {name: task.type for name, task in cfg.tasks.items()})
+    outputs = model.predict(rows)
+    assert set(record["routes"]) == set(params["tasks"]) and len(outputs) == len(rows)
+    assert not [o for o in outputs if "error" in o], outputs
+
+
+def _dvc_shows_the_comparison(clone: Path) -> None:
+    """`dvc metrics show`, `dvc plots show` and `dvc exp show` read evaluate's outputs."""
+    dvc = str(BIN / "dvc")
+    assert "reports/evaluate/comparison.json" in _run([dvc, "metrics", "show", "--json"], clone)
+    shown = subprocess.run([dvc, "plots", "show", "--json"], cwd=clone, capture_output=True, text=True, env=_env())
+    assert shown.returncode == 0, shown.stderr
+    plots = json.loads(shown.stdout)["data"]
+    kinds = {path.split("/")[3] for path in plots if path.startswith("reports/evaluate/plots/")}
+    assert {"confusion", "by_model", "loss"} <= kinds, sorted(plots)
+    _run(["git", "add", "-A"], clone)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "smoke"], clone)
+    experiments = _run([dvc, "exp", "show", "--json"], clone)
+    assert "reports/evaluate/comparison.json" in experiments and "register.json" in experiments
 
 
 def test_a_changed_task_reruns_only_its_data_stages(clone):

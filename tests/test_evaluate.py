@@ -119,3 +119,11 @@ def test_cli_prints_the_main_metric_of_each_model(tmp_path: Path, capsys: pytest
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("classification\tmacro_f1\tbaseline 0.")
     assert out[1].startswith("regression\tpearson\tbaseline ")
+
+
+@pytest.mark.parametrize(("models", "message"), [(["baseline", "baseline"], "lists a model twice"), (["Base line"], "must match")])
+def test_bad_model_lists_are_refused(tmp_path: Path, models: list[str], message: str) -> None:
+    from unitask.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        _project(tmp_path, models)

@@ -91,7 +91,7 @@ def test_augmentation_changes_training_images_only(tmp_path):
 
     augment = {"hflip": 1.0, "crop": 1.0, "color_jitter": 1.0}
     cfg = load(vqa_project(tmp_path, augment=augment))
-    data = FusionData(cfg, "vqa", load_tokenizer(cfg), ["no", "yes"])
+    data = FusionData(cfg, "vqa", load_tokenizer(cfg), ["blue", "left", "red", "right"])
     datasets = data.datasets(("text", "image"))
 
     def original(split, i):

@@ -50,34 +50,40 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = 120
     pytest.fail(f"{url} did not answer within {seconds} s:\n{log.read_text()[-3000:]}")
 
 
-def _start(args: list[str], log: Path, health: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """A server process in its own process group (so that its workers stop with it)."""
-    proc = subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    _wait_http(health, proc, log)
-    return proc
+class Server:
+    """A server process started in its own process group (so that its workers stop with it); `url`
+    waits until it answers on `health`, so that it boots while the caller does other work."""
 
+    def __init__(self, args: list[str], port: int, health: str, log: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.base, self.health, self.log = f"http://127.0.0.1:{port}", health, log
 
-def _stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    @property
+    def url(self) -> str:
+        _wait_http(self.base + self.health, self.proc, self.log)
+        return self.base
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real tracking server (sqlite backend, proxied artifacts) on a free local port: its URL."""
+    """A real tracking server (sqlite backend, proxied artifacts, one worker) on a free local port."""
     root = tmp_path_factory.mktemp("mlflow_server")
     port = _free_port()
-    proc = _start(
+    server = Server(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        root / "server.log", f"http://127.0.0.1:{port}/health",
+        port, "/health", root / "server.log",
     )  # fmt: skip
-    yield f"http://127.0.0.1:{port}"
-    _stop(proc)
+    yield server
+    server.stop()
 
 
 def _prepared(root: Path, name: str, rows: list[dict[str, Any]], sizes: tuple[int, int, int]) -> None:
@@ -103,7 +109,8 @@ def _colour_rows(root: Path, n: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _project(root: Path, tracking_uri: str) -> Config:
+def _data(root: Path) -> dict[str, Any]:
+    """Prepared splits of a task of every type in `root`; the task declarations."""
     sizes = (48, 16, 16)
     tasks = {}
     for kind in TEXT_TYPES:
@@ -114,6 +121,10 @@ def _project(root: Path, tracking_uri: str) -> Config:
         "read": {"format": "parquet"}, "columns": {"text": "text", "image": "image", "label": "label"}, "labels": list(COLOURS),
     }  # fmt: skip
     _prepared(root, "colours", _colour_rows(root, sum(sizes)), sizes)
+    return tasks
+
+
+def _project(root: Path, tasks: dict[str, Any], tracking_uri: str) -> Config:
     train = {"max_steps": 12, "batch_size": 8, "eval_batch_size": 16, "learning_rate": 2e-3, "bf16": False, "logging_steps": 4}
     params = write_project(
         root, tasks,
@@ -130,8 +141,9 @@ def _project(root: Path, tracking_uri: str) -> Config:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> Config:
-    """A project with a trained multi-task model, fusion model and comparison, tracked on the server."""
+def served(tmp_path_factory: pytest.TempPathFactory, mlflow_server: Server) -> Config:
+    """A project with a trained multi-task model, fusion model and comparison, whose tracking URI is
+    the server (training is tracked locally meanwhile, while the server boots)."""
     import torch
 
     from unitask.evaluation.stage import evaluate
@@ -141,13 +153,15 @@ def served(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> Conf
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = _project(tmp_path_factory.mktemp("served"), mlflow_server)
+        root = tmp_path_factory.mktemp("served")
+        tasks = _data(root)
+        cfg = _project(root, tasks, "sqlite:///mlflow/mlflow.db")
         multitask(cfg)
         fusion(cfg, "colours")
         evaluate(cfg)
     finally:
         torch.set_num_threads(threads)
-    return cfg
+    return _project(root, tasks, mlflow_server.url)
 
 
 def _mixed_rows(cfg: Config) -> list[dict[str, Any]]:
@@ -176,7 +190,7 @@ def _check_outputs(cfg: Config, rows: list[dict[str, Any]], outputs: list[dict[s
     assert "text" in outputs[-1]["error"]  # the missing field, named in its own row
 
 
-def test_register_load_by_alias_and_predict_every_task_over_http(served: Config, mlflow_server: str) -> None:
+def test_register_load_by_alias_and_predict_every_task_over_http(served: Config, mlflow_server: Server) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -189,7 +203,7 @@ def test_register_load_by_alias_and_predict_every_task_over_http(served: Config,
     assert record["routes"] == {**{t: "multitask" for t in TEXT_TYPES}, "colours": "fusion"}
     assert json.loads(cfg.path("reports/register.json").read_text()) == record
 
-    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server.url)
     client = MlflowClient()
     version = client.get_model_version_by_alias(name, "champion")
     assert version.version == "1" and set(version.aliases) == {"champion", "challenger"}
@@ -224,7 +238,7 @@ def _shift_comparison(cfg: Config, changes: dict[str, float]) -> None:
     path.write_text(json.dumps(table))
 
 
-def test_the_gate_in_the_registry_keeps_the_champion_unless_a_version_beats_it(served: Config, mlflow_server: str) -> None:
+def test_the_gate_in_the_registry_keeps_the_champion_unless_a_version_beats_it(served: Config, mlflow_server: Server) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -233,7 +247,7 @@ def test_the_gate_in_the_registry_keeps_the_champion_unless_a_version_beats_it(s
     cfg = served
     name = cfg.register.name
     first = register(cfg)  # version 1 is champion (or already was, when run after the test above)
-    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server.url)
     client = MlflowClient()
     assert client.get_model_version_by_alias(name, "champion").version == str(first["version"])
 
@@ -256,28 +270,28 @@ def test_the_gate_in_the_registry_keeps_the_champion_unless_a_version_beats_it(s
     assert better["gate"]["deltas"]["classification"] == pytest.approx(0.1)
 
 
-def test_mlflow_models_serve_answers_a_mixed_batch(served: Config, mlflow_server: str, tmp_path: Path) -> None:
+def test_mlflow_models_serve_answers_a_mixed_batch(served: Config, mlflow_server: Server, tmp_path: Path) -> None:
     from unitask.registry import register
 
     cfg = served
     register(cfg)
     port = _free_port()
     # the scoring server runs `uvicorn` from PATH: this environment's
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": mlflow_server, "OMP_NUM_THREADS": "1"}
-    proc = _start(
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": mlflow_server.url, "OMP_NUM_THREADS": "1"}
+    serving = Server(
         [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{cfg.register.name}@champion", "--env-manager", "local",
          "--host", "127.0.0.1", "--port", str(port)],
-        tmp_path / "serve.log", f"http://127.0.0.1:{port}/ping", env=env,
+        port, "/ping", tmp_path / "serve.log", env=env,
     )  # fmt: skip
     try:
         rows = _mixed_rows(cfg)
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
+            f"{serving.url}/invocations",
             data=json.dumps({"dataframe_records": rows}).encode(),
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             outputs = json.loads(response.read())["predictions"]
     finally:
-        _stop(proc)
+        serving.stop()
     _check_outputs(cfg, rows, outputs)

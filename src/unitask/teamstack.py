@@ -35,6 +35,7 @@ DATA_BUCKET = "unitask-data"  # the DVC remote `team` (.dvc/config)
 DATABASE = "mlflow"
 PG_USER = "postgres"  # the unprivileged account PostgreSQL runs as when we are root (initdb refuses root)
 DEFAULT_ROOT = Path("mlflow/team/.data")
+CREDENTIALS = "credentials.json"  # under the root: the database password (mode 600)
 
 
 @dataclass
@@ -151,14 +152,14 @@ class TeamStack:
         self.logs.mkdir(parents=True, exist_ok=True)
         state: dict[str, Any] = {"url": self.url, "s3_url": self.s3_url, "ports": asdict(self.ports), "host": self.host}
         try:
-            password = self._start_postgres(state)
+            self._start_postgres(state)
             if self.s3_endpoint is None:
                 self._save(state, s3=self._spawn([sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.ports.s3)], "s3"))
-            self._save(state, mlflow=self._spawn_mlflow(password))  # starts while the S3 store gets ready
+            self._save(state, mlflow=self._spawn_mlflow())  # starts while the S3 store gets ready
             if self.s3_endpoint is None:
                 self._wait(lambda: _answers(self.s3_url), "the S3 store (moto)", state["s3"], "moto.server", "s3")
             self._buckets()
-            self._wait(lambda: _healthy(self.url), "the MLflow server", state["mlflow"], "mlflow", "mlflow", timeout=180)
+            self._wait(lambda: healthy(self.url), "the MLflow server", state["mlflow"], "mlflow", "mlflow", timeout=180)
         except BaseException:
             self.stop()
             raise
@@ -177,18 +178,17 @@ class TeamStack:
     def status(self) -> dict[str, Any]:
         state = self._state()
         if state:
-            state["healthy"] = _healthy(state["url"])
+            state["healthy"] = healthy(state["url"])
         return state
 
     # ---- the three services ----------------------------------------------------------------------
-    def _start_postgres(self, state: dict[str, Any]) -> str:
-        credentials = self.root / "credentials.json"
+    def _start_postgres(self, state: dict[str, Any]) -> None:
         if not (self.pgdata / "PG_VERSION").is_file():
             password = secrets.token_urlsafe(24)
             self._initdb(password)
+            credentials = self.root / CREDENTIALS
             credentials.write_text(json.dumps({"postgres_user": DATABASE, "postgres_password": password}))
             credentials.chmod(0o600)
-        password = json.loads(credentials.read_text())["postgres_password"]
         log = self.logs / "postgres.log"
         log.touch()
         self._own(log)
@@ -197,10 +197,9 @@ class TeamStack:
         self._save(state, postgres=True)
         import psycopg
 
-        with psycopg.connect(self._dsn(password, "postgres"), autocommit=True) as conn:
+        with psycopg.connect(self.database_url("postgres"), autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone() is None:
                 conn.execute(f"CREATE DATABASE {DATABASE}")
-        return password
 
     def _initdb(self, password: str) -> None:
         self.pgdata.mkdir(parents=True, exist_ok=True)
@@ -218,21 +217,20 @@ class TeamStack:
 
     def _buckets(self) -> None:
         import boto3
-
         from botocore.exceptions import ClientError
 
-        client = boto3.client("s3", endpoint_url=self.s3_url, **self._s3_credentials())
+        client = boto3.client("s3", endpoint_url=self.s3_url, **self.s3_credentials())
         for bucket in (MLFLOW_BUCKET, DATA_BUCKET):
             try:
                 client.head_bucket(Bucket=bucket)
             except ClientError:
                 client.create_bucket(Bucket=bucket)
 
-    def _spawn_mlflow(self, password: str) -> int:
+    def _spawn_mlflow(self) -> int:
         env = {
             **os.environ,
             **self._s3_env(),
-            "MLFLOW_BACKEND_STORE_URI": "postgresql+psycopg://" + self._dsn_url(password),
+            "MLFLOW_BACKEND_STORE_URI": self.database_url().replace("postgresql://", "postgresql+psycopg://", 1),
             "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no GenAI job runners (7 more processes)
         }
@@ -240,22 +238,23 @@ class TeamStack:
                "--workers", "1", "--serve-artifacts", "--artifacts-destination", f"s3://{MLFLOW_BUCKET}"]  # fmt: skip
         return self._spawn(cmd, "mlflow", env)
 
+    def database_password(self) -> str:
+        return json.loads((self.root / CREDENTIALS).read_text())["postgres_password"]
+
+    def database_url(self, database: str = DATABASE) -> str:
+        """postgresql://mlflow:PASSWORD@127.0.0.1:PORT/DATABASE (the password is URL-safe)."""
+        return f"postgresql://{DATABASE}:{self.database_password()}@127.0.0.1:{self.ports.postgres}/{database}"
+
     # ---- helpers ---------------------------------------------------------------------------------
     def _s3_env(self) -> dict[str, str]:
         if self.s3_endpoint is None:
             return self.s3_keys
         return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
 
-    def _s3_credentials(self) -> dict[str, str]:
+    def s3_credentials(self) -> dict[str, str]:
         env = self._s3_env()
         names = {"AWS_ACCESS_KEY_ID": "aws_access_key_id", "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key", "AWS_DEFAULT_REGION": "region_name"}
         return {arg: env[var] for var, arg in names.items() if var in env}
-
-    def _dsn(self, password: str, database: str) -> str:
-        return f"host=127.0.0.1 port={self.ports.postgres} user={DATABASE} password={password} dbname={database}"
-
-    def _dsn_url(self, password: str) -> str:
-        return f"{DATABASE}:{password}@127.0.0.1:{self.ports.postgres}/{DATABASE}"
 
     def _as_root(self) -> bool:
         return os.geteuid() == 0
@@ -319,7 +318,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/health", timeout=2) as response:
             return response.status == 200

@@ -50,7 +50,9 @@ def augment_frame(frame: pd.DataFrame, task_type: str, settings: Augment, seed: 
     out = frame.copy()
     if task_type == "token_classification":
         rows = [(list(map(str, w)), list(map(str, t))) for w, t in zip(frame["tokens"], frame["tags"])]
-        rows = [augment_words(w, t, rng.choice(ops), rng) if ops and rng.random() < settings.rows else (w, t) for w, t in rows]
+        rows = [
+            augment_words(w, t, rng.choice(ops), rng) if ops and rng.random() < settings.rows else (w, t) for w, t in rows
+        ]
         out["tokens"] = [w for w, _ in rows]
         out["tags"] = [t for _, t in rows]
         return out
@@ -72,9 +74,14 @@ class EpochAugmented(Dataset):
     and a resumed run see the same data. One feature per row, so the length stays fixed."""
 
     def __init__(
-        self, frame: pd.DataFrame, encode: Callable[[pd.DataFrame], Any], task_type: str,
-        settings: Augment, seed: int, mask: str | None,
-    ) -> None:  # fmt: skip
+        self,
+        frame: pd.DataFrame,
+        encode: Callable[[pd.DataFrame], Any],
+        task_type: str,
+        settings: Augment,
+        seed: int,
+        mask: str | None,
+    ) -> None:
         self.frame, self.encode, self.task_type = frame, encode, task_type
         self.settings, self.seed, self.mask = settings, seed, mask
         self.epoch: int | None = None

@@ -70,24 +70,24 @@ def training_curves(experiment_id: str) -> dict[str, dict[str, list[tuple[int, f
 
 
 def figures(result: dict[str, Any], curves: dict[str, dict[str, list[tuple[int, float]]]]) -> dict[str, Any]:
-    """{artifact file name: matplotlib figure} for MLflow: confusion matrices, metric by model, curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """{artifact file name: matplotlib figure} for MLflow: confusion matrices, metric by model, curves.
+    Figures are made without pyplot: no backend, no global state to close."""
+    from matplotlib.figure import Figure
 
     out: dict[str, Any] = {}
     for task, entry in result["tasks"].items():
         for model, info in entry["models"].items():
             if "confusion" in info:
-                out[f"confusion/{model}/{task}.png"] = _confusion_figure(plt, f"{task}: {model}", info)
+                out[f"confusion/{model}/{task}.png"] = _confusion_figure(Figure, f"{task}: {model}", info)
     tasks = list(result["table"])
     if tasks:
-        fig, axes = plt.subplots(len(tasks), 1, figsize=(7, 1.2 + 0.35 * len(result["models"]) * len(tasks)), squeeze=False)
+        fig = Figure(figsize=(7, 1.2 + 0.35 * len(result["models"]) * len(tasks)))
+        axes = fig.subplots(len(tasks), 1, squeeze=False)
         for ax, task in zip(axes[:, 0], tasks):
             main = result["tasks"][task]["main_metric"]
             models = list(result["table"][task])
-            ax.barh(models, [result["table"][task][m][main] for m in models], color="tab:blue")
+            bars = ax.barh(models, [result["table"][task][m][main] for m in models], color="tab:blue")
+            ax.bar_label(bars, fmt="%.3f", fontsize=7)
             ax.set_title(f"{task} ({main})", fontsize=9)
             ax.invert_yaxis()
         fig.tight_layout()
@@ -95,7 +95,8 @@ def figures(result: dict[str, Any], curves: dict[str, dict[str, list[tuple[int, 
     for curve in CURVES:
         runs = {run: series[curve] for run, series in curves.items() if curve in series}
         if runs:
-            fig, ax = plt.subplots(figsize=(8, 4.5))
+            fig = Figure(figsize=(8, 4.5))
+            ax = fig.subplots()
             for run, points in runs.items():
                 ax.plot([s for s, _ in points], [v for _, v in points], label=run)
             ax.set(xlabel="step", ylabel=curve, title=f"training curves: {curve}")
@@ -105,10 +106,11 @@ def figures(result: dict[str, Any], curves: dict[str, dict[str, list[tuple[int, 
     return out
 
 
-def _confusion_figure(plt: Any, title: str, info: dict[str, Any]) -> Any:
+def _confusion_figure(figure: Any, title: str, info: dict[str, Any]) -> Any:
     labels, matrix = info["labels"], info["confusion"]
     size = 2.5 + 0.4 * len(labels)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = figure(figsize=(size, size))
+    ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)

@@ -24,7 +24,6 @@ PLOT_FOLDERS = ("confusion", "by_model", *CURVES)
 
 def evaluate(cfg: Config) -> dict[str, Any]:
     """Score, compare, plot and log; return the comparison (see `compare.score`)."""
-    import matplotlib.pyplot as plt
     import mlflow
 
     result = score(cfg)
@@ -45,5 +44,4 @@ def evaluate(cfg: Config) -> dict[str, Any]:
             mlflow.log_artifact(str(output / name))
         for name, fig in figures(result, curves).items():
             mlflow.log_figure(fig, f"plots/{name}")
-            plt.close(fig)
     return result

@@ -20,7 +20,7 @@ from unitask.errors import DataError
 from unitask.inference import MANIFEST, load_predictor
 from unitask.registry.card import model_card
 from unitask.registry.examples import as_frame, example_rows
-from unitask.registry.gate import decide, primary, task_scores
+from unitask.registry.gate import decide, task_scores
 from unitask.registry.pyfunc import Router, UnitaskModel, pip_requirements, priority, signature
 from unitask.tracking import configure, stage_run
 
@@ -70,38 +70,59 @@ def _same_version(client: Any, name: str, digest: str) -> Any | None:
     return next((v for v in versions if v.tags.get(FINGERPRINT_TAG) == digest), None)
 
 
-def register(cfg: Config) -> dict[str, Any]:
-    """Gate, log and register the served model; write register.output; return the decision record."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
+def _scores_of(version: Any | None) -> dict[str, float] | None:
+    """The per-task scores a registered version was gated with (its tags), or None without a version."""
+    if version is None:
+        return None
+    return {k.removeprefix(SCORE_TAG): float(v) for k, v in version.tags.items() if k.startswith(SCORE_TAG)}
 
-    name = cfg.register.name
-    table = comparison_table(cfg)
-    folders = served_folders(cfg)
-    router = Router({artifact: load_predictor(folder) for artifact, folder in folders.items()})
-    routes = {task: router.routes[task] for task in cfg.tasks if task in router.routes}
-    scores = task_scores(table, routes, router.tasks)
-    digest = fingerprint(folders, scores)
-    configure(cfg)
-    client = MlflowClient()
-    same = _same_version(client, name, digest)
-    if same is not None:
-        aliases = sorted(client.get_model_version(name, same.version).aliases)
-        record = {"name": name, "version": int(same.version), "decision": "unchanged", "aliases": aliases,
-                  "reason": f"version {same.version} already holds these models and metrics", "scores": scores}
-        write_json(cfg.path(cfg.register.output), record)
-        return record
-    champion = _champion(client, name)
-    old = {k.removeprefix(SCORE_TAG): float(v) for k, v in champion.tags.items() if k.startswith(SCORE_TAG)} if champion else None
-    gate = decide(scores, old, cfg.register.gate)
+
+def _check_examples(cfg: Config, routes: dict[str, str], router: Router) -> list[dict[str, Any]]:
+    """A test row per task, each answered without error by the bundle (else nothing is registered)."""
     examples = example_rows(cfg, routes, router.tasks)
     errors = [(row["task"], out["error"]) for row, out in zip(examples, router.predict(examples)) if "error" in out]
     if errors:
         raise DataError(f"the bundled models fail on test rows: {errors[:3]}", hint="retrain the models named there")
-    card = model_card(cfg, name, routes, scores, gate)
-    params = {"name": name, "bundled": ",".join(folders), "gate.primary": cfg.register.gate.primary,
-              "gate.max_task_regression": cfg.register.gate.max_task_regression,
-              "gate.min_improvement": cfg.register.gate.min_improvement}
+    return examples
+
+
+def register(cfg: Config) -> dict[str, Any]:
+    """Gate, log and register the served model; write register.output; return the decision record."""
+    from mlflow.tracking import MlflowClient
+
+    name = cfg.register.name
+    folders = served_folders(cfg)
+    router = Router({artifact: load_predictor(folder) for artifact, folder in folders.items()})
+    routes = {task: router.routes[task] for task in cfg.tasks if task in router.routes}
+    scores = task_scores(comparison_table(cfg), routes, router.tasks)
+    digest = fingerprint(folders, scores)
+    configure(cfg)
+    client = MlflowClient()
+    record: dict[str, Any] = {"name": name, "routes": routes, "scores": scores}
+    same = _same_version(client, name, digest)
+    if same is not None:
+        record |= {"version": int(same.version), "decision": "unchanged",
+                   "aliases": sorted(client.get_model_version(name, same.version).aliases),
+                   "reason": f"version {same.version} already holds these models and metrics"}  # fmt: skip
+    else:
+        champion = _champion(client, name)
+        gate = decide(scores, _scores_of(champion), cfg.register.gate)
+        examples = _check_examples(cfg, routes, router)
+        record |= {"champion_before": int(champion.version) if champion else None}
+        record |= _new_version(cfg, client, folders, examples, gate, record, digest)
+    write_json(cfg.path(cfg.register.output), record)
+    return record
+
+
+def _new_version(cfg: Config, client: Any, folders: dict[str, Path], examples: list[dict[str, Any]],
+                 gate: dict[str, Any], record: dict[str, Any], digest: str) -> dict[str, Any]:
+    """Log the pyfunc in a `register` run, register it, tag it, move the aliases; the record's rest."""
+    import mlflow
+
+    name, scores = cfg.register.name, record["scores"]
+    settings = cfg.register.gate
+    params = {"name": name, "bundled": ",".join(folders), "gate.primary": settings.primary,
+              "gate.max_task_regression": settings.max_task_regression, "gate.min_improvement": settings.min_improvement}
     with stage_run(cfg, "register", params=params) as run:
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -114,34 +135,32 @@ def register(cfg: Config) -> dict[str, Any]:
             registered_model_name=name,
         )
         version = str(info.registered_model_version)
-        tags = {FINGERPRINT_TAG: digest, "unitask.run_id": run.info.run_id, "unitask.primary": str(primary(scores, cfg.register.gate)),
-                **{SCORE_TAG + task: str(value) for task, value in scores.items()}}
+        card = model_card(cfg, name, record["routes"], scores, gate)
+        tags = {FINGERPRINT_TAG: digest, "unitask.run_id": run.info.run_id, "unitask.primary": str(gate["candidate"]["primary"]),
+                **{SCORE_TAG + task: str(value) for task, value in scores.items()}}  # fmt: skip
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         client.update_model_version(name, version, description=card)
         client.set_registered_model_alias(name, "challenger", version)
         if gate["promote"]:
             client.set_registered_model_alias(name, "champion", version)
-        record = {
-            "name": name,
+        decision = "promoted" if gate["promote"] else "not promoted"
+        result = {
             "version": int(version),
-            "decision": "promoted" if gate["promote"] else "not promoted",
+            "decision": decision,
             "reason": gate["reason"],
             "aliases": ["challenger", "champion"] if gate["promote"] else ["challenger"],
-            "champion_before": int(champion.version) if champion else None,
-            "routes": routes,
-            "scores": scores,
             "gate": {k: gate[k] for k in ("candidate", "champion", "deltas", "regressions")},
             "model_uri": info.model_uri,
             "run_id": run.info.run_id,
         }
-        mlflow.set_tags({"unitask.gate.decision": record["decision"], "unitask.registered_version": version})
-        mlflow.log_metrics(
-            {"gate.promoted": float(gate["promote"]), "gate.primary.candidate": gate["candidate"]["primary"],
-             **({"gate.primary.champion": gate["champion"]["primary"]} if gate["champion"] and gate["champion"]["primary"] is not None else {}),
-             **{f"gate.delta.{t}": d for t, d in gate["deltas"].items()}, **{f"score.{t}": v for t, v in scores.items()}}
-        )
-        mlflow.log_dict(record, "gate.json")
+        champion_primary = (gate["champion"] or {}).get("primary")
+        mlflow.set_tags({"unitask.gate.decision": decision, "unitask.registered_version": version})
+        mlflow.log_metrics({
+            "gate.promoted": float(gate["promote"]), "gate.primary.candidate": gate["candidate"]["primary"],
+            **({"gate.primary.champion": champion_primary} if champion_primary is not None else {}),
+            **{f"gate.delta.{t}": d for t, d in gate["deltas"].items()}, **{f"score.{t}": v for t, v in scores.items()},
+        })  # fmt: skip
+        mlflow.log_dict(record | result, "gate.json")
         mlflow.log_text(card, "model_card.md")
-    write_json(cfg.path(cfg.register.output), record)
-    return record
+    return result

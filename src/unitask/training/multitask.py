@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from transformers import TrainerCallback
 
 from unitask.atomic import atomic_dir, write_json
 from unitask.config import SPLITS, Config
@@ -107,96 +108,89 @@ class WeightedModel(nn.Module):
         return out
 
 
-def _trainer_class() -> type:
+class MultitaskTrainer(UnitaskTrainer):
     """Trainer with a task-batch sampler, per-task evaluation (the mean of the tasks' main metrics is
     what selects the best checkpoint), and a learning rate of its own for the weighting's parameters.
     Evaluation keeps dataset order (`UnitaskTrainer`), which decoding relies on."""
-    class _MultitaskTrainer(UnitaskTrainer):
-        def __init__(self, *args: Any, tasks: dict[str, TextTask], evaluation: dict[str, Any], batch_sampler: TaskBatchSampler,
-                     weighting_lr: float | None, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.tasks = tasks
-            self.evaluation = evaluation  # task -> split -> (model dataset, encoded features, frame)
-            self.batch_sampler = batch_sampler
-            self.weighting_lr = weighting_lr
-            self._task_loss: dict[str, list[float]] = defaultdict(list)
 
-        # training batches: one task each, drawn by the sampler
-        def get_train_dataloader(self) -> DataLoader:
-            loader = DataLoader(
-                self.train_dataset,
-                batch_sampler=self.batch_sampler,
-                collate_fn=self.data_collator,
-                num_workers=self.args.dataloader_num_workers,
-                pin_memory=self.args.dataloader_pin_memory,
+    def __init__(self, *args: Any, tasks: dict[str, TextTask], evaluation: dict[str, Any], batch_sampler: TaskBatchSampler,
+                 weighting_lr: float | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tasks = tasks
+        self.evaluation = evaluation  # task -> split -> (model dataset, encoded features, frame)
+        self.batch_sampler = batch_sampler
+        self.weighting_lr = weighting_lr
+        self._task_loss: dict[str, list[float]] = defaultdict(list)
+
+    # training batches: one task each, drawn by the sampler
+    def get_train_dataloader(self) -> DataLoader:
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=self.batch_sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        optimizer = super().create_optimizer(model)
+        weighting = list(self.model.weighting.parameters())
+        if weighting and not any(g.get("unitask_weighting") for g in optimizer.param_groups):
+            ids = {id(p) for p in weighting}
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) not in ids]
+            optimizer.add_param_group(
+                {"params": weighting, "weight_decay": 0.0, "lr": self.weighting_lr or self.args.learning_rate,
+                 "unitask_weighting": True}
             )
-            return self.accelerator.prepare(loader)
+        return optimizer
 
-        def create_optimizer(self, model: Any = None) -> Any:
-            optimizer = super().create_optimizer(model)
-            weighting = list(self.model.weighting.parameters())
-            if weighting and not any(g.get("unitask_weighting") for g in optimizer.param_groups):
-                ids = {id(p) for p in weighting}
-                for group in optimizer.param_groups:
-                    group["params"] = [p for p in group["params"] if id(p) not in ids]
-                optimizer.add_param_group(
-                    {"params": weighting, "weight_decay": 0.0, "lr": self.weighting_lr or self.args.learning_rate,
-                     "unitask_weighting": True}
-                )
-            return optimizer
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        outputs = model(**inputs)
+        if "raw_loss" in outputs:
+            name = list(self.tasks)[int(inputs["task_id"].reshape(-1)[0])]
+            self._task_loss[name].append(float(outputs["raw_loss"]))
+        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            outputs = model(**inputs)
-            if "raw_loss" in outputs:
-                name = list(self.tasks)[int(inputs["task_id"].reshape(-1)[0])]
-                self._task_loss[name].append(float(outputs["raw_loss"]))
-            return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Training logs also get each task's mean loss (unweighted) since the last log."""
+        if "loss" in logs and self._task_loss:
+            logs = {**logs, **{f"loss_{n}": sum(v) / len(v) for n, v in self._task_loss.items() if v}}
+            self._task_loss.clear()
+        super().log(logs, start_time)
 
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            """Training logs also get each task's mean loss (unweighted) since the last log."""
-            if "loss" in logs and self._task_loss:
-                logs = {**logs, **{f"loss_{n}": sum(v) / len(v) for n, v in self._task_loss.items() if v}}
-                self._task_loss.clear()
-            super().log(logs, start_time)
+    # evaluation: every task on its validation split, and their mean
+    def task_outputs(self, name: str, split: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """Decoded outputs and metrics of task `name` on `split`."""
+        dataset, features, frame = self.evaluation[name][split]
+        task = self.tasks[name]
+        predictions = self.predict(dataset, metric_key_prefix=f"{split}_{name}").predictions
+        decoded = task.decode(predictions, features, frame)
+        return decoded, task_metrics(task.type, task.gold(frame), decoded)
 
-        # evaluation: every task on its validation split, and their mean
-        def task_outputs(self, name: str, split: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
-            """Decoded outputs and metrics of task `name` on `split`."""
-            dataset, features, frame = self.evaluation[name][split]
-            task = self.tasks[name]
-            predictions = self.predict(dataset, metric_key_prefix=f"{split}_{name}").predictions
-            decoded = task.decode(predictions, features, frame)
-            return decoded, task_metrics(task.type, task.gold(frame), decoded)
-
-        def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
-            scores, metrics = {}, {}
-            for name, task in self.tasks.items():
-                _, values = self.task_outputs(name, "validation")
-                metrics.update({f"{metric_key_prefix}_{name}_{k}": v for k, v in values.items()})
-                scores[name] = unit_score(task.type, task.main_metric, values[task.main_metric])
-            metrics[f"{metric_key_prefix}_{MEAN}"] = sum(scores.values()) / len(scores)
-            metrics.update({f"weight_{n}": w for n, w in self.model.weighting.weights().items()})
-            self.log(metrics)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-            return metrics
-
-    return _MultitaskTrainer
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        scores, metrics = {}, {}
+        for name, task in self.tasks.items():
+            _, values = self.task_outputs(name, "validation")
+            metrics.update({f"{metric_key_prefix}_{name}_{k}": v for k, v in values.items()})
+            scores[name] = unit_score(task.type, task.main_metric, values[task.main_metric])
+        metrics[f"{metric_key_prefix}_{MEAN}"] = sum(scores.values()) / len(scores)
+        metrics.update({f"weight_{n}": w for n, w in self.model.weighting.weights().items()})
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
 
-def _epoch_end_callback() -> Any:
-    from transformers import TrainerCallback
+class WeightingEpochs(TrainerCallback):
+    """Tells the loss weighting that an epoch ended (DWA recomputes its weights then)."""
 
-    class WeightingEpochs(TrainerCallback):
-        """Tells the loss weighting that an epoch ended (DWA recomputes its weights then)."""
+    def __init__(self, weighting: LossWeighting) -> None:
+        self.weighting = weighting
 
-        def __init__(self, weighting: LossWeighting) -> None:
-            self.weighting = weighting
-
-        def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.weighting.end_epoch()
-
-    return WeightingEpochs
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.weighting.end_epoch()
 
 
 # ---- the stage -------------------------------------------------------------------------------
@@ -269,10 +263,10 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
         remove_unused_columns=False,
         label_names=[],
     )
-    callbacks: list[Any] = [MlflowMetrics(), _epoch_end_callback()(weighting)]
+    callbacks: list[Any] = [MlflowMetrics(), WeightingEpochs(weighting)]
     if mt.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=mt.early_stopping_patience))
-    trainer = _trainer_class()(
+    trainer = MultitaskTrainer(
         model=WeightedModel(model, weighting),
         args=args,
         data_collator=TaskCollator([tasks[n].collator(tokenizer) for n in names]),

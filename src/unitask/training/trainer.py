@@ -4,6 +4,7 @@ that logs into the stage's own run, and a Trainer with reproducible length-group
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -72,15 +73,20 @@ class MlflowMetrics(TrainerCallback):
 
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     """Length-grouped batches in an order drawn from (seed, epoch): the same on every DDP rank and
-    after a mid-epoch resume (the stock sampler draws from the global RNG, which a resume changes)."""
+    after a mid-epoch resume (the stock sampler draws from the global RNG, which a resume changes).
+    `on_epoch` is told each epoch too: a dataset that re-draws its rows per epoch (augmentation), which
+    accelerate's DDP loader would not tell itself."""
 
-    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+    def __init__(self, batch_size: int, lengths: list[int], seed: int, on_epoch: Callable[[int], None] | None = None) -> None:
         super().__init__(batch_size, lengths=lengths)
         self.seed = seed
         self.epoch = 0
+        self.on_epoch = on_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if self.on_epoch is not None:
+            self.on_epoch(epoch)
 
     def __iter__(self) -> Any:
         self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -125,7 +131,10 @@ class UnitaskTrainer(Trainer):
         sampler = super()._get_train_sampler(train_dataset)
         if isinstance(sampler, LengthGroupedSampler):
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return EpochSeededLengthGroupedSampler(sampler.batch_size * self.args.world_size, sampler.lengths, seed)
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            return EpochSeededLengthGroupedSampler(
+                sampler.batch_size * self.args.world_size, sampler.lengths, seed, getattr(dataset, "set_epoch", None)
+            )
         return sampler
 
     def _get_eval_sampler(self, eval_dataset: Any) -> Any:

@@ -123,11 +123,16 @@ def tune(cfg: Config, stage: str, name: str, report: Callable[[str], None] = pri
         trial_cfg = with_task_settings(cfg, name, {**settings.budget, **values})
         pruning = pruning_callback(trial, metric)
         tags = {"unitask.stage": "tune", "unitask.task": name, "optuna.trial": str(trial.number)}
-        with child_run(f"trial-{trial.number}", tags, {**settings.budget, **values}):
+        with child_run(f"trial-{trial.number + 1}", tags, {**settings.budget, **values}):  # counted from 1, as printed
             with tempfile.TemporaryDirectory(prefix=f"unitask-tune-{name}-") as tmp:
                 trainer = build_trainer(trial_cfg, name, Path(tmp), [MlflowMetrics(), pruning], quiet=True).trainer
                 trainer.train()
             best = trainer.state.best_metric
+            if best is None:
+                raise ConfigError(
+                    f"tune: trial {trial.number + 1} of {name} ended before its first evaluation",
+                    hint="evaluate each epoch (finetune.eval_strategy: epoch) or lower finetune.eval_steps",
+                )
             mlflow.log_metric(f"best_{metric}", best)
             if pruning.pruned:
                 mlflow.set_tag("optuna.state", "pruned")
@@ -162,7 +167,7 @@ def tune(cfg: Config, stage: str, name: str, report: Callable[[str], None] = pri
         best = study.best_trial
         summary = {
             "stage": stage, "task": name, "metric": metric, "best_value": best.value, "best_params": best.params,
-            "best_trial": best.number, "trials": len(states), "complete": states.count("complete"),
+            "best_trial": best.number + 1, "trials": len(states), "complete": states.count("complete"),
             "pruned": states.count("pruned"), "seconds": round(seconds, 1), "budget": settings.budget,
         }  # fmt: skip
         folder = cfg.path(settings.output, "tune.output")
