@@ -52,7 +52,7 @@ def _write(cfg: Config, model: str, wrong: int) -> None:
 def test_compares_every_model_on_every_task_it_has(tmp_path: Path) -> None:
     import mlflow
 
-    cfg = _project(tmp_path, ["baseline", "finetune", "fusion", "fusion_text"])
+    cfg = _project(tmp_path, ["baseline", "finetune", "fusion", "fusion_text"], fusion={"tasks": ["vqa"], "baselines": False})
     _write(cfg, "baseline", wrong=0)
     _write(cfg, "finetune", wrong=2)
     write_predictions(cfg, "fusion", "vqa", ["yes", "no", "no"], [_label(x) for x in ("yes", "yes", "no")])
@@ -113,12 +113,13 @@ def test_a_model_without_predictions_names_the_stage_to_run(tmp_path: Path, caps
 
 
 def test_cli_prints_the_main_metric_of_each_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = _project(tmp_path, ["baseline"])
+    cfg = _project(tmp_path, ["baseline", "fusion"])  # fusion.tasks is empty: fusion is skipped, not missing
     _write(cfg, "baseline", wrong=1)
     assert main(["evaluate", "--params", str(tmp_path / "params.yaml")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("classification\tmacro_f1\tbaseline 0.")
     assert out[1].startswith("regression\tpearson\tbaseline ")
+    assert json.loads((tmp_path / "reports/evaluate/report.json").read_text())["skipped"] == ["fusion"]
 
 
 @pytest.mark.parametrize(("models", "message"), [(["baseline", "baseline"], "lists a model twice"), (["Base line"], "must match")])

@@ -1,20 +1,21 @@
 """A fine-tune killed mid-epoch (SIGKILL, after a checkpoint) and resumed with --resume ends with the
-same metrics as an uninterrupted run with the same seed."""
+same metrics as an uninterrupted run with the same seed, and its MLflow run ends KILLED, not RUNNING."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 from conftest import single_thread_env, text_project
 
 from unitask.config import load_config
+from unitask.tracking import tracking_uri
 from unitask.training.finetune import finetune
 
 # 160 train rows / batch 16 = 10 steps per epoch; a checkpoint every 5 steps, i.e. mid-epoch too
@@ -42,12 +43,42 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "reports" / "finetune" / "toy.json").exists()
-    shutil.rmtree(tmp_path / "killed" / "mlflow")  # the killed run's store; the resumed run opens a new one
+    cfg = load_config(params)
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    (killed,) = mlflow.search_runs(experiment_names=["unitask"], output_format="list")
+    assert killed.info.status == "RUNNING"  # SIGKILL left no chance to end it
 
-    resumed = finetune(load_config(params), "toy", resume=True)
+    resumed = finetune(cfg, "toy", resume=True)
+    runs = {r.info.run_id: r.info.status for r in mlflow.search_runs(experiment_names=["unitask"], output_format="list")}
+    assert runs.pop(killed.info.run_id) == "KILLED"  # ended by the next run of the same stage and task
+    assert list(runs.values()) == ["FINISHED"]
     saved = json.loads((tmp_path / "killed" / "reports" / "finetune" / "toy.json").read_text())
     assert saved == json.loads(json.dumps(resumed))
     assert resumed["train"]["steps"] == straight["train"]["steps"] == 60
     for split in ("validation", "test"):
         assert resumed[split] == pytest.approx(straight[split], rel=1e-5, abs=1e-6), split
     assert straight["validation"]["macro_f1"] > 0.9
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_terminated_run_ends_killed_and_writes_nothing(tmp_path: Path) -> None:
+    """SIGTERM (Kubernetes preemption, `kill`) unwinds the stage: exit 143, the MLflow run ends
+    KILLED, and no stage output (or temporary folder) is left behind."""
+    params = text_project(tmp_path, "classification", finetune=SETTINGS)
+    checkpoints = tmp_path / "models" / "checkpoints" / "finetune" / "toy"
+    command = [sys.executable, "-m", "unitask.cli", "finetune", "--task", "toy", "--params", str(params)]
+    proc = subprocess.Popen(command, env=single_thread_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (checkpoints / "checkpoint-5" / "trainer_state.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM
+    mlflow.set_tracking_uri(tracking_uri(load_config(params)))
+    (run,) = mlflow.search_runs(experiment_names=["unitask"], output_format="list")
+    assert run.info.status == "KILLED"
+    assert not (tmp_path / "reports" / "finetune").exists()
+    assert not (tmp_path / "models" / "finetune").exists() or not any((tmp_path / "models" / "finetune").iterdir())

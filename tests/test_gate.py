@@ -14,6 +14,7 @@ CHAMPION = {"topic": 0.90, "ner": 0.50, "vqa": 0.80}
 def test_the_first_version_is_promoted() -> None:
     result = decide(CHAMPION, None, Gate())
     assert result["promote"] and result["reason"] == "no champion yet"
+    assert decide(CHAMPION, {}, Gate())["reason"] == "the champion has no recorded scores"
 
 
 def test_a_better_version_is_promoted() -> None:

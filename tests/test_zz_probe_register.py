@@ -4,7 +4,7 @@ from test_team import BIN, _run, _client, clone, stack  # noqa: F401
 
 def test_probe(stack, clone):
     root = clone["root"]
-    for cmd in (["multitask"], ["evaluate"], ["register", "--set", "register.include_fusion=false"]):
+    for cmd in (["baseline"], ["multitask"], ["evaluate"], ["register", "--set", "register.include_fusion=false"]):
         t = time.monotonic()
         done = _run([str(BIN / "unitask"), *cmd], root, ok=False)
         print("\nCMD", cmd, done.returncode, f"{time.monotonic() - t:.1f}s")

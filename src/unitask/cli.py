@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -420,6 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Callable[[Config, argparse.Namespace], None] = args.run
+    # SIGTERM (Kubernetes preemption, `kill`) unwinds like an exception: MLflow runs end KILLED and
+    # atomic writers remove their temporary files
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         cfg = load_config(args.params, args.overrides)
         run(cfg, args)

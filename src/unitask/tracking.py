@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -14,6 +16,7 @@ from typing import Any
 from unitask.config import Config
 from unitask.errors import ConfigError
 
+PID_TAG, HOST_TAG = "unitask.pid", "unitask.host"  # who runs it: lets a later run end it if it was killed
 FALLBACK_TAG = "unitask.tracking_fallback"  # on runs logged to tracking.fallback_uri: the server they missed
 _checked: dict[tuple[str, str, str | None], str] = {}  # (project root, uri, fallback_uri) -> the store in use
 
@@ -104,18 +107,59 @@ def configure(cfg: Config) -> str:
 
 @contextmanager
 def stage_run(cfg: Config, stage: str, task: str | None = None, params: dict[str, Any] | None = None) -> Iterator[Any]:
-    """An MLflow run for one stage (and task); it ends FAILED if the body raises."""
+    """An MLflow run for one stage (and task): FINISHED, FAILED if the body raises, KILLED when
+    interrupted or terminated. Runs of the same stage and task left RUNNING by a killed process end
+    as KILLED first."""
     import mlflow
 
-    configure(cfg)
+    experiment = configure(cfg)
     name = f"{stage}:{task}" if task else stage
     tags = {"unitask.stage": stage, **({"unitask.task": task} if task else {})}
+    end_orphans(experiment, tags)
+    tags.update({PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
     if preflight(cfg) != tracking_uri(cfg):
         tags[FALLBACK_TAG] = cfg.tracking.uri
-    with mlflow.start_run(run_name=name, tags=tags) as run:
+    run = mlflow.start_run(run_name=name, tags=tags)
+    try:
         if params:
             mlflow.log_params(params)
         yield run
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (the CLI turns it into SystemExit)
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def end_orphans(experiment_id: str, tags: dict[str, str]) -> list[str]:
+    """End as KILLED the runs with these stage/task tags that are still RUNNING although the process
+    on this host that started them is gone (SIGKILL, OOM, power loss leave no chance to end them);
+    return their ids. Runs from other hosts (e.g. Kubernetes pods) cannot be checked and are left."""
+    import mlflow
+
+    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    stale = mlflow.search_runs(
+        experiment_ids=[experiment_id], filter_string=f"{where} and attributes.status = 'RUNNING'", output_format="list"
+    )
+    ended = []
+    for run in stale:
+        pid, host = run.data.tags.get(PID_TAG), run.data.tags.get(HOST_TAG)
+        if host == socket.gethostname() and pid and not _alive(int(pid)):
+            mlflow.MlflowClient().set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def flatten(prefix: str, value: Any) -> dict[str, float]:

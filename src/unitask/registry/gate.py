@@ -45,8 +45,9 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, gate:
     """{"promote", "reason", "candidate", "champion", "deltas", "regressions"}: the decision and its numbers."""
     new = primary(candidate, gate)
     result: dict[str, Any] = {"promote": True, "candidate": {"primary": new, "tasks": candidate}}
-    if champion is None:
-        return result | {"reason": "no champion yet", "champion": None, "deltas": {}, "regressions": {}}
+    if not champion:  # none yet, or one registered without gate scores (e.g. by hand)
+        reason = "no champion yet" if champion is None else "the champion has no recorded scores"
+        return result | {"reason": reason, "champion": None, "deltas": {}, "regressions": {}}
     # a champion that lacks the primary task has no primary score: only the per-task check applies
     old = primary(champion, gate) if gate.primary == "mean" or gate.primary in champion else None
     deltas = {t: candidate[t] - champion[t] for t in candidate if t in champion}

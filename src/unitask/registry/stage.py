@@ -30,9 +30,9 @@ FINGERPRINT_TAG = "unitask.fingerprint"
 
 def served_folders(cfg: Config) -> dict[str, Path]:
     """{artifact name: model folder} the pyfunc bundles, in routing priority: the multi-task model, then
-    (with register.include_fusion and a text+image task declared) the fusion model."""
+    (with register.include_fusion and tasks in fusion.tasks) the fusion model."""
     folders = {"multitask": cfg.path(cfg.multitask.output)}
-    if cfg.register.include_fusion and any(t.type == "multimodal_classification" for t in cfg.tasks.values()):
+    if cfg.register.include_fusion and cfg.fusion.tasks:
         folders["fusion"] = cfg.path(cfg.fusion.output)
     for name, folder in folders.items():
         if not (folder / MANIFEST).is_file():
