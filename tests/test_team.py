@@ -28,7 +28,6 @@ from unitask.teamstack import DATA_BUCKET, MLFLOW_BUCKET, Ports, TeamStack, heal
 
 BIN = Path(sys.executable).parent
 TASK = "sms_spam"
-MODEL = f"unitask-finetune-{TASK}"
 # planted in the chain's environment: it must show up in no file, run, log or compiled pipeline
 FAKE_SECRET = "unitask-fake-secret-" + secrets.token_hex(6)
 CLIENT_ENV = {"AWS_ACCESS_KEY_ID": "unitask-fake-key-id", "AWS_SECRET_ACCESS_KEY": FAKE_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
@@ -74,7 +73,8 @@ def _only(params: dict[str, Any], task: str) -> None:
 @pytest.fixture(scope="module")
 def clone(stack, tmp_path_factory) -> dict[str, Any]:
     """A scratch copy of the project on the smoke profile, one task, tracking to the team server, the
-    committed DVC remote pointed at the stack's S3 store; `dvc repro` up to the fine-tunes has run."""
+    committed DVC remote pointed at the stack's S3 store. `dvc repro` runs the chain up to the fine-tunes;
+    the rest runs by CLI up to `unitask register` (DVC's register stage also wants the fusion model)."""
     root = tmp_path_factory.mktemp("team-clone")
     for name in ["params.yaml", "dvc.yaml", "data.dvc", ".dvcignore", "src"]:
         src = REPO / name
@@ -82,6 +82,7 @@ def clone(stack, tmp_path_factory) -> dict[str, Any]:
     params = _merge(yaml.safe_load((root / "params.yaml").read_text()), yaml.safe_load((REPO / "tests/smoke.yaml").read_text()))
     _only(params, TASK)
     params["tracking"]["uri"] = stack.url
+    params["register"]["include_fusion"] = False  # fusion needs the text+image task (5,000 images): not here
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], root)
     _run([str(BIN / "dvc"), "init", "-q"], root)
@@ -90,9 +91,13 @@ def clone(stack, tmp_path_factory) -> dict[str, Any]:
     _run([str(BIN / "unitask"), "data", "fetch"], root)
     _run([str(BIN / "dvc"), "commit", "--force", "-q", "data.dvc"], root)  # data.dvc now holds the one task
     started = time.monotonic()
-    repro = _run([str(BIN / "dvc"), "repro", "finetune"], root)
-    print(f"\nsmoke chain (dvc repro finetune, one task) against the team server: {time.monotonic() - started:.1f} s")
-    return {"root": root, "log": repro.stdout + repro.stderr}
+    log = ""
+    for command in ([BIN / "dvc", "repro", "finetune"], [BIN / "unitask", "baseline"], [BIN / "unitask", "multitask"],
+                    [BIN / "unitask", "evaluate"], [BIN / "unitask", "register"]):  # fmt: skip
+        done = _run([str(part) for part in command], root)
+        log += done.stdout + done.stderr
+    print(f"\nsmoke chain (one task, prepare .. register) against the team server: {time.monotonic() - started:.1f} s")
+    return {"root": root, "log": log}
 
 
 def _client(stack: TeamStack) -> Any:
@@ -107,22 +112,12 @@ def _runs(stack: TeamStack) -> dict[str, Any]:
     return {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
 
 
-def register(stack: TeamStack, run_id: str) -> Any:
-    """Register the fine-tune run's model folder and make it `champion`.
-    (`unitask register` serves the multi-task model; this registers the smoke chain's fine-tune.)"""
-    client = _client(stack)
-    client.create_registered_model(MODEL)
-    version = client.create_model_version(MODEL, source=f"{client.get_run(run_id).info.artifact_uri}/model", run_id=run_id)
-    client.set_registered_model_alias(MODEL, "champion", version.version)
-    return version
-
-
 def test_the_smoke_chain_logs_runs_metrics_and_artifacts_to_the_team_server(stack, clone):
     import boto3
     import psycopg
 
     runs = _runs(stack)
-    for name in (f"prepare:{TASK}", f"validate:{TASK}", "pretrain", f"finetune:{TASK}"):
+    for name in (f"prepare:{TASK}", f"validate:{TASK}", "pretrain", f"finetune:{TASK}", "multitask", "register"):
         assert name in runs and runs[name].info.status == "FINISHED", sorted(runs)
     finetune = runs[f"finetune:{TASK}"]
     assert "test.macro_f1" in finetune.data.metrics and finetune.data.params["task"] == TASK
@@ -141,27 +136,27 @@ def test_the_smoke_chain_logs_runs_metrics_and_artifacts_to_the_team_server(stac
     assert f"{finetune.info.experiment_id}/{finetune.info.run_id}/artifacts/model/model.safetensors" in keys
 
 
-def test_a_registered_version_loads_by_alias(stack, clone, tmp_path):
+def test_unitask_register_registers_a_version_that_loads_by_alias(stack, clone):
     import mlflow
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    finetune = _runs(stack)[f"finetune:{TASK}"]
-    version = register(stack, finetune.info.run_id)
+    from unitask.inference import load_predictor
+
     client = _client(stack)
-    assert client.get_model_version_by_alias(MODEL, "champion").version == version.version == "1"
-    assert client.get_model_version(MODEL, "1").run_id == finetune.info.run_id
+    model = client.get_registered_model("unitask")
+    assert model.aliases == {"challenger": "1", "champion": "1"}  # the first version: nothing to beat
+    version = client.get_model_version_by_alias("unitask", "champion")
+    assert client.get_run(version.run_id).info.run_name == "register"
+    assert json.loads((clone["root"] / "reports/register.json").read_text())["version"] == 1
 
-    mlflow.set_registry_uri(stack.url)
-    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion", dst_path=str(tmp_path), tracking_uri=stack.url))
-    local = clone["root"] / "models/finetune" / TASK
-    assert (folder / "model.safetensors").read_bytes() == (local / "model.safetensors").read_bytes()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    batch = tokenizer(["WINNER! claim your free prize now", "see you at lunch"], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        served = AutoModelForSequenceClassification.from_pretrained(folder).eval()(**batch).logits
-        trained = AutoModelForSequenceClassification.from_pretrained(local).eval()(**batch).logits
-    assert torch.equal(served, trained)
+    rows = [{"task": TASK, "text": "WINNER! claim your free prize now"}, {"task": TASK, "text": "see you at lunch"}]
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(stack.url)
+    try:
+        served = mlflow.pyfunc.load_model("models:/unitask@champion").predict(rows)  # through the server's proxy
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert served == load_predictor(clone["root"] / "models/multitask").predict(rows)
+    assert {answer["label"] for answer in served} <= {"ham", "spam"}
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -169,6 +164,8 @@ def _digests(folder: Path) -> dict[str, str]:
 
 
 def test_the_dvc_s3_remote_round_trips_the_data(stack, clone):
+    import boto3
+
     root = clone["root"]
     before = {name: _digests(root / name) for name in ("data/raw", "data/prepared", "models/finetune")}
     assert before["data/raw"] and before["models/finetune"]
@@ -179,8 +176,6 @@ def test_the_dvc_s3_remote_round_trips_the_data(stack, clone):
     _run([str(BIN / "dvc"), "pull", *targets], root)
     assert {name: _digests(root / name) for name in before} == before
     assert json.loads(_run([str(BIN / "dvc"), "status", "--json", *targets], root).stdout) == {}
-    import boto3
-
     s3 = boto3.client("s3", endpoint_url=stack.s3_url, **stack.s3_credentials())
     assert s3.list_objects_v2(Bucket=DATA_BUCKET, Prefix="dvc/files/md5/")["KeyCount"] > 0
 
@@ -205,7 +200,7 @@ def test_no_credential_lands_in_files_runs_logs_or_the_compiled_pipeline(stack, 
     compiled = _run([str(BIN / "unitask"), "pipeline", "compile", "--output", str(package)], root)
     server_secrets = [stack.database_password(), stack.s3_keys["AWS_SECRET_ACCESS_KEY"]]
 
-    texts = {"dvc repro output": clone["log"], "compile output": compiled.stdout + compiled.stderr,
+    texts = {"chain output": clone["log"], "compile output": compiled.stdout + compiled.stderr,
              "compiled pipeline": package.read_text()}  # fmt: skip
     for path in root.rglob("*"):
         if path.is_file() and ".git" not in path.relative_to(root).parts:

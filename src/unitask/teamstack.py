@@ -92,24 +92,24 @@ def _alive(pid: int, marker: str) -> bool:
         return False
 
 
-def _terminate(pid: int, marker: str, timeout: float = 20) -> None:
-    """SIGTERM the process group that `pid` leads (it was started in its own session), then SIGKILL."""
-    if not _alive(pid, marker):
-        return
+def _terminate(processes: list[tuple[int, str]], timeout: float = 20) -> None:
+    """SIGTERM the process groups that these (pid, marker) lead (each started in its own session), wait
+    for all of them together, then SIGKILL what is left."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
+        processes = [(pid, marker) for pid, marker in processes if _alive(pid, marker)]
+        for pid, _ in processes:
             try:
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our child: reap it
-                    return
-            except ChildProcessError:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
                 pass
-            if not _alive(pid, marker):
-                return
+        deadline = time.monotonic() + wait
+        while processes and time.monotonic() < deadline:
+            for pid, _ in processes:
+                try:
+                    os.waitpid(pid, os.WNOHANG)  # our child (the tests): reap it
+                except ChildProcessError:
+                    pass
+            processes = [(pid, marker) for pid, marker in processes if _alive(pid, marker)]
             time.sleep(0.1)
 
 
@@ -167,10 +167,7 @@ class TeamStack:
     def stop(self) -> None:
         """Stop whatever `start` recorded in root/state.json (also from another process: `make team-down`)."""
         state = self._state()
-        if "mlflow" in state:
-            _terminate(state["mlflow"], "mlflow")
-        if "s3" in state:
-            _terminate(state["s3"], "moto.server")
+        _terminate([(state[name], marker) for name, marker in (("mlflow", "mlflow"), ("s3", "moto.server")) if name in state])
         if state.get("postgres"):
             self._pg(["pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop"], check=False)
         self.state_file.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ with their validation and test metrics side by side, and one MLflow run per mode
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -208,75 +209,76 @@ def train_model(
     import mlflow
     from transformers import TrainingArguments
 
-    settings = cfg.fusion
-    datasets, frames = data.datasets(modalities), data.frames
-    model, processor, sources = build_model(cfg, modalities, len(labels))
-    args = TrainingArguments(
-        output_dir=str(cfg.path("models/checkpoints/fusion") / name / model_name),
-        **{**trainer_arguments(settings, cfg.seed), "train_sampling_strategy": "random"},
-        eval_strategy="no",
-        save_strategy="no",
-        remove_unused_columns=False,
-        logging_strategy="steps",
-        logging_first_step=True,
-        data_seed=cfg.seed,
-    )
-    trainer = UnitaskTrainer(
-        model=model,
-        args=args,
-        data_collator=FusionCollator(tokenizer, processor, modalities),
-        train_dataset=datasets["train"],
-        callbacks=[MlflowMetrics()],
-    )
-    params = {
-        "task": name,
-        "model": model_name,
-        "modalities": ",".join(modalities),
-        "seed": cfg.seed,
-        "max_length": cfg.model.max_length,
-        "bf16": args.bf16,
-        "train_examples": len(datasets["train"]),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        **sources,
-        **flatten("fusion", settings.model_dump(exclude={"tasks", "augment_per_task", "image_config"})),
-        **{f"fusion.image_config.{k}": v for k, v in settings.image_config.items()},
-    }
-    with stage_run(cfg, "fusion", name, params=params):
-        mlflow.set_tags({"mlflow.runName": f"fusion:{name}:{model_name}", "unitask.model": model_name})
-        started = time.perf_counter()
-        result = trainer.train()
-        seconds = time.perf_counter() - started
-        trainer.remove_callback(MlflowMetrics)
-        summary: dict[str, Any] = {
-            "modalities": list(modalities),
-            "parameters": params["parameters"],
-            "train": {"loss": result.training_loss, "steps": trainer.state.global_step,
-                      "epochs": trainer.state.epoch, "seconds": round(seconds, 1)},
-        }  # fmt: skip
-        outputs: dict[str, list[dict[str, Any]]] = {}
-        for split in ("validation", "test"):
-            logits = trainer.predict(datasets[split]).predictions
-            outputs[split] = label_outputs(softmax(np.asarray(logits, dtype=float)), labels)
-            gold = frames[split]["label"].astype(str).tolist()
-            summary[split] = task_metrics("multimodal_classification", gold, outputs[split])
-        if hasattr(model.fusion, "weights"):
-            summary["modality_weights"] = model.fusion.weights()
-        write_predictions(cfg, model_name, name, frames["test"]["label"].astype(str).tolist(), outputs["test"])
-        mlflow.log_metrics(flatten("", {k: summary[k] for k in ("train", "validation", "test")}))
-        if model_name == "fusion":
-            folder = cfg.path(settings.output) / name
-            manifest = {
-                "tasks": {name: "multimodal_classification"},
-                "task": name,
-                "labels": labels,
-                "max_length": cfg.model.max_length,
-                **sources,
-            }
-            with atomic_dir(folder) as tmp:
-                save_fusion(Path(tmp), model, tokenizer, processor, manifest)
-            write_index(folder.parent)
-            mlflow.log_artifacts(str(folder), artifact_path="model")
-    return summary
+    with tempfile.TemporaryDirectory(prefix="unitask-fusion-") as scratch:
+        settings = cfg.fusion
+        datasets, frames = data.datasets(modalities), data.frames
+        model, processor, sources = build_model(cfg, modalities, len(labels))
+        args = TrainingArguments(
+            output_dir=str(scratch),  # nothing is saved during training (save_strategy "no")
+            **{**trainer_arguments(settings, cfg.seed), "train_sampling_strategy": "random"},
+            eval_strategy="no",
+            save_strategy="no",
+            remove_unused_columns=False,
+            logging_strategy="steps",
+            logging_first_step=True,
+            data_seed=cfg.seed,
+        )
+        trainer = UnitaskTrainer(
+            model=model,
+            args=args,
+            data_collator=FusionCollator(tokenizer, processor, modalities),
+            train_dataset=datasets["train"],
+            callbacks=[MlflowMetrics()],
+        )
+        params = {
+            "task": name,
+            "model": model_name,
+            "modalities": ",".join(modalities),
+            "seed": cfg.seed,
+            "max_length": cfg.model.max_length,
+            "bf16": args.bf16,
+            "train_examples": len(datasets["train"]),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            **sources,
+            **{f"fusion.{k}": json.dumps(v) if isinstance(v, dict) else v
+               for k, v in settings.model_dump(exclude={"tasks"}).items()},  # fmt: skip
+        }
+        with stage_run(cfg, "fusion", name, params=params):
+            mlflow.set_tags({"mlflow.runName": f"fusion:{name}:{model_name}", "unitask.model": model_name})
+            started = time.perf_counter()
+            result = trainer.train()
+            seconds = time.perf_counter() - started
+            trainer.remove_callback(MlflowMetrics)
+            summary: dict[str, Any] = {
+                "modalities": list(modalities),
+                "parameters": params["parameters"],
+                "train": {"loss": result.training_loss, "steps": trainer.state.global_step,
+                          "epochs": trainer.state.epoch, "seconds": round(seconds, 1)},
+            }  # fmt: skip
+            outputs: dict[str, list[dict[str, Any]]] = {}
+            for split in ("validation", "test"):
+                logits = trainer.predict(datasets[split]).predictions
+                outputs[split] = label_outputs(softmax(np.asarray(logits, dtype=float)), labels)
+                gold = frames[split]["label"].astype(str).tolist()
+                summary[split] = task_metrics("multimodal_classification", gold, outputs[split])
+            if hasattr(model.fusion, "weights"):
+                summary["modality_weights"] = model.fusion.weights()
+            write_predictions(cfg, model_name, name, frames["test"]["label"].astype(str).tolist(), outputs["test"])
+            mlflow.log_metrics(flatten("", {k: summary[k] for k in ("train", "validation", "test")}))
+            if model_name == "fusion":
+                folder = cfg.path(settings.output) / name
+                manifest = {
+                    "tasks": {name: "multimodal_classification"},
+                    "task": name,
+                    "labels": labels,
+                    "max_length": cfg.model.max_length,
+                    **sources,
+                }
+                with atomic_dir(folder) as tmp:
+                    save_fusion(Path(tmp), model, tokenizer, processor, manifest)
+                write_index(folder.parent)
+                mlflow.log_artifacts(str(folder), artifact_path="model")
+        return summary
 
 
 def write_index(output: Path) -> None:
