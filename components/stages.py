@@ -6,12 +6,15 @@ call to `unitask.kubeflow.runtime`, where the work is done and tested. Inputs ar
 sections the stage reads (as dicts) and the artifacts of the stages before it; outputs are typed
 artifacts. `build(image)` turns the functions into components for one image.
 
-A new stage (multitask, fusion, evaluate, register) is one more function here, registered in
-STAGES, and one more `run_<stage>` in the runtime.
+Training stages also output `reports`, a Dataset holding what the stage wrote under paths.reports
+(test predictions, metrics files) at its path in the project, which evaluate merges. A new stage is
+one more function here, registered in STAGES, and one more `run_<stage>` in the runtime.
 """
 
+from typing import List
+
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
 def plan(finetune: dict, tasks: dict) -> list:
@@ -62,6 +65,13 @@ def pretrain(
     run_pretrain(sections, dataset, encoder, metrics)
 
 
+def baseline(seed: int, tracking: dict, tasks: dict, dataset: Input[Dataset], reports: Output[Dataset], metrics: Output[Metrics]):
+    """TF-IDF + linear model per text classification/regression task: the bar the encoders must beat."""
+    from unitask.kubeflow.runtime import run_baseline
+
+    run_baseline({"seed": seed, "tracking": tracking, "tasks": tasks}, dataset, reports, metrics)
+
+
 def finetune(
     task: str,
     seed: int,
@@ -73,16 +83,113 @@ def finetune(
     dataset: Input[Dataset],
     encoder: Input[Model],
     finetuned: Output[Model],
+    reports: Output[Dataset],
     metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
 ):
-    """One task's head trained on the (pre)trained encoder; validation and test metrics."""
+    """One task's head trained on the (pre)trained encoder; validation and test metrics, test predictions
+    and (classification tasks) the test confusion matrix."""
     from unitask.kubeflow.runtime import run_finetune
 
     sections = {"seed": seed, "tracking": tracking, "model": model, "pretrain": pretrain, "finetune": finetune, "tasks": tasks}
-    run_finetune(task, sections, dataset, encoder, finetuned, metrics)
+    run_finetune(task, sections, dataset, encoder, finetuned, reports, metrics, confusion)
 
 
-STAGES = {"plan": plan, "prepare": prepare, "validate": validate, "pretrain": pretrain, "finetune": finetune}
+def multitask(
+    seed: int,
+    tracking: dict,
+    model: dict,
+    pretrain: dict,
+    finetune: dict,
+    multitask: dict,
+    tasks: dict,
+    dataset: Input[Dataset],
+    encoder: Input[Model],
+    multitask_model: Output[Model],
+    reports: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """One encoder with a head per text task, trained jointly; per-task metrics and test predictions."""
+    from unitask.kubeflow.runtime import run_multitask
+
+    sections = {"seed": seed, "tracking": tracking, "model": model, "pretrain": pretrain, "finetune": finetune,
+                "multitask": multitask, "tasks": tasks}  # fmt: skip
+    run_multitask(sections, dataset, encoder, multitask_model, reports, metrics)
+
+
+def fusion(
+    seed: int,
+    tracking: dict,
+    model: dict,
+    pretrain: dict,
+    fusion: dict,
+    tasks: dict,
+    dataset: Input[Dataset],
+    encoder: Input[Model],
+    fusion_model: Output[Model],
+    reports: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """A late-fusion text+image model per task in fusion.tasks (and the text-only and image-only baselines)."""
+    from unitask.kubeflow.runtime import run_fusion
+
+    sections = {"seed": seed, "tracking": tracking, "model": model, "pretrain": pretrain, "fusion": fusion, "tasks": tasks}
+    run_fusion(sections, dataset, encoder, fusion_model, reports, metrics)
+
+
+def evaluate(
+    tracking: dict,
+    multitask: dict,
+    fusion: dict,
+    evaluate: dict,
+    register: dict,
+    tasks: dict,
+    baseline_reports: Input[Dataset],
+    finetune_reports: Input[List[Dataset]],
+    multitask_reports: Input[Dataset],
+    fusion_reports: Input[Dataset],
+    multitask_model: Input[Model],
+    fusion_model: Input[Model],
+    evaluation: Output[Dataset],
+    metrics: Output[Metrics],
+    comparison: Output[HTML],
+) -> bool:
+    """Score every model's test predictions alike and compare them (and the multi-task model with the
+    fine-tunes); return the gate: whether the served model would replace the registry's champion."""
+    from unitask.kubeflow.runtime import run_evaluate
+
+    sections = {"tracking": tracking, "multitask": multitask, "fusion": fusion, "evaluate": evaluate,
+                "register": register, "tasks": tasks}  # fmt: skip
+    reports = [baseline_reports, *finetune_reports, multitask_reports, fusion_reports]
+    return run_evaluate(sections, reports, multitask_model, fusion_model, evaluation, metrics, comparison)
+
+
+def register(
+    tracking: dict,
+    multitask: dict,
+    fusion: dict,
+    evaluate: dict,
+    register: dict,
+    tasks: dict,
+    dataset: Input[Dataset],
+    multitask_model: Input[Model],
+    fusion_model: Input[Model],
+    evaluation: Input[Dataset],
+    metrics: Output[Metrics],
+    card: Output[Markdown],
+):
+    """Register one MLflow pyfunc over the multi-task and fusion models; move the aliases by the gate."""
+    from unitask.kubeflow.runtime import run_register
+
+    sections = {"tracking": tracking, "multitask": multitask, "fusion": fusion, "evaluate": evaluate,
+                "register": register, "tasks": tasks}  # fmt: skip
+    run_register(sections, dataset, multitask_model, fusion_model, evaluation, metrics, card)
+
+
+STAGES = {
+    "plan": plan, "prepare": prepare, "validate": validate, "pretrain": pretrain, "baseline": baseline,
+    "finetune": finetune, "multitask": multitask, "fusion": fusion, "evaluate": evaluate, "register": register,
+}  # fmt: skip
 
 
 def build(image: str) -> dict:

@@ -1,14 +1,19 @@
-"""The unitask pipeline: prepare -> validate (the gate) -> pretrain -> finetune (ParallelFor over tasks).
+"""The unitask pipeline: prepare -> validate (the gate) -> pretrain -> finetune (a ParallelFor over the
+tasks) -> multitask -> fusion -> evaluate -> register (under a dsl.If on evaluate's gate).
+
+The DAG follows the data, as dvc.yaml does: after the gate, the TF-IDF baseline and, after pretrain,
+the fine-tunes, the multi-task and the fusion models all need only the data and the encoder, so a
+cluster runs them side by side; evaluate collects every model's test predictions (the fine-tuning
+loop's through dsl.Collected) and returns the registry gate; register runs only when it says the
+served model beats the champion.
 
 Pipeline parameters mirror params.yaml: `seed` and one dict per section a stage reads (`tracking`,
-`model`, `prepare`, `validate`, `pretrain`, `finetune`, `tasks`), their defaults taken from the
-config the pipeline is built from. The `kubeflow` section shapes the pods: image, CPU/memory
+`model`, `prepare`, `validate`, `pretrain`, `finetune`, `multitask`, `fusion`, `evaluate`,
+`register`, `tasks`), their defaults taken from the config the pipeline is built from. The `kubeflow` section shapes the pods: image, CPU/memory
 requests, GPUs with node selector and tolerations, retries, caching, and the Kubernetes secrets that
 carry the MLflow URI and S3 credentials (by name: no secret value is ever compiled in).
 
 `unitask pipeline compile | run-local | submit` call `build_pipeline` (src/unitask/kubeflow/project.py).
-Stages still to come (multitask, fusion, evaluate, then register under a dsl.If on evaluate's gate)
-chain after the fine-tuning loop the same way: a component, `place(...)`, data passed as artifacts.
 """
 
 from typing import Any
@@ -58,7 +63,8 @@ def build_pipeline(cfg: Any, ops: dict, arguments: dict, parallelism: int | None
 
     @dsl.pipeline(
         name=kf.pipeline_name,
-        description="unitask: prepare -> validate -> pretrain -> finetune (one task per ParallelFor iteration)",
+        description="unitask: prepare -> validate -> pretrain -> finetune (one task per ParallelFor iteration) "
+        "-> multitask -> fusion -> evaluate -> register (when the gate passes)",
     )
     def unitask(
         seed: int = a["seed"],
@@ -68,6 +74,10 @@ def build_pipeline(cfg: Any, ops: dict, arguments: dict, parallelism: int | None
         validate: dict = a["validate"],
         pretrain: dict = a["pretrain"],
         finetune: dict = a["finetune"],
+        multitask: dict = a["multitask"],
+        fusion: dict = a["fusion"],
+        evaluate: dict = a["evaluate"],
+        register: dict = a["register"],
         tasks: dict = a["tasks"],
     ):
         plan = ops["plan"](finetune=finetune, tasks=tasks)
@@ -81,14 +91,51 @@ def build_pipeline(cfg: Any, ops: dict, arguments: dict, parallelism: int | None
         gate = ops["validate"](tracking=tracking, model=model, validate=validate, tasks=tasks, dataset=dataset)
         place(gate, "validate", kf, "validate (gate)")
 
-        encoder = ops["pretrain"](seed=seed, tracking=tracking, model=model, pretrain=pretrain, tasks=tasks, dataset=dataset)
-        place(encoder.after(gate), "pretrain", kf, "pretrain")
+        pretrained = ops["pretrain"](seed=seed, tracking=tracking, model=model, pretrain=pretrain, tasks=tasks, dataset=dataset)
+        place(pretrained.after(gate), "pretrain", kf, "pretrain")
+        encoder = pretrained.outputs["encoder"]
+
+        base = ops["baseline"](seed=seed, tracking=tracking, tasks=tasks, dataset=dataset)
+        place(base.after(gate), "baseline", kf, "TF-IDF baseline")
 
         with dsl.ParallelFor(plan.outputs["Output"], parallelism=loop_parallelism) as task:
             tuned = ops["finetune"](
                 task=task, seed=seed, tracking=tracking, model=model, pretrain=pretrain, finetune=finetune,
-                tasks=tasks, dataset=dataset, encoder=encoder.outputs["encoder"],
+                tasks=tasks, dataset=dataset, encoder=encoder,
             )
             place(tuned.after(gate), "finetune", kf, "finetune")
+
+        joint = ops["multitask"](
+            seed=seed, tracking=tracking, model=model, pretrain=pretrain, finetune=finetune, multitask=multitask,
+            tasks=tasks, dataset=dataset, encoder=encoder,
+        )
+        place(joint.after(gate), "multitask", kf, "multitask")
+
+        fused = ops["fusion"](
+            seed=seed, tracking=tracking, model=model, pretrain=pretrain, fusion=fusion, tasks=tasks,
+            dataset=dataset, encoder=encoder,
+        )
+        place(fused.after(gate), "fusion", kf, "fusion")
+
+        scored = ops["evaluate"](
+            tracking=tracking, multitask=multitask, fusion=fusion, evaluate=evaluate, register=register, tasks=tasks,
+            baseline_reports=base.outputs["reports"],
+            finetune_reports=dsl.Collected(tuned.outputs["reports"]),
+            multitask_reports=joint.outputs["reports"],
+            fusion_reports=fused.outputs["reports"],
+            multitask_model=joint.outputs["multitask_model"],
+            fusion_model=fused.outputs["fusion_model"],
+        )
+        place(scored, "evaluate", kf, "evaluate")
+
+        # a bool output compared with True: kfp's local runner resolves a component's single output in a
+        # condition, but not a NamedTuple field
+        with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - a pipeline condition
+            registered = ops["register"](
+                tracking=tracking, multitask=multitask, fusion=fusion, evaluate=evaluate, register=register,
+                tasks=tasks, dataset=dataset, multitask_model=joint.outputs["multitask_model"],
+                fusion_model=fused.outputs["fusion_model"], evaluation=scored.outputs["evaluation"],
+            )
+            place(registered, "register", kf, "register")
 
     return unitask

@@ -122,6 +122,68 @@ def _dvc_shows_the_comparison(clone: Path) -> None:
     assert "reports/evaluate/comparison.json" in experiments and "register.json" in experiments
 
 
+def test_kubeflow_local_run_matches_dvc(clone, tmp_path):
+    """Parity: `unitask pipeline run-local` (kfp's SubprocessRunner, the same components a cluster runs)
+    on the same smoke config and seed trains the same models as the DVC chain: every test prediction
+    and every validation/test metric is equal."""
+    import time
+
+    _run([str(BIN / "dvc"), "repro"], clone)  # a no-op after the test above; the whole chain when run alone
+    started = time.perf_counter()
+    out = _run([str(BIN / "unitask"), "pipeline", "run-local", "--output", str(tmp_path / "kfp")], clone)
+    print(f"kubeflow local run (smoke profile): {time.perf_counter() - started:.0f} s")
+    run = Path(next(line.split("\t", 1)[1] for line in out.splitlines() if line.startswith("outputs\t")))
+    # every `reports` artifact mirrors the project's reports/ folder (the fine-tuning loop's one per task)
+    folders = [*run.glob("*/reports/reports"), *run.glob("for-loop-*/finetune/reports/reports"), run / "evaluate/evaluation/reports"]
+    kfp = {p.relative_to(f).as_posix(): p for f in folders for p in f.rglob("*.json*")}
+    dvc = clone / "reports"
+
+    predictions = sorted(p.relative_to(dvc).as_posix() for p in (dvc / "predictions").rglob("*.jsonl"))
+    assert predictions and sorted(p for p in kfp if p.startswith("predictions/")) == predictions
+    for name in predictions:
+        _same(_lines(kfp[name]), _lines(dvc / name), name)
+    metrics = [n for n in kfp if n.startswith(("baseline/", "finetune/")) or n == "multitask.json"]
+    assert len(metrics) == 1 + len(list((dvc / "baseline").glob("*.json"))) + len(list((dvc / "finetune").glob("*.json")))
+    for name in metrics:
+        ours, theirs = json.loads(kfp[name].read_text()), json.loads((dvc / name).read_text())
+        _same({k: ours[k] for k in ("validation", "test")}, {k: theirs[k] for k in ("validation", "test")}, name)
+    for path in (dvc / "fusion").glob("*.json"):
+        name = path.relative_to(dvc).as_posix()
+        ours, theirs = json.loads(kfp[name].read_text())["models"], json.loads(path.read_text())["models"]
+        assert set(ours) == set(theirs), name
+        for model in theirs:
+            _same({k: ours[model][k] for k in ("validation", "test")}, {k: theirs[model][k] for k in ("validation", "test")}, name)
+    name = "evaluate/comparison.json"
+    _same(json.loads(kfp[name].read_text()), json.loads((dvc / name).read_text()), name)
+    ours, theirs = (json.loads(p.read_text())["tasks"] for p in (kfp["multitask_comparison.json"], dvc / "multitask_comparison.json"))
+    for rows in (ours, theirs):
+        for row in rows.values():
+            row.pop("single_task_seconds", None)  # timing
+    _same(ours, theirs, "multitask_comparison.json")
+
+
+def _lines(path: Path) -> list[Any]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def _same(ours: Any, theirs: Any, where: str) -> None:
+    """Equal, floats within a tiny tolerance (the same computation, serialized by the same code)."""
+    import math
+
+    if isinstance(theirs, dict):
+        assert isinstance(ours, dict) and set(ours) == set(theirs), (where, ours, theirs)
+        for key in theirs:
+            _same(ours[key], theirs[key], f"{where}:{key}")
+    elif isinstance(theirs, list):
+        assert isinstance(ours, list) and len(ours) == len(theirs), (where, ours, theirs)
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            _same(a, b, f"{where}[{i}]")
+    elif isinstance(theirs, float) and not isinstance(ours, str):
+        assert math.isclose(ours, theirs, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(ours) and math.isnan(theirs)), (where, ours, theirs)
+    else:
+        assert ours == theirs, (where, ours, theirs)
+
+
 def test_a_changed_task_reruns_only_its_data_stages(clone):
     """Its prepare and validate rerun, no other task's; pretraining reads every task, so it and the
     fine-tunes after it rerun too."""

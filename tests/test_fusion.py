@@ -162,5 +162,5 @@ def test_fusion_refuses_a_text_task_and_an_empty_task_list(tmp_path, capsys):
     assert "fusion.tasks: no task to train" in capsys.readouterr().err
     assert main(["fusion", "--params", str(params), "--set", "fusion.tasks=[nope]"]) == 2
     assert "fusion: tasks ['nope'] (in tasks or augment_per_task) are not declared" in capsys.readouterr().err
-    assert main(["fusion", "--params", str(params), "--set", "fusion.attention_heads=3"]) == 2
+    assert main(["fusion", "--params", str(params), "--set", "fusion.method=cross_attention", "--set", "fusion.attention_heads=3"]) == 2
     assert "attention_heads (3) must divide fusion_dim (32)" in capsys.readouterr().err

@@ -141,3 +141,14 @@ def test_a_pretrained_image_encoder_loads_from_a_folder(tmp_path):
     cfg = load(vqa_project(tmp_path / "q", image_encoder=str(tmp_path / "p")))  # a folder without a model
     with pytest.raises(ConfigError, match="fusion.image_encoder: cannot load an image model"):
         build_image_encoder(cfg)
+
+
+def test_a_frozen_text_encoder_gets_no_gradient_and_no_dropout(tmp_path):
+    cfg, model, collate, tokenizer = built(tmp_path, freeze_text_encoder=True)
+    model.train()
+    text = model.encoders["text"]
+    assert not text.model.training and model.head.training
+    rows = [{"input_ids": tokenizer("is it red?")["input_ids"], "image": Image.new("RGB", (16, 16)), "labels": 1}]
+    model(**collate(rows)).loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in text.parameters())
+    assert all(p.grad is not None for p in model.projections["text"].parameters())

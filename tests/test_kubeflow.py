@@ -15,7 +15,7 @@ import yaml
 
 from conftest import REPO, TINY_BERT, classification_task, keyword_rows, write_project
 from unitask.cli import main
-from unitask.kubeflow.runtime import decode_nulls, encode_nulls, integral
+from unitask.kubeflow.runtime import from_parameter, integral, to_parameter
 
 SECRET_URI = "postgresql://mlflow:pl4nted-Mlflow-S3cret@db.internal/mlflow"
 SECRET_KEY = "pl4nted-Aws-S3cret-Key"
@@ -101,31 +101,49 @@ def test_compiled_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     assert_no_secrets(text)
 
     executors = spec["deploymentSpec"]["executors"]
-    assert set(executors) == {"exec-plan", "exec-prepare", "exec-validate", "exec-pretrain", "exec-finetune"}
+    stages = ("prepare", "validate", "pretrain", "baseline", "finetune", "multitask", "fusion", "evaluate", "register")
+    assert set(executors) == {"exec-plan", *(f"exec-{name}" for name in stages)}
     for executor in executors.values():
         assert executor["container"]["image"] == "registry.example/ml/unitask:t1"
         assert "unitask.kubeflow.runtime" in executor["container"]["command"][-1]
         assert "pip install" not in " ".join(executor["container"]["command"])  # kfp comes with the image
-    resources = {name: executors[f"exec-{name}"]["container"]["resources"] for name in ("prepare", "validate", "pretrain", "finetune")}
+    resources = {name: executors[f"exec-{name}"]["container"]["resources"] for name in stages}
     accelerator = resources["pretrain"]["accelerator"]
     assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "2"
-    assert resources["finetune"]["accelerator"]["resourceCount"] == "1"
-    assert "accelerator" not in resources["prepare"] and "accelerator" not in resources["validate"]
+    for name in ("finetune", "multitask", "fusion"):
+        assert resources[name]["accelerator"]["resourceCount"] == "1"
+        assert resources[name]["resourceCpuRequest"] == "8" and resources[name]["resourceMemoryRequest"] == "32Gi"
+    for name in ("prepare", "validate", "baseline", "evaluate", "register"):
+        assert "accelerator" not in resources[name]
     assert resources["pretrain"]["resourceCpuRequest"] == "8" and resources["pretrain"]["resourceMemoryRequest"] == "32Gi"
     assert resources["pretrain"]["resourceMemoryLimit"] == "64Gi"
     assert resources["prepare"]["resourceCpuRequest"] == "2" and resources["prepare"]["resourceMemoryRequest"] == "8Gi"
 
     dag = spec["root"]["dag"]["tasks"]
-    assert {"plan", "prepare", "validate", "pretrain", "for-loop-1"} <= set(dag)
+    assert set(dag) == {"plan", "for-loop-1", "condition-2", *stages} - {"finetune", "register"}
     assert dag["prepare"]["retryPolicy"] == {
         "backoffDuration": "30s", "backoffFactor": 2.0, "backoffMaxDuration": "3600s", "maxRetryCount": 2,
     }  # fmt: skip
     assert "retryPolicy" not in dag["validate"]  # a failed gate is not transient
     assert dag["pretrain"]["retryPolicy"]["maxRetryCount"] == 2
     assert dag["validate"]["cachingOptions"] == {}  # enableCache: false (protobuf drops false)
-    for name in ("plan", "prepare", "pretrain"):
+    assert dag["evaluate"]["cachingOptions"] == {}  # its gate reads the registry: never cached
+    for name in ("plan", "prepare", "pretrain", "baseline", "multitask", "fusion"):
         assert dag[name]["cachingOptions"] == {"enableCache": True}
-    assert "validate" in dag["pretrain"]["dependentTasks"]  # the gate
+    for name in ("pretrain", "baseline", "multitask", "fusion"):
+        assert "validate" in dag[name]["dependentTasks"]  # the data gate
+        assert dag[name]["retryPolicy"]["maxRetryCount"] == 2
+    assert {"baseline", "for-loop-1", "multitask", "fusion"} <= set(dag["evaluate"]["dependentTasks"])
+    collected = dag["evaluate"]["inputs"]["artifacts"]["finetune_reports"]["taskOutputArtifact"]
+    assert collected == {"outputArtifactKey": "pipelinechannel--finetune-reports", "producerTask": "for-loop-1"}
+    assert spec["components"]["comp-evaluate"]["inputDefinitions"]["artifacts"]["finetune_reports"]["isArtifactList"]
+
+    # register runs only when evaluate's gate passes
+    condition = dag["condition-2"]
+    assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
+    register = spec["components"]["comp-condition-2"]["dag"]["tasks"]["register"]
+    assert register["cachingOptions"] == {} and register["retryPolicy"]["maxRetryCount"] == 2
+    assert register["inputs"]["artifacts"]["evaluation"]["componentInputArtifact"] == "pipelinechannel--evaluate-evaluation"
 
     loop = dag["for-loop-1"]
     assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--plan-Output"
@@ -134,18 +152,19 @@ def test_compiled_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     assert inner["cachingOptions"] == {"enableCache": True} and inner["retryPolicy"]["maxRetryCount"] == 2
     assert {"pretrain", "validate"} <= set(loop["dependentTasks"])
 
-    for name in ("pretrain", "finetune"):
+    for name in ("pretrain", "finetune", "multitask", "fusion"):
         assert k8s[f"exec-{name}"]["nodeSelector"] == {"labels": {"cloud.example/gpu": "h100"}}
         assert k8s[f"exec-{name}"]["tolerations"] == [{"effect": "NoSchedule", "key": "gpu", "operator": "Equal", "value": "yes"}]
-    for name in ("prepare", "validate"):
+    for name in ("prepare", "validate", "baseline", "evaluate", "register"):
         assert "nodeSelector" not in k8s[f"exec-{name}"] and "tolerations" not in k8s[f"exec-{name}"]
-    for name in ("prepare", "validate", "pretrain", "finetune"):
+    for name in stages:
         secrets = {s["secretName"]: s["keyToEnv"] for s in k8s[f"exec-{name}"]["secretAsEnv"]}
         assert secrets["unitask-mlflow"] == [{"envVar": "MLFLOW_TRACKING_URI", "secretKey": "tracking_uri"}]
         assert {e["envVar"] for e in secrets["team-s3"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
     inputs = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(inputs) == {"seed", "tracking", "model", "prepare", "validate", "pretrain", "finetune", "tasks"}
+    assert set(inputs) == {"seed", "tracking", "model", "prepare", "validate", "pretrain", "finetune", "multitask", "fusion",
+                           "evaluate", "register", "tasks"}  # fmt: skip
     assert inputs["seed"]["defaultValue"] == 7 and inputs["tasks"]["parameterType"] == "STRUCT"
     assert set(inputs["tasks"]["defaultValue"]) == {"alpha", "beta"}
     assert inputs["prepare"]["defaultValue"] == {"max_rows": 7}  # --set reaches the defaults
@@ -172,20 +191,25 @@ def test_kubeflow_config_overrides_keep_stage_defaults(tmp_path: Path, capsys: p
     kf = load_config(params, ["kubeflow.stages.pretrain.cpu=4", "kubeflow.stages.finetune.memory_limit=40Gi"]).kubeflow
     assert (kf.stages.pretrain.cpu, kf.stages.pretrain.gpus, kf.stages.pretrain.memory) == ("4", 1, "32Gi")
     assert kf.stages.finetune.memory_limit == "40Gi" and kf.stages.validate.retries == 0
-    assert main(["pipeline", "compile", "--params", str(params), "--set", "kubeflow.stages.fusion.gpus=1"]) == 2
-    assert "kubeflow.stages.fusion: unknown key; allowed here: prepare, validate, pretrain, finetune" in capsys.readouterr().err
+    assert kf.stages.multitask.gpus == 1 and kf.stages.fusion.gpus == 1 and not kf.stages.evaluate.caching
+    assert main(["pipeline", "compile", "--params", str(params), "--set", "kubeflow.stages.serve.gpus=1"]) == 2
+    assert "kubeflow.stages.serve: unknown key; allowed here: prepare, validate, pretrain, baseline, finetune" in capsys.readouterr().err
     assert main(["pipeline", "compile", "--params", str(params), "--set", "kubeflow.mlflow_secret.keys={uri: TRACKING}"]) == 2
     assert "kubeflow.mlflow_secret: keys must map one secret key to MLFLOW_TRACKING_URI" in capsys.readouterr().err
     assert not (tmp_path / "pipelines").exists()
 
 
 def test_parameters_round_trip() -> None:
-    """Nulls and ints survive the trip through protobuf Values (no null; every number a double)."""
+    """Nulls, ints and key order survive the trip through protobuf Values (no null; every number a
+    double; a Struct's keys in any order)."""
     section = {"a": None, "b": {"c": None, "d": 32}, "e": [1, 2.5], "f": "x"}
-    encoded = encode_nulls(section)
+    encoded = to_parameter(section)
     assert encoded == {"b": {"d": 32, "_null": ["c"]}, "e": [1, 2.5], "f": "x", "_null": ["a"]}
     as_doubles = json.loads(json.dumps(encoded).replace("32", "32.0").replace("[1,", "[1.0,"))
-    assert integral(decode_nulls(as_doubles)) == section
+    assert integral(from_parameter(as_doubles)) == section
+    tasks = {"zeta": {"y": 1, "x": None}, "alpha": {}}
+    shuffled = json.loads(json.dumps(dict(reversed(list(to_parameter(tasks).items())))))
+    assert list(from_parameter(shuffled)) == ["zeta", "alpha"] and list(from_parameter(shuffled)["zeta"]) == ["y", "x"]
 
 
 # ---- local runs ------------------------------------------------------------------------------
@@ -200,12 +224,24 @@ def executor_output(task_dir: Path) -> dict[str, Any]:
     return json.loads((task_dir / "executor_output.json").read_text())
 
 
+def reports_of(task_dir: Path, name: str = "reports") -> Path:
+    """The paths.reports folder inside a task's `reports` artifact (paths relative to the project root)."""
+    return task_dir / name / "reports"
+
+
 @pytest.mark.slow
 def test_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    """The whole chain with kfp's SubprocessRunner: every output lands, MLflow has each stage's run.
-    The text+image task's files travel in the Dataset (validate checks them); finetune skips it."""
+    """The whole chain with kfp's SubprocessRunner: every output lands, MLflow has each stage's run, the
+    gate lets register make version 1 champion. The text+image task's files travel in the Dataset
+    (validate checks them, fusion trains on them); finetune and multitask skip it."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    params = tiny_project(tmp_path, {"alpha": keyword_rows(60), "beta": keyword_rows(60)}, {"vqa": image_task(tmp_path)})
+    params = tiny_project(
+        tmp_path, {"alpha": keyword_rows(60), "beta": keyword_rows(60)}, {"vqa": image_task(tmp_path)},
+        multitask={"max_steps": 3, "batch_size": 8, "bf16": False, "logging_steps": 1},
+        fusion={"tasks": ["vqa"], "max_steps": 2, "batch_size": 8, "bf16": False, "fusion_dim": 16, "attention_heads": 2,
+                "image_config": {"model_type": "vit", "image_size": 16, "patch_size": 8, "hidden_size": 16,
+                                 "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}},
+    )  # fmt: skip
     out = tmp_path / "kfp"
     assert main(["pipeline", "run-local", "--params", str(params), "--output", str(out), "--cache"]) == 0
     run = run_outputs(out)
@@ -227,6 +263,7 @@ def test_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyte
     encoder = run / "pretrain" / "encoder"
     assert (encoder / "config.json").is_file() and (encoder / "model.safetensors").is_file()
     assert "heldout.perplexity_after" in executor_output(run / "pretrain")["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert {p.name for p in (reports_of(run / "baseline") / "predictions" / "baseline").iterdir()} == {"alpha.jsonl", "beta.jsonl"}
 
     tuned = {}
     for iteration in sorted(run.glob("for-loop-*-iteration-*")):
@@ -235,17 +272,47 @@ def test_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyte
         tuned[task] = outputs["metrics"]["artifacts"][0]["metadata"]
         model = iteration / "finetune" / "finetuned"
         assert (model / "model.safetensors").is_file() and json.loads((model / "labels.json").read_text())["task"] == task
+        assert (reports_of(iteration / "finetune") / "predictions" / "finetune" / f"{task}.jsonl").is_file()
+        matrix = outputs["confusion"]["artifacts"][0]["metadata"]["confusionMatrix"]
+        assert [c["displayName"] for c in matrix["annotationSpecs"]] == ["neg", "pos"]
+        assert sum(map(sum, (row["row"] for row in matrix["rows"]))) == 5  # the test split's rows
     assert set(tuned) == {"alpha", "beta"}
     assert 0 <= tuned["alpha"]["alpha.test.accuracy"] <= 1
 
+    multitask = executor_output(run / "multitask")["artifacts"]
+    assert multitask["multitask_model"]["artifacts"][0]["metadata"]["tasks"] == ["alpha", "beta"]
+    assert (run / "multitask" / "multitask_model" / "unitask-model.json").is_file()
+    assert json.loads((reports_of(run / "multitask") / "multitask.json").read_text())["tasks"] == ["alpha", "beta"]
+    assert (run / "fusion" / "fusion_model" / "vqa" / "unitask-model.json").is_file()
+    assert {p.name for p in (reports_of(run / "fusion") / "predictions").iterdir()} == {"fusion", "fusion_text", "fusion_image"}
+
+    evaluated = executor_output(run / "evaluate")
+    assert evaluated["parameterValues"]["Output"] is True  # no champion yet: the gate passes
+    comparison = json.loads((run / "evaluate" / "evaluation" / "reports" / "evaluate" / "comparison.json").read_text())
+    assert set(comparison["alpha"]) == {"baseline", "finetune", "multitask"}
+    assert set(comparison["vqa"]) == {"fusion", "fusion_text", "fusion_image"}
+    assert (run / "evaluate" / "evaluation" / "reports" / "multitask_comparison.json").is_file()
+    scores = evaluated["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert scores["test.alpha.multitask.accuracy"] == comparison["alpha"]["multitask"]["accuracy"]
+    assert scores["gate.promote"] == 1
+    assert "Registry gate: <b>promote</b>" in (run / "evaluate" / "comparison").read_text()
+    registered = executor_output(run / "register")["artifacts"]
+    assert registered["metrics"]["artifacts"][0]["metadata"]["version"] == 1
+    assert registered["card"]["artifacts"][0]["metadata"]["decision"] == "promoted"
+    assert "alpha" in (run / "register" / "card").read_text()
+
     with sqlite3.connect(tmp_path / "mlflow" / "mlflow.db") as db:  # the project's store, not a workspace's
         stages = {v for (v,) in db.execute("select value from tags where key = 'unitask.stage'")}
-    assert {"prepare", "validate", "pretrain", "finetune"} <= stages
+        aliases = db.execute("select alias, version from registered_model_aliases").fetchall()
+    assert {"prepare", "validate", "pretrain", "baseline", "finetune", "multitask", "fusion", "evaluate", "register"} <= stages
+    assert sorted(aliases) == [("challenger", 1), ("champion", 1)]
 
-    # Again with the local cache: every task is reused, nothing runs, no new run folder.
+    # Again with the local cache: the training tasks are reused; evaluate (never cached) runs again and
+    # its gate holds, since the same scores do not beat the champion they made: register does not run.
     assert main(["pipeline", "run-local", "--params", str(params), "--output", str(out), "--cache"]) == 0
-    assert "every task came from the local cache" in capsys.readouterr().err
-    assert run_outputs(out) == run
+    second = next(p for p in out.iterdir() if p.is_dir() and p.name.startswith("unitask-") and p != run)
+    assert {p.name for p in second.iterdir() if p.is_dir()} == {"evaluate"}
+    assert executor_output(second / "evaluate")["parameterValues"]["Output"] is False
 
 
 def test_validation_failure_stops_local_run(

@@ -54,7 +54,7 @@ class Fusion(TrainSettings):
         default_factory=list, description="multimodal tasks the DVC `fusion` stage trains (a foreach list)"
     )
     method: FusionMethod = Field(
-        default="cross_attention",
+        default="gated",
         description="concat | gated | weighted (learned modality weights) | cross_attention (text tokens over image patches)",
     )
     image_encoder: str | None = Field(

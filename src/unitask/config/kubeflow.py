@@ -40,12 +40,19 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "prepare": {"cpu": "2", "memory": "8Gi"},
     "validate": {"cpu": "2", "memory": "8Gi", "retries": 0},  # a failed gate is not transient
     "pretrain": {"cpu": "8", "memory": "32Gi", "gpus": 1},
+    "baseline": {"cpu": "2", "memory": "8Gi"},
     "finetune": {"cpu": "8", "memory": "32Gi", "gpus": 1},
+    "multitask": {"cpu": "8", "memory": "32Gi", "gpus": 1},
+    "fusion": {"cpu": "8", "memory": "32Gi", "gpus": 1},
+    # the gate and the registry depend on the registry's champion, outside the inputs: never cached
+    "evaluate": {"cpu": "2", "memory": "8Gi", "caching": False},
+    "register": {"cpu": "2", "memory": "8Gi", "caching": False},
 }
 
 
-# as on Config below: the stage named `validate` shadows pydantic's deprecated classmethod; noise
+# as on Config: the stages named `validate` and `register` shadow pydantic's deprecated classmethod; noise
 warnings.filterwarnings("ignore", message='Field name "validate" in "KubeflowStages" shadows', category=UserWarning)
+warnings.filterwarnings("ignore", message='Field name "register" in "KubeflowStages" shadows', category=UserWarning)
 
 
 class KubeflowStages(Strict):
@@ -54,7 +61,12 @@ class KubeflowStages(Strict):
     prepare: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["prepare"])
     validate: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["validate"])
     pretrain: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["pretrain"])
+    baseline: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["baseline"])
     finetune: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["finetune"])
+    multitask: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["multitask"])
+    fusion: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["fusion"])
+    evaluate: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["evaluate"])
+    register: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["register"])
 
     @model_validator(mode="before")
     @classmethod

@@ -39,8 +39,8 @@ def write_plot_data(folder: Path, result: dict[str, Any], curves: dict[str, dict
 
 
 def training_curves(experiment_id: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """{"<stage>_<task>": {curve: [(step, value)]}} from the latest finished run of each training
-    stage (and task) in the experiment."""
+    """{"<model>_<task>": {curve: [(step, value)]}} from the latest finished run of each model a
+    training stage trains (per task) in the experiment."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -56,9 +56,10 @@ def training_curves(experiment_id: str) -> dict[str, dict[str, list[tuple[int, f
         tags = run.data.tags
         if tags.get("unitask.stage") not in TRAINING_STAGES:
             continue
-        name = "_".join(filter(None, (tags["unitask.stage"], tags.get("unitask.task"))))
+        # a stage may train several models per task (fusion and its baselines: tag unitask.model)
+        name = "_".join(filter(None, (tags.get("unitask.model") or tags["unitask.stage"], tags.get("unitask.task"))))
         if name in curves:
-            continue  # an older run of the same stage and task
+            continue  # an older run of the same model and task
         series = {}
         for curve in CURVES:
             if curve in run.data.metrics:

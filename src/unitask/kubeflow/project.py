@@ -17,7 +17,7 @@ from typing import Any
 
 from unitask.config import Config
 from unitask.errors import ConfigError, UnitaskError
-from unitask.kubeflow.runtime import SECTIONS, encode_nulls
+from unitask.kubeflow.runtime import SECTIONS, to_parameter
 
 COMPONENTS = Path("components") / "stages.py"
 PIPELINE = Path("pipelines") / "unitask_pipeline.py"
@@ -61,7 +61,7 @@ def pipeline_arguments(cfg: Config, local: bool = False) -> dict[str, Any]:
     args["tasks"] = written["tasks"]
     if local:
         _absolute_paths(cfg, args)
-    return {name: encode_nulls(value, name) for name, value in args.items()}
+    return {name: to_parameter(value, name) for name, value in args.items()}
 
 
 def _absolute_paths(cfg: Config, args: dict[str, Any]) -> None:

@@ -12,6 +12,11 @@ Artifact layouts:
 - Model (pretrain):    the encoder folder (safetensors + tokenizer), as pretrain.output; with
                        pretrain.enabled false only unitask-model.json saying so.
 - Model (finetune):    the task's model folder (safetensors, tokenizer, labels.json).
+- Model (multitask):   multitask.output; (fusion): fusion.output (a folder per task and the index),
+                       empty when fusion.tasks is.
+- Dataset (reports):   what a stage wrote under paths.reports (test predictions, metrics files), at
+                       its path relative to the project root; evaluate merges them all into its
+                       workspace. (evaluation): evaluate.output and multitask.comparison, likewise.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from unitask.errors import UnitaskError
 
 # The pipeline parameters: one per params.yaml section that a stage reads. `paths` is not one of
 # them (artifacts take its place) and `kubeflow` only shapes the compiled pipeline.
-SECTIONS = ("seed", "tracking", "model", "prepare", "validate", "pretrain", "finetune", "tasks")
+SECTIONS = ("seed", "tracking", "model", "prepare", "validate", "pretrain", "finetune", "multitask", "fusion",
+            "evaluate", "register", "tasks")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,35 +76,46 @@ def integral(value: Any) -> Any:
 
 
 NULLS = "_null"  # no config key starts with "_"
+ORDER = "_order"
 
 
-def encode_nulls(value: Any, where: str = "") -> Any:
-    """Pipeline parameters cannot hold null: a dict's null keys move to its `_null` list."""
+def to_parameter(value: Any, where: str = "") -> Any:
+    """Pipeline parameters are protobuf Structs: they cannot hold null, and a dict's keys come back in
+    any order (task order matters: it orders pretraining's corpus and the multi-task heads). A dict's
+    null keys move to its `_null` list, and its key order, unless sorted, to its `_order` list."""
     if isinstance(value, dict):
-        out = {k: encode_nulls(v, f"{where}.{k}" if where else k) for k, v in value.items() if v is not None}
+        out = {k: to_parameter(v, f"{where}.{k}" if where else k) for k, v in value.items() if v is not None}
         nulls = [k for k, v in value.items() if v is None]
-        return {**out, NULLS: nulls} if nulls else out
+        if nulls:
+            out[NULLS] = nulls
+        if list(value) != sorted(value):
+            out[ORDER] = list(value)
+        return out
     if isinstance(value, list):
         if any(v is None for v in value):
             raise UnitaskError(f"{where}: a list with null items cannot be a Kubeflow pipeline parameter")
-        return [encode_nulls(v, where) for v in value]
+        return [to_parameter(v, where) for v in value]
     return value
 
 
-def decode_nulls(value: Any) -> Any:
-    """The inverse of `encode_nulls`."""
+def from_parameter(value: Any) -> Any:
+    """The inverse of `to_parameter`."""
     if isinstance(value, dict):
-        out = {k: decode_nulls(v) for k, v in value.items() if k != NULLS}
-        out.update({k: None for k in value.get(NULLS, [])})
-        return out
+        nulls = value.get(NULLS, [])
+        keys = value.get(ORDER) or sorted([*(k for k in value if k not in (NULLS, ORDER)), *nulls])
+        return {k: None if k in nulls else from_parameter(value[k]) for k in keys}
     if isinstance(value, list):
-        return [decode_nulls(v) for v in value]
+        return [from_parameter(v) for v in value]
     return value
 
 
 def load_sections(sections: dict[str, Any], root: Path) -> Config:
-    """Write `root/params.yaml` from the section parameters and load it like the CLI would."""
-    params = {name: integral(decode_nulls(value)) for name, value in sections.items() if value is not None}
+    """Write `root/params.yaml` from the section parameters and load it like the CLI would.
+
+    The workspace is a scratch root: its inputs live where kfp puts the artifacts (linked in) and, in
+    a local run, in the project (absolute paths), so `paths.roots` allows every folder."""
+    params = {name: integral(from_parameter(value)) for name, value in sections.items() if value is not None}
+    params["paths"] = {"roots": [root.anchor]}
     uri = os.environ.get("MLFLOW_TRACKING_URI")  # from the Kubernetes secret: wins over tracking.uri
     if uri:
         params["tracking"] = {**(params.get("tracking") or {}), "uri": uri}
@@ -140,6 +157,47 @@ def link_dataset(cfg: Config, dataset: Any) -> None:
         link(folder / "raw", cfg.path(cfg.paths.raw))
 
 
+def link_models(cfg: Config, multitask: Any, fusion: Any) -> None:
+    """The multi-task and (with fusion.tasks) fusion model folders where evaluate and register read them."""
+    link(multitask.path, cfg.path(cfg.multitask.output))
+    if cfg.fusion.tasks:
+        link(fusion.path, cfg.path(cfg.fusion.output))
+
+
+def link_encoder(cfg: Config, encoder: Any) -> None:
+    if cfg.pretrain.enabled:
+        link(encoder.path, cfg.path(cfg.pretrain.output))
+
+
+def export_paths(cfg: Config, paths: list[str], artifact: Any) -> None:
+    """Copy files and folders the stage wrote into `artifact`, at their paths relative to the project
+    root (the layout `import_reports` merges back)."""
+    root = cfg.root.resolve()
+    out = Path(artifact.path)
+    out.mkdir(parents=True, exist_ok=True)
+    for relative in paths:
+        source = cfg.path(relative)
+        if source.is_dir():
+            export(source, out / source.relative_to(root))
+        elif source.is_file():
+            (out / source.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, out / source.relative_to(root))
+
+
+def import_reports(cfg: Config, artifacts: list[Any]) -> None:
+    """Merge `reports` artifacts (see `export_paths`) into the workspace."""
+    for artifact in artifacts:
+        shutil.copytree(artifact.path, cfg.root, dirs_exist_ok=True)
+
+
+def write_metadata(artifact: Any) -> None:
+    """Metrics live in the executor output's metadata; a file at the artifact's path as well keeps
+    the artifact downloadable, and lets kfp's local cache reuse the task (it misses on absent files)."""
+    path = Path(artifact.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(artifact.metadata), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def log_metrics(metrics: Any, values: dict[str, Any]) -> None:
     """Numbers into an Output[Metrics]; NaN and infinity cannot travel in its protobuf metadata."""
     import math
@@ -151,11 +209,7 @@ def log_metrics(metrics: Any, values: dict[str, Any]) -> None:
             metrics.log_metric(key, value)
         else:
             print(f"unitask: metric {key} is {value}; not logged to Kubeflow", file=sys.stderr)
-    # Metrics live in the executor output's metadata; a file at the artifact's path as well keeps
-    # the artifact downloadable, and lets kfp's local cache reuse the task (it misses on absent files).
-    path = Path(metrics.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(metrics.metadata), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    write_metadata(metrics)
 
 
 # ---- the stages ------------------------------------------------------------------------------
@@ -262,16 +316,180 @@ def run_pretrain(sections: dict[str, Any], dataset: Any, encoder: Any, metrics: 
 
 
 @stage_errors
-def run_finetune(task: str, sections: dict[str, Any], dataset: Any, encoder: Any, model: Any, metrics: Any) -> None:
+def run_baseline(sections: dict[str, Any], dataset: Any, reports: Any, metrics: Any) -> None:
+    """TF-IDF baselines of every text classification/regression task (`unitask baseline`)."""
+    from unitask.baselines import baseline, baseline_tasks
+
+    with workspace(sections) as cfg:
+        link_dataset(cfg, dataset)
+        summaries = {name: baseline(cfg, name) for name in baseline_tasks(cfg)}
+        export_paths(cfg, [cfg.paths.reports], reports)
+        log_metrics(metrics, {n: {k: s[k] for k in ("validation", "test")} for n, s in summaries.items()})
+
+
+@stage_errors
+def run_finetune(
+    task: str, sections: dict[str, Any], dataset: Any, encoder: Any, model: Any, reports: Any, metrics: Any, confusion: Any
+) -> None:
     """Fine-tune one task on the pretrained encoder (or the backbone when pretraining is off)."""
     from unitask.training.finetune import finetune
 
     with workspace(sections) as cfg:
         link_dataset(cfg, dataset)
-        if cfg.pretrain.enabled:
-            link(encoder.path, cfg.path(cfg.pretrain.output))
+        link_encoder(cfg, encoder)
         summary = finetune(cfg, task)
         export(cfg.path(cfg.finetune.output) / task, model.path)
+        export_paths(cfg, [cfg.paths.reports], reports)
         model.metadata.update({"task": task, "type": summary["type"], "main_metric": summary["main_metric"]})
         log_metrics(metrics, {task: {k: summary[k] for k in ("validation", "test")}})
         log_metrics(metrics, {task: {"train": {k: summary["train"][k] for k in ("loss", "steps", "seconds")}}})
+        log_confusion(cfg, "finetune", task, confusion)
+
+
+def log_confusion(cfg: Config, model: str, task: str, confusion: Any) -> None:
+    """The test confusion matrix of a classification task into a ClassificationMetrics (other task
+    types leave it empty)."""
+    from unitask.evaluation.compare import CLASSIFICATION_TYPES
+    from unitask.evaluation.metrics import OUTPUT_KEY
+    from unitask.evaluation.metrics import confusion as matrix
+    from unitask.evaluation.predictions import read_predictions
+
+    kind = cfg.tasks[task].type
+    if kind in CLASSIFICATION_TYPES:
+        gold, outputs = read_predictions(cfg, model, task)
+        predicted = [o[OUTPUT_KEY[kind]] for o in outputs]
+        labels = list(cfg.tasks[task].labels or sorted({*map(str, gold), *map(str, predicted)}))
+        confusion.log_confusion_matrix(labels, matrix(gold, predicted, labels))
+    write_metadata(confusion)
+
+
+@stage_errors
+def run_multitask(sections: dict[str, Any], dataset: Any, encoder: Any, model: Any, reports: Any, metrics: Any) -> None:
+    """Train the multi-task model (one encoder, a head per text task) on the pretrained encoder."""
+    from unitask.training.multitask import multitask
+
+    with workspace(sections) as cfg:
+        link_dataset(cfg, dataset)
+        link_encoder(cfg, encoder)
+        summary = multitask(cfg)
+        export(cfg.path(cfg.multitask.output), model.path)
+        export_paths(cfg, [cfg.paths.reports], reports)
+        model.metadata.update({"tasks": summary["tasks"], "encoder": summary["encoder"],
+                               "test_mean_score": summary["test"]["mean_score"]})  # fmt: skip
+        log_metrics(metrics, {k: summary[k] for k in ("validation", "test")})
+        log_metrics(metrics, {"train": {k: summary["train"][k] for k in ("loss", "steps", "seconds")}})
+
+
+@stage_errors
+def run_fusion(sections: dict[str, Any], dataset: Any, encoder: Any, model: Any, reports: Any, metrics: Any) -> None:
+    """Train the fusion models of every task in fusion.tasks; with none, empty outputs."""
+    from unitask.training.fusion import fusion
+
+    with workspace(sections) as cfg:
+        link_dataset(cfg, dataset)
+        link_encoder(cfg, encoder)
+        summaries = {name: fusion(cfg, name) for name in cfg.fusion.tasks}
+        Path(model.path).mkdir(parents=True, exist_ok=True)
+        if summaries:
+            export(cfg.path(cfg.fusion.output), model.path)
+        export_paths(cfg, [cfg.paths.reports], reports)
+        model.metadata.update({"tasks": list(summaries), "method": cfg.fusion.method})
+        log_metrics(
+            metrics,
+            {n: {m: {k: r[k] for k in ("validation", "test")} for m, r in s["models"].items()} for n, s in summaries.items()},
+        )
+
+
+@stage_errors
+def run_evaluate(
+    sections: dict[str, Any], reports: list[Any], multitask: Any, fusion: Any, evaluation: Any, metrics: Any, comparison: Any
+) -> bool:
+    """Compare the multi-task model with the fine-tunes, score every model's test predictions, and
+    return the registry gate: whether the served model would replace the champion."""
+    from unitask.evaluation.multitask_comparison import compare_multitask
+    from unitask.evaluation.stage import evaluate
+
+    with workspace(sections) as cfg:
+        import_reports(cfg, reports)
+        link_models(cfg, multitask, fusion)
+        versus = compare_multitask(cfg)
+        result = evaluate(cfg)
+        table = cfg.path(cfg.multitask.comparison)
+        export_paths(cfg, [cfg.evaluate.output, str(table), str(table.with_suffix(".md"))], evaluation)
+        gate = registry_gate(cfg)
+        evaluation.metadata.update({"models": result["models"], "skipped": result["skipped"], "gate": gate["reason"]})
+        champion = (gate["champion"] or {}).get("primary")
+        log_metrics(metrics, {"test": result["table"], "multitask_vs_finetune": versus["mean"]})
+        log_metrics(metrics, {"gate": {"promote": int(gate["promote"]), "candidate": gate["candidate"]["primary"],
+                                       **({"champion": champion} if champion is not None else {})}})  # fmt: skip
+        Path(comparison.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(comparison.path).write_text(comparison_html(result, gate), encoding="utf-8")
+        print(f"unitask: gate: {'promote' if gate['promote'] else 'hold'}: {gate['reason']}", file=sys.stderr)
+        return bool(gate["promote"])
+
+
+def registry_gate(cfg: Config) -> dict[str, Any]:
+    """`register`'s gate for the served model as evaluated now, against the registry's champion (read
+    only): `unitask.registry.gate.decide`'s result."""
+    from mlflow.tracking import MlflowClient
+
+    from unitask.inference import load_predictor
+    from unitask.registry.gate import decide, task_scores
+    from unitask.registry.pyfunc import Router
+    from unitask.registry.stage import _champion, _scores_of, comparison_table, served_folders
+    from unitask.tracking import configure
+
+    router = Router({name: load_predictor(folder) for name, folder in served_folders(cfg).items()})
+    routes = {task: router.routes[task] for task in cfg.tasks if task in router.routes}
+    scores = task_scores(comparison_table(cfg), routes, router.tasks)
+    configure(cfg)
+    champion = _champion(MlflowClient(), cfg.register.name)
+    return decide(scores, _scores_of(champion), cfg.register.gate)
+
+
+def comparison_html(result: dict[str, Any], gate: dict[str, Any]) -> str:
+    """evaluate's comparison as one page: per task a row per model, a column per metric, best in bold."""
+    sections = []
+    for task, by_model in result["table"].items():
+        entry = result["tasks"][task]
+        main = entry["main_metric"]
+        metrics = [main, *sorted({k for m in by_model.values() for k in m} - {main})]
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in metrics)
+        rows = []
+        for model, values in by_model.items():
+            cells = [f"{values[k]:.4f}" if k in values else "–" for k in metrics]
+            if model == entry["best"]:
+                cells[0] = f"<b>{cells[0]}</b>"
+            rows.append(f"<tr><td>{html.escape(model)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        sections.append(
+            f"<h2>{html.escape(task)} ({html.escape(entry['type'])}, main metric {html.escape(main)})</h2>"
+            f"<table border='1' cellpadding='4'><tr><th>model</th>{head}</tr>" + "".join(rows) + "</table>"
+        )
+    verdict = "promote" if gate["promote"] else "hold"
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>unitask evaluate</title></head><body>"
+        "<h1>Model comparison (test splits)</h1>"
+        f"<p>Registry gate: <b>{verdict}</b>: {html.escape(gate['reason'])}</p>" + "".join(sections) + "</body></html>\n"
+    )
+
+
+@stage_errors
+def run_register(
+    sections: dict[str, Any], dataset: Any, multitask: Any, fusion: Any, evaluation: Any, metrics: Any, card: Any
+) -> None:
+    """Register the served model (multi-task + fusion) in MLflow; the model card as Markdown."""
+    from mlflow.tracking import MlflowClient
+
+    from unitask.registry import register
+
+    with workspace(sections) as cfg:
+        link_dataset(cfg, dataset)
+        link_models(cfg, multitask, fusion)
+        import_reports(cfg, [evaluation])
+        record = register(cfg)
+        log_metrics(metrics, {"version": record["version"], "promoted": int(record["decision"] == "promoted"),
+                              "score": record["scores"]})  # fmt: skip
+        version = MlflowClient().get_model_version(record["name"], str(record["version"]))
+        Path(card.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(card.path).write_text(version.description or "", encoding="utf-8")
+        card.metadata.update({key: record[key] for key in ("name", "version", "decision", "reason", "aliases")})
