@@ -9,9 +9,10 @@ served model beats the champion.
 
 Pipeline parameters mirror params.yaml: `seed` and one dict per section a stage reads (`tracking`,
 `model`, `prepare`, `validate`, `pretrain`, `finetune`, `multitask`, `fusion`, `evaluate`,
-`register`, `tasks`), their defaults taken from the config the pipeline is built from. The `kubeflow` section shapes the pods: image, CPU/memory
-requests, GPUs with node selector and tolerations, retries, caching, and the Kubernetes secrets that
-carry the MLflow URI and S3 credentials (by name: no secret value is ever compiled in).
+`register`, `tasks`), their defaults taken from the config the pipeline is built from. The
+`kubeflow` section shapes the pods: image, CPU/memory requests, GPUs with node selector and
+tolerations, retries, caching, and the Kubernetes secrets that carry the MLflow URI and S3
+credentials (by name: no secret value is ever compiled in).
 
 `unitask pipeline compile | run-local | submit` call `build_pipeline` (src/unitask/kubeflow/project.py).
 """

@@ -134,7 +134,8 @@ def test_kubeflow_local_run_matches_dvc(clone, tmp_path):
     print(f"kubeflow local run (smoke profile): {time.perf_counter() - started:.0f} s")
     run = Path(next(line.split("\t", 1)[1] for line in out.splitlines() if line.startswith("outputs\t")))
     # every `reports` artifact mirrors the project's reports/ folder (the fine-tuning loop's one per task)
-    folders = [*run.glob("*/reports/reports"), *run.glob("for-loop-*/finetune/reports/reports"), run / "evaluate/evaluation/reports"]
+    folders = [*run.glob("*/reports/reports"), *run.glob("for-loop-*/finetune/reports/reports"),
+               run / "evaluate/evaluation/reports"]  # fmt: skip
     kfp = {p.relative_to(f).as_posix(): p for f in folders for p in f.rglob("*.json*")}
     dvc = clone / "reports"
 
@@ -151,15 +152,16 @@ def test_kubeflow_local_run_matches_dvc(clone, tmp_path):
         name = path.relative_to(dvc).as_posix()
         ours, theirs = json.loads(kfp[name].read_text())["models"], json.loads(path.read_text())["models"]
         assert set(ours) == set(theirs), name
-        for model in theirs:
-            _same({k: ours[model][k] for k in ("validation", "test")}, {k: theirs[model][k] for k in ("validation", "test")}, name)
+        for model, scores in theirs.items():
+            _same({k: ours[model][k] for k in ("validation", "test")}, {k: scores[k] for k in ("validation", "test")}, name)
     name = "evaluate/comparison.json"
     _same(json.loads(kfp[name].read_text()), json.loads((dvc / name).read_text()), name)
-    ours, theirs = (json.loads(p.read_text())["tasks"] for p in (kfp["multitask_comparison.json"], dvc / "multitask_comparison.json"))
+    name = "multitask_comparison.json"
+    ours, theirs = (json.loads(p.read_text())["tasks"] for p in (kfp[name], dvc / name))
     for rows in (ours, theirs):
         for row in rows.values():
             row.pop("single_task_seconds", None)  # timing
-    _same(ours, theirs, "multitask_comparison.json")
+    _same(ours, theirs, name)
 
 
 def _lines(path: Path) -> list[Any]:
@@ -179,7 +181,8 @@ def _same(ours: Any, theirs: Any, where: str) -> None:
         for i, (a, b) in enumerate(zip(ours, theirs)):
             _same(a, b, f"{where}[{i}]")
     elif isinstance(theirs, float) and not isinstance(ours, str):
-        assert math.isclose(ours, theirs, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(ours) and math.isnan(theirs)), (where, ours, theirs)
+        close = math.isclose(ours, theirs, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(ours) and math.isnan(theirs))
+        assert close, (where, ours, theirs)
     else:
         assert ours == theirs, (where, ours, theirs)
 

@@ -53,8 +53,14 @@ def make_project(root: Path, tracking: dict[str, str], **validate: Any) -> Path:
         "columns": {"text": "text", "image": "image", "label": "label"},
         "labels": ["yes", "no"],
     }
+    shared = str(Path(tracking["artifact_location"]).parent)  # the module's MLflow store, outside the project
     return write_project(
-        root, tasks, model={"max_length": 64}, tracking=tracking, validate={"data_docs": False, **validate}
+        root,
+        tasks,
+        paths={"roots": [shared]},
+        model={"max_length": 64},
+        tracking=tracking,
+        validate={"data_docs": False, **validate},
     )
 
 

@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         "pipeline",
         help="Kubeflow Pipelines: compile, run locally, submit",
         description="The same chain as Kubeflow components (components/, pipelines/): prepare -> validate -> "
-        "pretrain -> finetune (a ParallelFor over the tasks). Pipeline parameters mirror params.yaml; the "
+        "pretrain -> baseline, finetune (a ParallelFor over the tasks), multitask, fusion -> evaluate -> "
+        "register (only when evaluate's gate passes). Pipeline parameters mirror params.yaml; the "
         "`kubeflow` section sets the image, resources, GPUs, retries, caching and secret names.",
     )
     kfp_commands = kfp_group.add_subparsers(dest="pipeline_command", required=True, metavar="COMMAND")

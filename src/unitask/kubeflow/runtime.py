@@ -171,17 +171,17 @@ def link_encoder(cfg: Config, encoder: Any) -> None:
 
 def export_paths(cfg: Config, paths: list[str], artifact: Any) -> None:
     """Copy files and folders the stage wrote into `artifact`, at their paths relative to the project
-    root (the layout `import_reports` merges back)."""
+    root (the layout `import_reports` merges back); a path the stage did not write is left out."""
     root = cfg.root.resolve()
-    out = Path(artifact.path)
-    out.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).mkdir(parents=True, exist_ok=True)
     for relative in paths:
         source = cfg.path(relative)
+        dest = Path(artifact.path) / source.relative_to(root)
         if source.is_dir():
-            export(source, out / source.relative_to(root))
+            export(source, dest)
         elif source.is_file():
-            (out / source.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, out / source.relative_to(root))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest)
 
 
 def import_reports(cfg: Config, artifacts: list[Any]) -> None:
@@ -280,18 +280,14 @@ def validation_html(summaries: dict[str, dict[str, Any]]) -> str:
             f"<tr><td>{html.escape(name)}</td><td>{html.escape(s['status'])}</td><td>{s['rows_checked']}</td>"
             f"<td>{counts['evaluated']}</td><td>{counts['failed_warn']}</td></tr>"
         )
-        for f in s.get("failures", []):
-            examples = "".join(f"<li><code>{html.escape(str(e))}</code></li>" for e in f.get("examples") or [])
-            details.append(
-                f"<li><b>{html.escape(name)}</b> split {html.escape(str(f['split']))}, column "
-                f"<code>{html.escape(str(f['column']))}</code>: {html.escape(str(f['check']))} "
-                f"({html.escape(str(f['severity']))})<ul>{examples}</ul></li>"
-            )
+        for check, outcome in s.get("failures", {}).items():  # "split/column/check": "severity: counts"
+            details.append(f"<li><b>{html.escape(name)}</b> <code>{html.escape(check)}</code>: {html.escape(outcome)}</li>")
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>unitask validate</title></head><body>"
-        "<h1>Data validation</h1><p>Full great-expectations Data Docs: the <code>data_docs</code> artifact "
-        "(&lt;task&gt;/index.html).</p><table border='1' cellpadding='4'><tr><th>task</th><th>status</th>"
-        "<th>rows</th><th>expectations</th><th>warnings</th></tr>" + "".join(rows) + "</table>"
+        "<h1>Data validation</h1><p>Full great-expectations Data Docs, with examples of failing rows: the "
+        "<code>data_docs</code> artifact (&lt;task&gt;/index.html, failures.json).</p>"
+        "<table border='1' cellpadding='4'><tr><th>task</th><th>status</th><th>rows</th><th>expectations</th>"
+        "<th>warnings</th></tr>" + "".join(rows) + "</table>"
         + ("<h2>Warnings</h2><ul>" + "".join(details) + "</ul>" if details else "")
         + "</body></html>\n"
     )
