@@ -28,7 +28,13 @@ from unitask.models.backbone import load_tokenizer
 from unitask.tasks.text import TextTask, read_split, task_scores, text_task
 from unitask.tracking import flatten, preflight, stage_run
 from unitask.training.model import build_model
-from unitask.training.trainer import MlflowMetrics, UnitaskTrainer, is_main_process, trainer_arguments
+from unitask.training.trainer import (
+    MlflowMetrics,
+    UnitaskTrainer,
+    is_main_process,
+    selection_arguments,
+    trainer_arguments,
+)
 
 TIMING_KEYS = ("runtime", "samples_per_second", "steps_per_second", "epoch")
 REGULARIZATION = ("weight_decay", "dropout", "head_l1", "early_stopping_patience", "max_steps")
@@ -62,18 +68,7 @@ def training_arguments(cfg: Config, task: TextTask, output_dir: Path, quiet: boo
         output_dir=str(output_dir),
         disable_tqdm=quiet,
         **trainer_arguments(ft, cfg.seed),
-        eval_strategy=ft.eval_strategy,
-        save_strategy=ft.eval_strategy,
-        eval_steps=ft.eval_steps,
-        save_steps=ft.eval_steps,
-        save_total_limit=2,
-        load_best_model_at_end=True,
-        metric_for_best_model=task.main_metric,
-        greater_is_better=True,
-        restore_callback_states_from_checkpoint=True,
-        logging_strategy="steps",
-        logging_first_step=True,
-        data_seed=cfg.seed,
+        **selection_arguments(ft, cfg.seed, task.main_metric),
     )
 
 

@@ -35,7 +35,13 @@ from unitask.tracking import flatten, stage_run
 from unitask.training.finetune import resume_point
 from unitask.training.model import build_encoder
 from unitask.training.sampling import TaskBatchSampler, steps_per_epoch, task_probabilities
-from unitask.training.trainer import MlflowMetrics, UnitaskTrainer, is_main_process, trainer_arguments
+from unitask.training.trainer import (
+    MlflowMetrics,
+    UnitaskTrainer,
+    is_main_process,
+    selection_arguments,
+    trainer_arguments,
+)
 from unitask.training.weighting import LossWeighting, make_weighting
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -248,18 +254,7 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
     args = TrainingArguments(
         output_dir=str(checkpoints),
         **trainer_arguments(mt, cfg.seed),
-        eval_strategy=mt.eval_strategy,
-        save_strategy=mt.eval_strategy,
-        eval_steps=mt.eval_steps,
-        save_steps=mt.eval_steps,
-        save_total_limit=2,
-        load_best_model_at_end=True,
-        metric_for_best_model=MEAN,
-        greater_is_better=True,
-        restore_callback_states_from_checkpoint=True,
-        logging_strategy="steps",
-        logging_first_step=True,
-        data_seed=cfg.seed,
+        **selection_arguments(mt, cfg.seed, MEAN),
         remove_unused_columns=False,
         label_names=[],
     )

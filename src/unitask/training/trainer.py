@@ -57,6 +57,25 @@ def trainer_arguments(settings: TrainSettings, seed: int) -> dict[str, Any]:
     }
 
 
+def selection_arguments(settings: Any, seed: int, metric: str) -> dict[str, Any]:
+    """TrainingArguments of the stages that evaluate during training (`settings.eval_strategy`,
+    `eval_steps`), checkpoint at each evaluation for --resume, and keep the best model by `metric`."""
+    return {
+        "eval_strategy": settings.eval_strategy,
+        "save_strategy": settings.eval_strategy,
+        "eval_steps": settings.eval_steps,
+        "save_steps": settings.eval_steps,
+        "save_total_limit": 2,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": metric,
+        "greater_is_better": True,
+        "restore_callback_states_from_checkpoint": True,
+        "logging_strategy": "steps",
+        "logging_first_step": True,
+        "data_seed": seed,
+    }
+
+
 class MlflowMetrics(TrainerCallback):
     """Log Trainer's logs (train loss every `logging_steps`, eval metrics at each evaluation) into the
     active MLflow run, from the main process only. Use with `report_to="none"`: one run per stage."""
