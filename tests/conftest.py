@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +169,62 @@ def single_thread():
 
 def single_thread_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+# ---- a real MLflow tracking server, shared by the tests that need one ---------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[:3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"{url} did not answer within {seconds} s:\n{log.read_text()[-3000:]}")
+
+
+class Server:
+    """A server process started in its own process group (so that its workers stop with it); `url`
+    waits until it answers on `health`, so that it boots while the caller does other work."""
+
+    def __init__(self, args: list[str], port: int, health: str, log: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.base, self.health, self.log = f"http://127.0.0.1:{port}", health, log
+
+    @property
+    def url(self) -> str:
+        _wait_http(self.base + self.health, self.proc, self.log)
+        return self.base
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real tracking server (sqlite backend, proxied artifacts, one worker) on a free local port."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    server = Server(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        port, "/health", root / "server.log",
+    )  # fmt: skip
+    yield server
+    server.stop()

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import TINY_BERT, synthetic_task, write_project
+from conftest import TINY_BERT, Server, free_port, synthetic_task, write_project
 
 from unitask.config import Config, load_config
 
@@ -28,62 +24,6 @@ TEXT_TYPES = ("classification", "pair_classification", "regression", "token_clas
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
 TINY_VIT = {"model_type": "vit", "image_size": 16, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 1,
             "num_attention_heads": 2, "intermediate_size": 32}  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{proc.args[:3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"{url} did not answer within {seconds} s:\n{log.read_text()[-3000:]}")
-
-
-class Server:
-    """A server process started in its own process group (so that its workers stop with it); `url`
-    waits until it answers on `health`, so that it boots while the caller does other work."""
-
-    def __init__(self, args: list[str], port: int, health: str, log: Path, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self.base, self.health, self.log = f"http://127.0.0.1:{port}", health, log
-
-    @property
-    def url(self) -> str:
-        _wait_http(self.base + self.health, self.proc, self.log)
-        return self.base
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real tracking server (sqlite backend, proxied artifacts, one worker) on a free local port."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
-    server = Server(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        port, "/health", root / "server.log",
-    )  # fmt: skip
-    yield server
-    server.stop()
 
 
 def _prepared(root: Path, name: str, rows: list[dict[str, Any]], sizes: tuple[int, int, int]) -> None:
@@ -275,7 +215,7 @@ def test_mlflow_models_serve_answers_a_mixed_batch(served: Config, mlflow_server
 
     cfg = served
     register(cfg)
-    port = _free_port()
+    port = free_port()
     # the scoring server runs `uvicorn` from PATH: this environment's
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": mlflow_server.url, "OMP_NUM_THREADS": "1"}
     serving = Server(
