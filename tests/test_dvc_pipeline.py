@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -69,13 +70,16 @@ def test_repro_runs_the_chain_then_is_a_no_op(clone):
     comparison = json.loads((clone / "reports/multitask_comparison.json").read_text())
     assert comparison["mean"]["tasks"] == len(params["multitask"]["tasks"])
     # one saved model answers every default text task
-    (clone / "rows.jsonl").write_text("".join(
-        json.dumps({"task": task, "text": "WIN a prize now in London"}) + "\n" for task in params["multitask"]["tasks"]
-    ))
+    # ... and with the fusion model, `unitask predict` answers a mixed batch of every default task
+    image = pd.read_parquet(clone / "data/prepared/easy_vqa/test.parquet")["image"].iloc[0]
+    rows = [{"task": task, "text": "WIN a prize now in London"} for task in params["multitask"]["tasks"]]
+    rows.append({"task": "easy_vqa", "text": "what color is the shape?", "image": image})
+    (clone / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     predicted = _run([str(BIN / "unitask"), "predict", "--input", "rows.jsonl"], clone)
     answers = [json.loads(line) for line in predicted.splitlines() if line.startswith("{")]
-    assert len(answers) == len(params["multitask"]["tasks"]) and not any("error" in a for a in answers)
+    assert len(answers) == len(rows) and not any("error" in a for a in answers), answers
     assert answers[params["multitask"]["tasks"].index("sms_spam")]["label"] in ("ham", "spam")
+    assert answers[-1]["label"] in params["tasks"]["easy_vqa"]["labels"]
     _evaluated_and_registered(clone, params)
     second = _run([str(BIN / "dvc"), "repro"], clone)
     assert "Running stage" not in second

@@ -295,7 +295,7 @@ def test_predict_cli_answers_every_task_from_one_model(trained: tuple[Any, dict[
 
     assert main(["predict", "--params", params, "--task", "nope", "--text", "x"]) == 2
     err = capsys.readouterr().err
-    assert "does not answer task 'nope'" in err and "t_regression" in err and "Traceback" not in err
+    assert "no saved model answers task 'nope'" in err and "t_regression" in err and "Traceback" not in err
     assert main(["predict", "--params", params, "--task", "t_pair_classification", "--text", "x"]) == 1
     assert "lacks text_pair" in capsys.readouterr().err
 
@@ -378,7 +378,7 @@ def test_compare_without_reports_says_what_to_run(tmp_path: Path) -> None:
 def test_predict_without_a_model_says_what_to_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     params = multitask_project(tmp_path, ("classification",))
     assert main(["predict", "--params", str(params), "--task", "t_classification", "--text", "x"]) == 2
-    assert "no saved model there" in capsys.readouterr().err
+    assert "predict: no saved model in" in capsys.readouterr().err
 
 
 def test_resume_after_a_crash_ends_like_an_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -156,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         parents=[common],
         help="answer one input (or a JSON-lines file of them) with a saved model",
-        description="Load a saved model (default: multitask.output, one model for every text task; for a "
-        "text+image task fusion.output/<task>) and print its output for the task as JSON: {label, scores}, "
+        description="Load the saved models (default: multitask.output, one model for every text task, and "
+        "fusion.output for text+image tasks; each row goes to the model that answers its task) and print "
+        "the output for the task as JSON: {label, scores}, "
         "{value}, {tags, entities} or {answer, start, end, score}. Pair classification takes --text-pair; "
         "extractive QA takes the question as --text and the context as --text-pair; token classification "
         "splits --text on white space. --input reads rows {task, text, text_pair, image} (one JSON object "
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--text-pair", metavar="TEXT", help="the second text (pair classification; QA: the context)")
     ask.add_argument("--image", metavar="FILE", help="the image of a text+image task")
     ask.add_argument("--input", metavar="FILE", help="JSON lines of rows to answer instead (- reads standard input)")
-    ask.add_argument("--model", metavar="DIR", help="the saved model folder (default: see above)")
+    ask.add_argument("--model", metavar="DIR", help="one saved model folder instead of the defaults above")
     ask.set_defaults(run=_predict)
 
     fuse = commands.add_parser(

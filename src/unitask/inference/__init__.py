@@ -1,7 +1,7 @@
 """One interface to every saved model: rows in, one output per row out.
 
 A saved model folder holds `unitask-model.json` with its `kind`; `load_predictor(folder)` returns the
-matching `Predictor`. Rows look like {"task", "text"[, "text_pair"][, "image"]}; each output follows
+matching `Predictor`; a `Router` answers rows of several models' tasks. Rows look like {"task", "text"[, "text_pair"][, "image"]}; each output follows
 the task type (see `TextTask.decode`): {"label", "scores"}, {"value"}, {"tags", "entities"} or
 {"answer", "start", "end", "score"}. A row that cannot be answered (unknown task, missing field,
 unreadable image) gets {"error": "..."} and the rest of the batch is still answered.
@@ -55,3 +55,37 @@ def missing_fields(row: dict[str, Any], fields: tuple[str, ...]) -> str | None:
     """An error message naming the fields a row lacks (None or "" counts as missing), or None."""
     missing = [f for f in fields if row.get(f) is None or row.get(f) == ""]
     return f"row for task '{row.get('task')}' lacks {', '.join(missing)}" if missing else None
+
+
+class Router:
+    """Predictors in priority order; a task goes to the first predictor that answers it."""
+
+    def __init__(self, predictors: dict[str, Predictor]) -> None:
+        self.predictors = predictors
+        self.routes: dict[str, str] = {}
+        self.tasks: dict[str, str] = {}
+        for name, predictor in predictors.items():
+            for task, kind in predictor.tasks.items():
+                self.routes.setdefault(task, name)
+                self.tasks.setdefault(task, kind)
+
+    def predict(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One output per row, in order; rows of one predictor go to it as one batch."""
+        outputs: list[dict[str, Any] | None] = [None] * len(rows)
+        groups: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            task = row.get("task") if isinstance(row, dict) else None
+            if not task:
+                outputs[i] = {"error": "row has no 'task'; rows look like {task, text[, text_pair][, image]}"}
+            elif task not in self.routes:
+                outputs[i] = {"error": f"unknown task '{task}'; this model answers: {', '.join(sorted(self.routes))}"}
+            else:
+                groups.setdefault(self.routes[task], []).append(i)
+        for name, index in groups.items():
+            try:
+                answers = self.predictors[name].predict([rows[i] for i in index])
+            except Exception as exc:  # noqa: BLE001 - one predictor's failure must not fail other rows
+                answers = [{"error": f"{name} model failed: {type(exc).__name__}: {exc}"} for _ in index]
+            for i, answer in zip(index, answers):
+                outputs[i] = answer
+        return [o if o is not None else {"error": "no output"} for o in outputs]

@@ -10,16 +10,19 @@ from typing import Any
 
 from unitask.config import Config
 from unitask.errors import ConfigError, DataError
-from unitask.inference import load_predictor
+from unitask.inference import MANIFEST, Router, load_predictor
 
 
-def default_model(cfg: Config, task: str | None) -> Path:
-    """multitask.output, or fusion.output/<task> for a text+image task."""
-    declared = cfg.tasks.get(task) if task else None
-    fusion = getattr(cfg, "fusion", None)
-    if declared is not None and declared.type == "multimodal_classification" and fusion is not None:
-        return cfg.path(fusion.output) / task
-    return cfg.path(cfg.multitask.output)
+def default_predictor(cfg: Config) -> Router:
+    """The saved multi-task model and fusion model (those that exist), each row routed by its task."""
+    folders = {"multitask": cfg.path(cfg.multitask.output), "fusion": cfg.path(cfg.fusion.output)}
+    present = {name: folder for name, folder in folders.items() if (folder / MANIFEST).is_file()}
+    if not present:
+        raise ConfigError(
+            f"predict: no saved model in {folders['multitask']} or {folders['fusion']}",
+            hint="run `unitask multitask` and `unitask fusion` (or `dvc repro`) first, or pass --model DIR",
+        )
+    return Router({name: load_predictor(folder) for name, folder in present.items()})
 
 
 def read_rows(source: str, task: str | None) -> list[dict[str, Any]]:
@@ -58,18 +61,12 @@ def predict_command(cfg: Config, args: argparse.Namespace) -> None:
                               hint='e.g. unitask predict --task sms_spam --text "WIN a prize now"')
         row = {"task": args.task, "text": args.text, "text_pair": args.text_pair, "image": args.image}
         rows = [{k: v for k, v in row.items() if v is not None}]
-    folder = Path(args.model) if args.model else default_model(cfg, rows[0].get("task"))
-    if not folder.is_dir():
-        raise ConfigError(
-            f"{folder}: no saved model there",
-            hint="run `unitask multitask` (or `dvc repro multitask`) first, or pass --model DIR",
-        )
-    predictor = load_predictor(folder)
+    predictor = load_predictor(args.model) if args.model else default_predictor(cfg)
     unknown = sorted({str(r.get("task")) for r in rows} - set(predictor.tasks))
     if unknown and not args.input:
         raise ConfigError(
-            f"predict: the model in {folder} does not answer task {unknown[0]!r}",
-            hint=f"its tasks: {', '.join(predictor.tasks)}",
+            f"predict: no saved model answers task {unknown[0]!r}",
+            hint=f"the models answer: {', '.join(predictor.tasks)}",
         )
     outputs = predictor.predict(rows)
     if not args.input:

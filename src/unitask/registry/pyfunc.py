@@ -13,45 +13,11 @@ from typing import Any
 
 import mlflow.pyfunc
 
-from unitask.inference import Predictor, load_predictor
+from unitask.inference import Router, load_predictor
 
 # the signature's input columns; only `task` is required, so that a row lacking a field gets its own
 # error from the predictor instead of the whole batch being refused by schema enforcement
 INPUT_COLUMNS = ("task", "text", "text_pair", "image")
-
-
-class Router:
-    """Predictors in priority order; a task goes to the first predictor that answers it."""
-
-    def __init__(self, predictors: dict[str, Predictor]) -> None:
-        self.predictors = predictors
-        self.routes: dict[str, str] = {}
-        self.tasks: dict[str, str] = {}
-        for name, predictor in predictors.items():
-            for task, kind in predictor.tasks.items():
-                self.routes.setdefault(task, name)
-                self.tasks.setdefault(task, kind)
-
-    def predict(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One output per row, in order; rows of one predictor go to it as one batch."""
-        outputs: list[dict[str, Any] | None] = [None] * len(rows)
-        groups: dict[str, list[int]] = {}
-        for i, row in enumerate(rows):
-            task = row.get("task") if isinstance(row, dict) else None
-            if not task:
-                outputs[i] = {"error": "row has no 'task'; rows look like {task, text[, text_pair][, image]}"}
-            elif task not in self.routes:
-                outputs[i] = {"error": f"unknown task '{task}'; this model answers: {', '.join(sorted(self.routes))}"}
-            else:
-                groups.setdefault(self.routes[task], []).append(i)
-        for name, index in groups.items():
-            try:
-                answers = self.predictors[name].predict([rows[i] for i in index])
-            except Exception as exc:  # noqa: BLE001 - one predictor's failure must not fail other rows
-                answers = [{"error": f"{name} model failed: {type(exc).__name__}: {exc}"} for _ in index]
-            for i, answer in zip(index, answers):
-                outputs[i] = answer
-        return [o if o is not None else {"error": "no output"} for o in outputs]
 
 
 def as_rows(model_input: Any) -> list[dict[str, Any]]:
