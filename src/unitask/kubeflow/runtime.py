@@ -404,6 +404,7 @@ def run_evaluate(
     return the registry gate: whether the served model would replace the champion."""
     from unitask.evaluation.multitask_comparison import compare_multitask
     from unitask.evaluation.stage import evaluate
+    from unitask.registry.stage import gate_now
 
     with workspace(sections) as cfg:
         import_reports(cfg, reports)
@@ -412,7 +413,7 @@ def run_evaluate(
         result = evaluate(cfg)
         table = cfg.path(cfg.multitask.comparison)
         export_paths(cfg, [cfg.evaluate.output, str(table), str(table.with_suffix(".md"))], evaluation)
-        gate = registry_gate(cfg)
+        gate = gate_now(cfg)
         evaluation.metadata.update({"models": result["models"], "skipped": result["skipped"], "gate": gate["reason"]})
         champion = (gate["champion"] or {}).get("primary")
         log_metrics(metrics, {"test": result["table"], "multitask_vs_finetune": versus["mean"]})
@@ -422,25 +423,6 @@ def run_evaluate(
         Path(comparison.path).write_text(comparison_html(result, gate), encoding="utf-8")
         print(f"unitask: gate: {'promote' if gate['promote'] else 'hold'}: {gate['reason']}", file=sys.stderr)
         return bool(gate["promote"])
-
-
-def registry_gate(cfg: Config) -> dict[str, Any]:
-    """`register`'s gate for the served model as evaluated now, against the registry's champion (read
-    only): `unitask.registry.gate.decide`'s result."""
-    from mlflow.tracking import MlflowClient
-
-    from unitask.inference import load_predictor
-    from unitask.registry.gate import decide, task_scores
-    from unitask.registry.pyfunc import Router
-    from unitask.registry.stage import _champion, _scores_of, comparison_table, served_folders
-    from unitask.tracking import configure
-
-    router = Router({name: load_predictor(folder) for name, folder in served_folders(cfg).items()})
-    routes = {task: router.routes[task] for task in cfg.tasks if task in router.routes}
-    scores = task_scores(comparison_table(cfg), routes, router.tasks)
-    configure(cfg)
-    champion = _champion(MlflowClient(), cfg.register.name)
-    return decide(scores, _scores_of(champion), cfg.register.gate)
 
 
 def comparison_html(result: dict[str, Any], gate: dict[str, Any]) -> str:

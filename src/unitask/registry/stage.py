@@ -86,15 +86,31 @@ def _check_examples(cfg: Config, routes: dict[str, str], router: Router) -> list
     return examples
 
 
+def served_scores(cfg: Config) -> tuple[dict[str, Path], Router, dict[str, str], dict[str, float]]:
+    """The bundled model folders, their router, task -> folder routes, and each task's test score
+    (0-1) from evaluate's comparison: what the gate judges."""
+    folders = served_folders(cfg)
+    router = Router({artifact: load_predictor(folder) for artifact, folder in folders.items()})
+    routes = {task: router.routes[task] for task in cfg.tasks if task in router.routes}
+    return folders, router, routes, task_scores(comparison_table(cfg), routes, router.tasks)
+
+
+def gate_now(cfg: Config) -> dict[str, Any]:
+    """The gate's decision for the served model as it stands, against the registry's champion (the
+    registry is only read): whether `register` would promote it."""
+    from mlflow.tracking import MlflowClient
+
+    scores = served_scores(cfg)[3]
+    configure(cfg)
+    return decide(scores, _scores_of(_champion(MlflowClient(), cfg.register.name)), cfg.register.gate)
+
+
 def register(cfg: Config) -> dict[str, Any]:
     """Gate, log and register the served model; write register.output; return the decision record."""
     from mlflow.tracking import MlflowClient
 
     name = cfg.register.name
-    folders = served_folders(cfg)
-    router = Router({artifact: load_predictor(folder) for artifact, folder in folders.items()})
-    routes = {task: router.routes[task] for task in cfg.tasks if task in router.routes}
-    scores = task_scores(comparison_table(cfg), routes, router.tasks)
+    folders, router, routes, scores = served_scores(cfg)
     digest = fingerprint(folders, scores)
     configure(cfg)
     client = MlflowClient()
