@@ -1,8 +1,10 @@
-"""Low-data benchmark of text augmentation: fine-tune on a seeded fraction of a task's train split,
-with and without `finetune.augment`, over several seeds; report test metrics as mean ± std.
+"""Low-data benchmark of text augmentation and regularization: fine-tune on a seeded fraction of a
+task's train split, with and without `finetune.augment` (or other `finetune` settings, e.g. dropout
+or head_l1, with --arm), over several seeds; report test metrics as mean ± std.
 
     HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false .venv/bin/python bench/bench_augment.py \
-        [--task trec_coarse] [--fraction 0.1] [--seeds 1 2 3] [--epochs 5] [--augment NAME=YAML ...]
+        [--task trec_coarse] [--fraction 0.1] [--seeds 1 2 3] [--epochs 5] [--augment NAME=YAML ...] \
+        [--arm NAME=YAML ...]
 
 Each run is the real `finetune` stage on the default encoder (pretrain.output, else model.backbone)
 in a scratch project (--workdir) that reads this repo's data/prepared, so the repo's stage outputs
@@ -59,6 +61,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--augment", type=variant, action="append", metavar="NAME=YAML",
                         help=f"an augmented arm (repeatable); default: all={json.dumps(AUGMENT)}")
+    parser.add_argument("--arm", type=variant, action="append", metavar="NAME=YAML",
+                        help="an arm of other finetune settings (repeatable), e.g. 'dropout_0.3={dropout: 0.3}'")
     parser.add_argument("--without", action=argparse.BooleanOptionalAction, default=True,
                         help="also train the arm without augmentation (default: yes)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "unitask-bench-augment")
@@ -68,14 +72,19 @@ def main() -> None:
     params = scratch_params(args.workdir, args)
     train_rows = len(pd.read_parquet(REPO / "data/prepared" / args.task / "train.parquet"))
     rows = round(args.fraction * train_rows)
-    arms = {**({"without": {}} if args.without else {}), **dict(args.augment or [("all", AUGMENT)])}
+    augmented = args.augment or ([] if args.arm else [("all", AUGMENT)])
+    arms = {
+        **({"without": {}} if args.without else {}),
+        **{name: {"augment": block} for name, block in augmented},
+        **dict(args.arm or []),
+    }
     runs = []
     for seed in args.seeds:
-        for arm, augment in arms.items():
+        for arm, settings in arms.items():
             overrides = [
                 f"seed={seed}", "finetune.per_task={}", f"finetune.epochs={args.epochs}",
-                f"finetune.max_train_rows={rows}", "finetune.early_stopping_patience=null",
-                f"finetune.augment={json.dumps(augment)}",
+                f"finetune.max_train_rows={rows}", "finetune.early_stopping_patience=null", "finetune.augment={}",
+                *(f"finetune.{key}={json.dumps(value)}" for key, value in settings.items()),
             ]  # fmt: skip
             started = time.perf_counter()
             summary = finetune(load_config(params, overrides), args.task)
@@ -85,7 +94,7 @@ def main() -> None:
                   f"\t{runs[-1]['seconds']} s", flush=True)  # fmt: skip
 
     print(f"\n{args.task}: {rows} of {train_rows} train rows, {args.epochs:g} epochs, seeds {args.seeds}")
-    print("| augmentation | test macro-F1 | test accuracy | validation macro-F1 | s/run |\n|---|---|---|---|---|")
+    print("| arm | test macro-F1 | test accuracy | validation macro-F1 | s/run |\n|---|---|---|---|---|")
     for arm in arms:
         mine = [r for r in runs if r["augment"] == arm]
         cells = []
