@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from unitask.config.base import Strict
+from unitask.config.base import ProjectPath, Strict
 
 MODEL_NAME = r"^[a-z][a-z0-9_]*$"
 
@@ -18,7 +18,7 @@ class Evaluate(Strict):
         min_length=1,
         description="models to compare (folders under reports/predictions); each must have predictions",
     )
-    output: str = Field(
+    output: ProjectPath = Field(
         default="reports/evaluate",
         description="comparison.json (the DVC metric), comparison.md, report.json and plots/",
     )
@@ -64,4 +64,4 @@ class Register(Strict):
         default=True, description="bundle fusion.output too (text+image tasks); false: the multi-task model only"
     )
     gate: Gate = Gate()
-    output: str = Field(default="reports/register.json", description="the decision and the numbers behind it")
+    output: ProjectPath = Field(default="reports/register.json", description="the decision and the numbers behind it")

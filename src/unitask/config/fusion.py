@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from unitask.config.base import Strict
+from unitask.config.base import ProjectPath, Strict
 from unitask.config.stages import TrainSettings
 
 FusionMethod = Literal["concat", "gated", "weighted", "cross_attention"]
@@ -83,7 +83,7 @@ class Fusion(TrainSettings):
     max_eval_rows: int | None = Field(
         default=None, gt=0, description="cap the validation rows scored (seeded sample); test is always whole"
     )
-    output: str = Field(default="models/fusion", description="model folder per task: <output>/<task>")
+    output: ProjectPath = Field(default="models/fusion", description="model folder per task: <output>/<task>")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> Fusion:
