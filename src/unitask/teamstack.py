@@ -183,9 +183,10 @@ class TeamStack:
         if not (self.pgdata / "PG_VERSION").is_file():
             password = secrets.token_urlsafe(24)
             self._initdb(password)
-            credentials = self.root / CREDENTIALS
-            credentials.write_text(json.dumps({"postgres_user": DATABASE, "postgres_password": password}))
-            credentials.chmod(0o600)
+            # created 0600: the password is never readable by others, not even for a moment
+            fd = os.open(self.root / CREDENTIALS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(json.dumps({"postgres_user": DATABASE, "postgres_password": password}))
         log = self.logs / "postgres.log"
         log.touch()
         self._own(log)
