@@ -135,18 +135,24 @@ def synthetic_task(kind: str, n: int, seed: int) -> tuple[dict[str, Any], list[d
     return task, rows
 
 
+def write_splits(root: Path, name: str, rows: list[dict[str, Any]], sizes: tuple[int, int, int]) -> None:
+    """`rows` cut in order into train/validation/test of `sizes`, as `unitask prepare` writes them."""
+    import pandas as pd
+
+    folder = root / "data" / "prepared" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    start = 0
+    for split, size in zip(("train", "validation", "test"), sizes):
+        pd.DataFrame(rows[start : start + size]).to_parquet(folder / f"{split}.parquet", index=False)
+        start += size
+
+
 def text_project(root: Path, kind: str, name: str = "toy", sizes: tuple[int, int, int] = (160, 40, 40), **sections: Any) -> Path:
     """A project in `root` with one synthetic task `name` prepared as Parquet; returns params.yaml.
     Trains the tiny BERT on CPU; `sections` override params sections (e.g. finetune={...})."""
-    import pandas as pd
 
     task, rows = synthetic_task(kind, sum(sizes), seed=1)
-    start = 0
-    for split, size in zip(("train", "validation", "test"), sizes):
-        folder = root / "data" / "prepared" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows[start : start + size]).to_parquet(folder / f"{split}.parquet")
-        start += size
+    write_splits(root, name, rows, sizes)
     sections.setdefault("model", {"backbone_config": TINY_BERT, "max_length": 64})
     sections.setdefault("tracking", {"uri": "sqlite:///mlflow/mlflow.db"})
     finetune = {"epochs": 10, "batch_size": 16, "learning_rate": 2e-3, "warmup_ratio": 0.1, "bf16": False,

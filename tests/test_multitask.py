@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_BERT, synthetic_task, write_project
+from conftest import TINY_BERT, synthetic_task, write_project, write_splits
 
 from unitask.cli import main
 from unitask.config import load_config
@@ -43,12 +43,7 @@ def multitask_project(root: Path, kinds: tuple[str, ...] = KINDS, sizes: tuple[i
                     for r in rows]
             task["labels"] = [f"p_{label}" for label in task["labels"]]
         name = f"t_{kind}"
-        folder = root / "data" / "prepared" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        start = 0
-        for split, size in zip(("train", "validation", "test"), sizes):
-            pd.DataFrame(rows[start : start + size]).to_parquet(folder / f"{split}.parquet")
-            start += size
+        write_splits(root, name, rows, sizes)
         tasks[name] = task
     settings = {"epochs": 10, "batch_size": 16, "learning_rate": 2e-3, "bf16": False, "logging_steps": 5,
                 "weighting": "uncertainty", "weighting_lr": 0.05, **multitask}

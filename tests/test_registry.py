@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import TINY_BERT, Server, free_port, synthetic_task, write_project
+from conftest import TINY_BERT, Server, free_port, synthetic_task, write_project, write_splits
 
 from unitask.config import Config, load_config
 
@@ -24,15 +24,6 @@ TEXT_TYPES = ("classification", "pair_classification", "regression", "token_clas
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
 TINY_VIT = {"model_type": "vit", "image_size": 16, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 1,
             "num_attention_heads": 2, "intermediate_size": 32}  # fmt: skip
-
-
-def _prepared(root: Path, name: str, rows: list[dict[str, Any]], sizes: tuple[int, int, int]) -> None:
-    folder = root / "data" / "prepared" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    start = 0
-    for split, size in zip(("train", "validation", "test"), sizes):
-        pd.DataFrame(rows[start : start + size]).to_parquet(folder / f"{split}.parquet")
-        start += size
 
 
 def _colour_rows(root: Path, n: int) -> list[dict[str, Any]]:
@@ -55,12 +46,12 @@ def _data(root: Path) -> dict[str, Any]:
     tasks = {}
     for kind in TEXT_TYPES:
         tasks[kind], rows = synthetic_task(kind, sum(sizes), seed=3)
-        _prepared(root, kind, rows, sizes)
+        write_splits(root, kind, rows, sizes)
     tasks["colours"] = {
         "type": "multimodal_classification", "source": {"kind": "local", "path": "data/raw/colours"},
         "read": {"format": "parquet"}, "columns": {"text": "text", "image": "image", "label": "label"}, "labels": list(COLOURS),
     }  # fmt: skip
-    _prepared(root, "colours", _colour_rows(root, sum(sizes)), sizes)
+    write_splits(root, "colours", _colour_rows(root, sum(sizes)), sizes)
     return tasks
 
 

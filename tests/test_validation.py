@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, synthetic_task, write_project
+from conftest import REPO, synthetic_task, write_project, write_splits
 from PIL import Image
 
 from unitask.cli import main
@@ -34,7 +34,7 @@ def make_project(root: Path, tracking: dict[str, str], **validate: Any) -> Path:
     tasks = {}
     for name, kind in KINDS.items():
         task, rows = synthetic_task(kind, sum(SIZES.values()), seed=3)
-        _write_splits(root, name, rows)
+        write_splits(root, name, rows, tuple(SIZES.values()))
         tasks[name] = task
     tasks["score"]["label_range"] = [0.0, 5.0]
     images = root / "data/raw/vqa"
@@ -45,7 +45,7 @@ def make_project(root: Path, tracking: dict[str, str], **validate: Any) -> Path:
         {"id": i, "text": f"is shape {i} red?", "image": f"data/raw/vqa/{i % 4}.png", "label": ["yes", "no"][i % 2]}
         for i in range(sum(SIZES.values()))
     ]
-    _write_splits(root, "vqa", rows)
+    write_splits(root, "vqa", rows, tuple(SIZES.values()))
     tasks["vqa"] = {
         "type": "multimodal_classification",
         "source": {"kind": "local", "path": "data/raw/vqa"},
@@ -62,15 +62,6 @@ def make_project(root: Path, tracking: dict[str, str], **validate: Any) -> Path:
         tracking=tracking,
         validate={"data_docs": False, **validate},
     )
-
-
-def _write_splits(root: Path, name: str, rows: list[dict[str, Any]]) -> None:
-    folder = root / "data/prepared" / name
-    folder.mkdir(parents=True)
-    start = 0
-    for split, size in SIZES.items():
-        pd.DataFrame(rows[start : start + size]).to_parquet(folder / f"{split}.parquet", index=False)
-        start += size
 
 
 def edit(root: Path, task: str, split: str, change: Callable[[pd.DataFrame], pd.DataFrame | None]) -> pd.DataFrame:
