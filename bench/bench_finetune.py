@@ -38,6 +38,9 @@ from unitask.training.trainer import UnitaskTrainer, use_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP = 3
+VARIANTS = ["unitask", "run_glue padded", "run_glue dynamic"]
+# an ablation, not a way to train: what dropout's random masks cost (the model without any dropout)
+NO_DROPOUT = "unitask without dropout"
 
 
 class StepClock(TrainerCallback):
@@ -48,6 +51,52 @@ class StepClock(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.ends.append(time.perf_counter())
+
+
+class ProfileWindow(TrainerCallback):
+    """Runs torch.profiler over the timed steps (after the warm-up ones)."""
+
+    def __init__(self) -> None:
+        self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == WARMUP:
+            self.profiler.start()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.profiler.stop()
+
+
+# Where self CPU time goes: the first category whose pattern an op's name (or, for the optimizer,
+# an enclosing scope's name) contains. Matmuls are the FLOPs MFU counts; everything else is overhead.
+CATEGORIES = [
+    ("optimizer step and zero_grad", ("Optimizer.",)),
+    ("matmuls (linear, attention bmm)", ("mm", "matmul", "linear", "mkldnn", "onednn")),
+    ("attention softmax and masking", ("softmax", "scaled_dot_product", "masked_fill", "where")),
+    ("layer norm", ("layer_norm",)),
+    ("GELU", ("gelu",)),
+    ("dropout", ("dropout", "bernoulli")),
+    ("bf16 casts and copies", ("aten::to", "_to_copy", "copy_", "clone", "contiguous")),
+    ("embeddings (forward and dense backward)", ("embedding",)),
+    ("gradient accumulation and clipping", ("add_", "norm", "clip", "mul_", "div_", "foreach")),
+]
+
+
+def profile_breakdown(profiler: Any) -> list[tuple[str, float]]:
+    """Seconds of self CPU time per category, largest first, from the profiler's event tree."""
+    totals: dict[str, float] = {}
+    for event in profiler.events():
+        scopes = [event.name]
+        parent = event.cpu_parent
+        while parent is not None:
+            scopes.append(parent.name)
+            parent = parent.cpu_parent
+        label = next(
+            (c for c, patterns in CATEGORIES if any(p in s for s in (scopes if c.startswith("optimizer") else scopes[:1]) for p in patterns)),
+            "other (autograd bookkeeping, loss, data loading, Python)",
+        )
+        totals[label] = totals.get(label, 0.0) + event.self_cpu_time_total / 1e6
+    return sorted(totals.items(), key=lambda kv: -kv[1])
 
 
 class ShapeRecorder:
@@ -85,14 +134,16 @@ def model_flops(model: Any, padded_tokens: int, seq: float) -> float:
     return 6 * n * padded_tokens + 12 * cfg.num_hidden_layers * padded_tokens * seq * cfg.hidden_size
 
 
-def one_run(variant: str, cfg: Any, name: str, steps: int, bf16: bool) -> dict[str, float]:
+def one_run(
+    variant: str, cfg: Any, name: str, steps: int, bf16: bool, profile: ProfileWindow | None = None, compile: bool = False
+) -> dict[str, float]:
     task = text_task(cfg, name)
     tokenizer = load_tokenizer(cfg)
     frame = read_split(cfg, name, "train")
-    model = build_model(cfg, task)
+    model = build_model(cfg, task, dropout=0.0 if variant == NO_DROPOUT else cfg.finetune.for_task(name).dropout)
     with tempfile.TemporaryDirectory() as tmp:
-        common = {"max_steps": WARMUP + steps, "bf16": bf16, "save_strategy": "no", "eval_strategy": "no"}
-        if variant == "unitask":
+        common = {"max_steps": WARMUP + steps, "bf16": bf16, "save_strategy": "no", "eval_strategy": "no", "torch_compile": compile}
+        if variant in ("unitask", NO_DROPOUT):
             features = task.encode(frame, tokenizer, cfg.model.max_length)
             args = training_arguments(cfg, task, Path(tmp))
             args = TrainingArguments(**{**args.to_dict(), **common, "load_best_model_at_end": False, "output_dir": tmp})
@@ -122,7 +173,8 @@ def one_run(variant: str, cfg: Any, name: str, steps: int, bf16: bool) -> dict[s
             collate = ShapeRecorder(default_data_collator if padded else DataCollatorWithPadding(tokenizer))
             trainer_class = Trainer
         clock = StepClock()
-        trainer = trainer_class(model=model, args=args, train_dataset=features, data_collator=collate, callbacks=[clock])
+        callbacks = [clock] + ([profile] if profile else [])
+        trainer = trainer_class(model=model, args=args, train_dataset=features, data_collator=collate, callbacks=callbacks)
         trainer.train()
     seconds = clock.ends[-1] - clock.ends[WARMUP - 1]
     # batches are collated one ahead of the step that uses them: count the timed steps' batches
@@ -145,11 +197,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bf16", default="auto", choices=["auto", "true", "false"])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--profile", action="store_true", help="profile the unitask variant once per task instead")
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=[*VARIANTS, NO_DROPOUT])
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (TrainingArguments.torch_compile)")
     args = parser.parse_args()
     cfg = load_config(args.params, args.overrides)
     bf16 = use_bf16(args.bf16 if args.bf16 == "auto" else args.bf16 == "true")
+    if args.profile:
+        for name in args.tasks:
+            window = ProfileWindow()
+            one_run("unitask", cfg, name, args.steps, bf16, window)
+            breakdown = profile_breakdown(window.profiler)
+            total = sum(s for _, s in breakdown)
+            print(f"\n{name} ({'bf16' if bf16 else 'fp32'}), self CPU time over {args.steps} steps: {total:.2f} s")
+            print("| where | ms/step | share |\n|---|---|---|")
+            for label, seconds in breakdown:
+                print(f"| {label} | {1000 * seconds / args.steps:.1f} | {seconds / total:.0%} |")
+        return
     peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
-    variants = ["unitask", "run_glue padded", "run_glue dynamic"]
+    variants = args.variants
     print(f"matmul peak ({'bf16' if bf16 else 'fp32'}, {torch.get_num_threads()} threads): {peak / 1e9:.1f} GFLOP/s")
     print("| task | variant | samples/s | real tokens/s | padding | MFU | vs run_glue padded | vs run_glue dynamic |")
     print("|---|---|---|---|---|---|---|---|")
@@ -157,14 +223,14 @@ def main() -> None:
         runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
         for _ in range(args.repeats):
             for variant in variants:
-                runs[variant].append(one_run(variant, cfg, name, args.steps, bf16))
+                runs[variant].append(one_run(variant, cfg, name, args.steps, bf16, compile=args.compile))
         med = {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in runs.items()}
         for v in variants:
             m = med[v]
-            ratios = [m["samples_per_s"] / med[b]["samples_per_s"] for b in variants[1:]]
+            ratios = [f"{m['samples_per_s'] / med[b]['samples_per_s']:.2f}x" if b in med else "-" for b in VARIANTS[1:]]
             print(
                 f"| {name} | {v} | {m['samples_per_s']:.1f} | {m['tokens_per_s']:.0f} | {m['padded_share']:.0%} "
-                f"| {m['flops_per_s'] / peak:.0%} | {ratios[0]:.2f}x | {ratios[1]:.2f}x |"
+                f"| {m['flops_per_s'] / peak:.0%} | {ratios[0]} | {ratios[1]} |"
             )
 
 

@@ -84,6 +84,9 @@ def draw(sampler: str, batches: int = 20_000, **kwargs: Any) -> dict[str, float]
         ("temperature", {"temperature": 3.0, "cap": 900}, {"big": 9.655 / 23.95, "mid": 9.655 / 23.95, "small": 4.642 / 23.95}),
         ("uniform", {}, {"big": 1 / 3, "mid": 1 / 3, "small": 1 / 3}),
         ("round_robin", {}, {"big": 1 / 3, "mid": 1 / 3, "small": 1 / 3}),
+        # rates multiply shares before renormalizing: proportional (4000, 900, 100 * 3) / 5200
+        ("proportional", {"rates": {"small": 3.0}}, {"big": 4000 / 5200, "mid": 900 / 5200, "small": 300 / 5200}),
+        ("uniform", {"rates": {"big": 0.5}}, {"big": 0.5 / 2.5, "mid": 1 / 2.5, "small": 1 / 2.5}),
     ],
 )
 def test_sampler_distribution_matches_its_formula(sampler: str, kwargs: dict[str, Any], expected: dict[str, float]) -> None:
@@ -134,8 +137,15 @@ def test_unknown_sampler_or_weighting_names_the_choices(tmp_path: Path) -> None:
         task_probabilities({"a": 1}, "x")
     with pytest.raises(ConfigError, match="unknown weighting 'x'"):
         make_weighting("x", ["a"])
-    with pytest.raises(ConfigError, match=r"multitask: tasks \['nope'\] \(in tasks or weights\) are not declared"):
-        load_config(params, ["multitask.weights={nope: 2}"])
+    for field in ("weights", "rates"):
+        with pytest.raises(ConfigError, match=r"multitask: tasks \['nope'\] \(in tasks, weights or rates\) are not declared"):
+            load_config(params, [f"multitask.{field}={{nope: 2}}"])
+    with pytest.raises(ConfigError, match=r"rates: \['t_classification'\] must be above 0"):
+        load_config(params, ["multitask.rates={t_classification: -1}"])
+    with pytest.raises(ConfigError, match="round_robin takes the tasks in turn"):
+        load_config(params, ["multitask.sampler=round_robin", "multitask.rates={t_classification: 2}"])
+    with pytest.raises(ConfigError, match=r"multitask.rates: \['other'\] are not among the trained tasks"):
+        task_probabilities({"a": 1}, "uniform", rates={"other": 2.0})
     with pytest.raises(ConfigError, match=r"weights: \['t_classification'\] must be above 0"):
         load_config(params, ["multitask.weights={t_classification: 0}"])
 

@@ -76,9 +76,9 @@ class Config(Strict):
     @model_validator(mode="after")
     def _multitask_tasks(self) -> Config:
         mt = self.multitask
-        unknown = [n for n in [*(mt.tasks or []), *mt.weights] if n not in self.tasks]
+        unknown = [n for n in [*(mt.tasks or []), *mt.weights, *mt.rates] if n not in self.tasks]
         if unknown:
-            raise ValueError(f"multitask: tasks {unknown} (in tasks or weights) are not declared under tasks")
+            raise ValueError(f"multitask: tasks {unknown} (in tasks, weights or rates) are not declared under tasks")
         not_text = [n for n in mt.tasks or [] if self.tasks[n].type == "multimodal_classification"]
         if not_text:
             raise ValueError(f"multitask.tasks: {not_text} are not text tasks (fusion trains those)")

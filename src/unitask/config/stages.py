@@ -235,6 +235,11 @@ class Multitask(TrainSettings):
     size_cap: int | None = Field(
         default=None, gt=0, description="temperature: rows counted per task at most (T5/jiant's cap); null: no cap"
     )
+    rates: dict[str, float] = Field(
+        default_factory=dict,
+        description="task -> multiplier of its share of batches (renormalized; not with round_robin), for a task "
+        "that needs more passes than its size earns it; a task left out: 1",
+    )
     steps_per_epoch: int | None = Field(
         default=None, gt=0, description="batches per epoch; null: one pass's worth, sum over tasks of ceil(rows / batch_size)"
     )
@@ -267,7 +272,10 @@ class Multitask(TrainSettings):
 
     @model_validator(mode="after")
     def _positive_weights(self) -> Multitask:
-        bad = sorted(name for name, weight in self.weights.items() if not weight > 0)
-        if bad:
-            raise ValueError(f"weights: {bad} must be above 0")
+        for field in ("weights", "rates"):
+            bad = sorted(name for name, value in getattr(self, field).items() if not value > 0)
+            if bad:
+                raise ValueError(f"{field}: {bad} must be above 0")
+        if self.rates and self.sampler == "round_robin":
+            raise ValueError("rates: round_robin takes the tasks in turn, so rates cannot change it; use another sampler")
         return self

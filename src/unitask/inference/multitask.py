@@ -122,12 +122,15 @@ class MultitaskPredictor:
         task = self._objects[name]
         frame = input_frame(task, rows)
         features = task.encode(frame, self.tokenizer, self.max_length)
-        inputs = features.select_columns([c for c in ("input_ids", "attention_mask", "token_type_ids") if c in features.column_names])
+        columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in features.column_names]
         collate = task.collator(self.tokenizer)
         task_id = self.model.task_index(name)
         parts: list[list[np.ndarray]] = []
-        for start in range(0, len(inputs), BATCH_SIZE):
-            batch = collate(inputs.select(range(start, min(start + BATCH_SIZE, len(inputs)))).to_list())
+        for start in range(0, len(features), BATCH_SIZE):
+            # slicing, not Dataset.select: select hashes a new fingerprint each call (~20 ms, a third of
+            # a one-row request's time, measured in bench/bench_serving.py)
+            chunk = features[start : start + BATCH_SIZE]
+            batch = collate([dict(zip(columns, values)) for values in zip(*(chunk[c] for c in columns))])
             out = self.model(task_id, **{k: v for k, v in batch.items()})
             keys = ("start_logits", "end_logits") if task.type == "extractive_qa" else ("logits",)
             parts.append([out[k].float().numpy() for k in keys])

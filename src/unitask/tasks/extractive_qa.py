@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unitask.errors import ConfigError
+from unitask.tasks.text import features_dataset
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,8 +47,6 @@ class ExtractiveQATask:
     def encode(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> Dataset:
         """Windows of (question, context) with start/end token targets (CLS when the answer is
         outside the window), character offsets of context tokens, and the example index."""
-        from datasets import Dataset
-
         if self.doc_stride >= max_length // 2:
             raise ConfigError(
                 f"finetune.doc_stride: {self.doc_stride} leaves no room in windows of model.max_length={max_length}",
@@ -79,7 +78,7 @@ class ExtractiveQATask:
                     end = next(k for k in range(hi, lo - 1, -1) if window[k][0] < last)
             starts.append(start)
             ends.append(end)
-        return Dataset.from_dict(
+        return features_dataset(
             {
                 **encoded,
                 "start_positions": starts,

@@ -8,6 +8,7 @@ import numpy as np
 
 from unitask.errors import DataError
 from unitask.evaluation.metrics import MAIN_METRIC
+from unitask.tasks.text import features_dataset
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,11 +50,9 @@ class SequenceTask:
         return [index[v] for v in values]
 
     def encode(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> Dataset:
-        from datasets import Dataset
-
         pairs = frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None
         encoded = tokenizer(frame["text"].astype(str).tolist(), pairs, truncation=True, max_length=max_length)
-        return Dataset.from_dict({**encoded, "labels": self.targets(frame)})
+        return features_dataset({**encoded, "labels": self.targets(frame)})
 
     def collator(self, tokenizer: Any) -> Any:
         from transformers import DataCollatorWithPadding

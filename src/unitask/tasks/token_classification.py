@@ -8,6 +8,7 @@ import numpy as np
 
 from unitask.errors import DataError
 from unitask.evaluation.metrics import entity_spans
+from unitask.tasks.text import features_dataset
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,8 +35,6 @@ class TokenClassificationTask:
         return len(self.labels())
 
     def encode(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> Dataset:
-        from datasets import Dataset
-
         index = {tag: i for i, tag in enumerate(self.labels())}
         words = [[str(w) for w in tokens] for tokens in frame["tokens"]]
         tags = [[str(t) for t in row] for row in frame["tags"]]
@@ -54,7 +53,7 @@ class TokenClassificationTask:
                 aligned.append(IGNORE if word is None or word == previous else index[row_tags[word]])
                 previous = word
             labels.append(aligned)
-        return Dataset.from_dict({**encoded, "labels": labels})
+        return features_dataset({**encoded, "labels": labels})
 
     def collator(self, tokenizer: Any) -> Any:
         from transformers import DataCollatorForTokenClassification

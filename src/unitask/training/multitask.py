@@ -230,7 +230,7 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
         for name in names
     }
     sizes = {name: len(features[name]["train"]) for name in names}
-    probabilities = task_probabilities(sizes, mt.sampler, mt.temperature, mt.size_cap)
+    probabilities = task_probabilities(sizes, mt.sampler, mt.temperature, mt.size_cap, mt.rates)
     steps = mt.steps_per_epoch or steps_per_epoch(list(sizes.values()), mt.batch_size)
     sampler = TaskBatchSampler(
         [[len(ids) for ids in features[name]["train"]["input_ids"]] for name in names],
@@ -285,8 +285,8 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
         "resumed_from": last or "",
         **{f"train_features.{n}": size for n, size in sizes.items()},
         **{f"sampling.{n}": round(p, 6) for n, p in probabilities.items()},
-        **flatten("multitask", mt.model_dump(exclude={"tasks", "weights"})),
-        **{f"multitask.weights.{n}": w for n, w in mt.weights.items()},
+        **flatten("multitask", mt.model_dump(exclude={"tasks", "weights", "rates"})),
+        **{f"multitask.{field}.{n}": v for field in ("weights", "rates") for n, v in getattr(mt, field).items()},
     }
     main = is_main_process()
     with stage_run(cfg, "multitask", params=params) if main else nullcontext() as run:
@@ -302,7 +302,7 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
             "main_metrics": {n: tasks[n].main_metric for n in names},
             "encoder": encoder_name,
             "sampler": {"name": mt.sampler, "temperature": mt.temperature, "size_cap": mt.size_cap,
-                        "probabilities": probabilities},
+                        "rates": mt.rates, "probabilities": probabilities},
             "weighting": {"name": mt.weighting, "final_weights": weighting.weights()},
             "train": {
                 "loss": result.training_loss,

@@ -8,6 +8,9 @@ each sampler (as jiant's and T5's samplers define them):
 - uniform: p_i = 1 / K;
 - round_robin: the tasks in turn, so over any K consecutive batches each task has exactly one.
 
+`rates` (T5's mixing rates) then multiply chosen tasks' shares, renormalized: more batches for a task
+that needs more passes than its size earns it (proportional, temperature, uniform).
+
 `TaskBatchSampler` draws an epoch's batches: the task sequence from (seed, epoch), and within each
 task length-grouped batches from a reshuffled pass over its rows whenever the previous pass is used
 up, so small tasks repeat and large ones are partly seen, as the sampler wants.
@@ -30,19 +33,27 @@ SAMPLERS = ("proportional", "temperature", "uniform", "round_robin")
 
 
 def task_probabilities(
-    sizes: dict[str, int], sampler: str, temperature: float = 1.0, cap: int | None = None
+    sizes: dict[str, int],
+    sampler: str,
+    temperature: float = 1.0,
+    cap: int | None = None,
+    rates: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """The share of batches each task gets under `sampler` (round_robin: its long-run share)."""
+    """The share of batches each task gets under `sampler` (round_robin: its long-run share), each
+    task's share multiplied by its rate in `rates` (1 if absent) and renormalized."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"multitask.sampler: unknown sampler '{sampler}'", hint=f"use one of {', '.join(SAMPLERS)}")
     names = list(sizes)
-    if sampler in ("uniform", "round_robin"):
-        return {name: 1 / len(names) for name in names}
-    counts = np.array([sizes[n] for n in names], dtype=float)
+    rates = rates or {}
+    unknown = sorted(set(rates) - set(names))
+    if unknown:
+        raise ConfigError(f"multitask.rates: {unknown} are not among the trained tasks {names}", hint="name tasks of multitask.tasks")
+    counts = np.array([1.0 if sampler in ("uniform", "round_robin") else sizes[n] for n in names], dtype=float)
     if sampler == "temperature":
         if cap is not None:
             counts = np.minimum(counts, cap)
         counts = counts ** (1.0 / temperature)
+    counts *= np.array([rates.get(n, 1.0) for n in names])
     return dict(zip(names, (counts / counts.sum()).tolist()))
 
 
