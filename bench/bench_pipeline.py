@@ -12,10 +12,13 @@
   with `dvc repro`, then `noop` there, then the same chain with `unitask pipeline run-local` (kfp's
   SubprocessRunner). Reports wall time, tasks run (DVC stages, kfp tasks), the overhead per task
   (kfp wall - DVC wall) / kfp tasks, and each task's time: from its start line in the streamed output
-  ("Running stage ..." / "Executing task ...") to the next one or the end, runner bookkeeping included.
+  ("Running stage ..." / "Executing task ...") to the next one or the end, runner bookkeeping included,
+  and per step (kfp runs every task's prepare or validate in one component where DVC runs a stage per
+  task, so the task counts differ; a step missing on one side shows 0).
   Each chain takes minutes on 2 CPU cores, so --repeats defaults to 1 (repeats rerun with --force).
-- `full`: a scratch copy at the default params (about 30 minutes on CPU) runs every stage in `dvc dag`
-  order with `dvc repro --force --single-item <stage>`; prints each stage's time and the total.
+- `full`: a scratch copy at the default params (about 30 minutes on CPU; `--here`: the project itself)
+  runs every stage in `dvc dag` order with `dvc repro --force --single-item <stage>`; prints each
+  stage's time and the total.
   --dry-run prints the stage order and the commands only.
 """
 
@@ -136,6 +139,23 @@ def print_tasks(title: str, runs: list[dict[str, float]]) -> None:
         print(f"| {name} | {statistics.median(r.get(name, float('nan')) for r in runs):.1f} |")
 
 
+def steps(tasks: dict[str, float]) -> dict[str, list[float]]:
+    """Task times grouped by step: `finetune@sms_spam` (DVC) and `finetune #2` (kfp) are `finetune`."""
+    grouped: dict[str, list[float]] = defaultdict(list)
+    for name, seconds in tasks.items():
+        grouped[re.split(r"[@ ]", name)[0]].append(seconds)
+    return grouped
+
+
+def print_steps(dvc_runs: list[dict[str, float]], kfp_runs: list[dict[str, float]]) -> None:
+    """Like for like: kfp runs a step's tasks in one component where DVC runs a stage per task."""
+    dvc, kfp = steps(dvc_runs[0]), steps(kfp_runs[0])
+    print("\n| step | DVC stages | DVC s | kfp tasks | kfp s | kfp - DVC s |\n|---|---|---|---|---|---|")
+    for name in dict.fromkeys((*dvc, *kfp)):
+        d, k = (statistics.median(sum(steps(r).get(name, [])) for r in runs) for runs in (dvc_runs, kfp_runs))
+        print(f"| {name} | {len(dvc.get(name, []))} | {d:.1f} | {len(kfp.get(name, []))} | {k:.1f} | {k - d:+.1f} |")
+
+
 def chain(repeats: int, noop_repeats: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
         project = scratch_project(Path(tmp) / "project", smoke=True)
@@ -151,6 +171,7 @@ def chain(repeats: int, noop_repeats: int) -> None:
     print(f"| `dvc repro` | {dvc_wall:.1f} | {dvc_tasks} | {dvc_wall / dvc_tasks:.1f} |")
     print(f"| `unitask pipeline run-local` (kfp) | {kfp_wall:.1f} | {kfp_tasks} | {kfp_wall / kfp_tasks:.1f} |")
     print(f"\nkfp overhead per task: ({kfp_wall:.1f} - {dvc_wall:.1f}) / {kfp_tasks} = {(kfp_wall - dvc_wall) / kfp_tasks:.1f} s")
+    print_steps([tasks for _, tasks in dvc_runs], [tasks for _, tasks in kfp_runs])
     print_tasks("DVC stage", [tasks for _, tasks in dvc_runs])
     print_tasks("kfp task", [tasks for _, tasks in kfp_runs])
 
@@ -164,20 +185,23 @@ def stage_order(project: Path) -> list[str]:
     return [stage for stage in TopologicalSorter(needs).static_order() if not stage.endswith(".dvc")]
 
 
-def full(dry_run: bool) -> None:
+def full(dry_run: bool, here: bool) -> None:
     stages = stage_order(REPO)
     commands = [[DVC, "repro", "--force", "--single-item", stage] for stage in stages]
     if dry_run:
-        print(f"in a scratch copy ({', '.join(COPY)}; git init; dvc init; unitask data fetch; dvc commit --force data.dvc):")
+        where = "in the project itself" if here else f"in a scratch copy ({', '.join(COPY)}; git init; dvc init; unitask data fetch; dvc commit --force data.dvc)"
+        print(f"{where}:")
         print("\n".join(" ".join(command) for command in commands))
         return
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_full_") as tmp:
-        project = scratch_project(Path(tmp), smoke=False)
-        times = [run(command, project)[0] for command in commands]
-    print("\ndefault params, one run\n| stage | s |\n|---|---|")
-    for stage, seconds in zip(stages, times):
-        print(f"| {stage} | {seconds:.1f} |")
-    print(f"| **total** | **{sum(times):.1f}** |")
+        project = REPO if here else scratch_project(Path(tmp), smoke=False)
+        print("\ndefault params, one run\n| stage | s |\n|---|---|", flush=True)
+        total = 0.0
+        for stage, command in zip(stages, commands):
+            seconds = run(command, project)[0]
+            total += seconds
+            print(f"| {stage} | {seconds:.1f} |", flush=True)
+    print(f"| **total** | **{total:.1f}** |")
 
 
 def main() -> None:
@@ -191,6 +215,7 @@ def main() -> None:
     chain_parser.add_argument("--noop-repeats", type=int, default=5)
     full_parser = commands.add_parser("full", help="every default stage, one at a time (about 30 minutes)")
     full_parser.add_argument("--dry-run", action="store_true", help="print the stage order and commands only")
+    full_parser.add_argument("--here", action="store_true", help="in the project itself (its dvc.lock and outputs), not a scratch copy")
     args = parser.parse_args()
 
     if args.command == "noop":
@@ -198,7 +223,7 @@ def main() -> None:
     elif args.command == "chain":
         chain(args.repeats, args.noop_repeats)
     else:
-        full(args.dry_run)
+        full(args.dry_run, args.here)
 
 
 if __name__ == "__main__":
