@@ -1,7 +1,8 @@
 """Fine-tuning throughput and model FLOP utilization (MFU) on the default real tasks.
 
     HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false .venv/bin/python bench/bench_finetune.py \
-        [--tasks trec_coarse sms_spam bbc_topic] [--steps 20] [--repeats 3] [--bf16 auto|true|false]
+        [--tasks trec_coarse sms_spam bbc_topic] [--steps 20] [--repeats 3] [--bf16 auto|true|false] \
+        [--variants ...] [--profile] [--set model.backbone_config=...]
 
 Three ways to train the same model (the pretrained encoder, or model.backbone) on the same prepared
 train split with the same batch size, learning rate and precision, measured side by side and
@@ -9,12 +10,15 @@ interleaved (A, B, C, A, B, C, ...):
 - `unitask`: what `unitask finetune` runs (UnitaskTrainer: dynamic padding + length-grouped batches);
 - `run_glue padded`: a plain transformers Trainer as in `run_glue.py`'s default, every example
   padded to model.max_length (128) and random batches;
-- `run_glue dynamic`: the same plain Trainer with DataCollatorWithPadding (`--pad_to_max_length False`).
+- `run_glue dynamic`: the same plain Trainer with DataCollatorWithPadding (`--pad_to_max_length False`);
+- ablations, with `--variants`: `unitask without dropout` and `unitask compiled` (torch.compile).
 Each run times `--steps` optimizer steps after 3 warm-up steps, from one step's end to the next (data
 loading and collation included, evaluation excluded), and reports samples/s, real (non-pad) tokens/s
 and MFU: achieved training FLOP/s (6·N·tokens + 12·layers·tokens·seq·hidden for attention, over the
 padded tokens the model computes; N = non-embedding parameters) divided by this machine's measured
 matmul peak in the same precision. Prints a Markdown table of medians.
+`--profile` instead runs torch.profiler over the timed steps of one `unitask` run per task and prints
+where the self CPU time goes (matmuls, dropout, casts, optimizer, ...) per step.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ from unitask.training.trainer import UnitaskTrainer, use_bf16
 REPO = Path(__file__).resolve().parents[1]
 WARMUP = 3
 VARIANTS = ["unitask", "run_glue padded", "run_glue dynamic"]
-# an ablation, not a way to train: what dropout's random masks cost (the model without any dropout)
-NO_DROPOUT = "unitask without dropout"
+# ablations of the unitask variant: what dropout's random masks cost (no dropout anywhere; not a way to
+# train), and torch.compile (inductor; TrainingArguments.torch_compile)
+NO_DROPOUT, COMPILED = "unitask without dropout", "unitask compiled"
 
 
 class StepClock(TrainerCallback):
@@ -113,9 +118,10 @@ class ShapeRecorder:
         return batch
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """Median FLOP/s of an n x n matmul in `dtype` on this machine's torch threads."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10, shape: tuple[int, int, int] | None = None) -> float:
+    """Median FLOP/s of an n x n matmul (or an m x k by k x n `shape`) in `dtype` on this machine's torch threads."""
+    m, k, n = shape or (n, n, n)
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
     for _ in range(3):
         a @ b
     times = []
@@ -123,7 +129,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
         start = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times)
+    return 2 * m * k * n / statistics.median(times)
 
 
 def model_flops(model: Any, padded_tokens: int, seq: float) -> float:
@@ -135,15 +141,15 @@ def model_flops(model: Any, padded_tokens: int, seq: float) -> float:
 
 
 def one_run(
-    variant: str, cfg: Any, name: str, steps: int, bf16: bool, profile: ProfileWindow | None = None, compile: bool = False
+    variant: str, cfg: Any, name: str, steps: int, bf16: bool, profile: ProfileWindow | None = None
 ) -> dict[str, float]:
     task = text_task(cfg, name)
     tokenizer = load_tokenizer(cfg)
     frame = read_split(cfg, name, "train")
     model = build_model(cfg, task, dropout=0.0 if variant == NO_DROPOUT else cfg.finetune.for_task(name).dropout)
     with tempfile.TemporaryDirectory() as tmp:
-        common = {"max_steps": WARMUP + steps, "bf16": bf16, "save_strategy": "no", "eval_strategy": "no", "torch_compile": compile}
-        if variant in ("unitask", NO_DROPOUT):
+        common = {"max_steps": WARMUP + steps, "bf16": bf16, "save_strategy": "no", "eval_strategy": "no", "torch_compile": variant == COMPILED}
+        if variant in ("unitask", NO_DROPOUT, COMPILED):
             features = task.encode(frame, tokenizer, cfg.model.max_length)
             args = training_arguments(cfg, task, Path(tmp))
             args = TrainingArguments(**{**args.to_dict(), **common, "load_best_model_at_end": False, "output_dir": tmp})
@@ -198,8 +204,7 @@ def main() -> None:
     parser.add_argument("--bf16", default="auto", choices=["auto", "true", "false"])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--profile", action="store_true", help="profile the unitask variant once per task instead")
-    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=[*VARIANTS, NO_DROPOUT])
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (TrainingArguments.torch_compile)")
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=[*VARIANTS, NO_DROPOUT, COMPILED])
     args = parser.parse_args()
     cfg = load_config(args.params, args.overrides)
     bf16 = use_bf16(args.bf16 if args.bf16 == "auto" else args.bf16 == "true")
@@ -213,6 +218,11 @@ def main() -> None:
             print("| where | ms/step | share |\n|---|---|---|")
             for label, seconds in breakdown:
                 print(f"| {label} | {1000 * seconds / args.steps:.1f} | {seconds / total:.0%} |")
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        hidden, inner = (getattr(build_model(cfg, text_task(cfg, args.tasks[0])).config, k) for k in ("hidden_size", "intermediate_size"))
+        print(f"\nthe model's matmuls at 32 x 128 tokens, against the square peak ({dtype})\n| m x k x n | GFLOP/s |\n|---|---|")
+        for shape in [(2048, 2048, 2048), (4096, hidden, hidden), (4096, hidden, inner), (4096, inner, hidden), (hidden, 4096, inner)]:
+            print(f"| {' x '.join(map(str, shape))} | {matmul_peak(dtype, shape=shape) / 1e9:.0f} |")
         return
     peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
     variants = args.variants
@@ -223,7 +233,7 @@ def main() -> None:
         runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
         for _ in range(args.repeats):
             for variant in variants:
-                runs[variant].append(one_run(variant, cfg, name, args.steps, bf16, compile=args.compile))
+                runs[variant].append(one_run(variant, cfg, name, args.steps, bf16))
         med = {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in runs.items()}
         for v in variants:
             m = med[v]
