@@ -127,8 +127,7 @@ class MultitaskPredictor:
         task_id = self.model.task_index(name)
         parts: list[list[np.ndarray]] = []
         for start in range(0, len(features), BATCH_SIZE):
-            # slicing, not Dataset.select: select hashes a new fingerprint each call (~20 ms, a third of
-            # a one-row request's time, measured in bench/bench_serving.py)
+            # slicing, not Dataset.select, which hashes a new fingerprint per call (see features_dataset)
             chunk = features[start : start + BATCH_SIZE]
             batch = collate([dict(zip(columns, values)) for values in zip(*(chunk[c] for c in columns))])
             out = self.model(task_id, **{k: v for k, v in batch.items()})

@@ -46,9 +46,9 @@ class TextTask(Protocol):
 
 def features_dataset(columns: dict[str, list[Any]]) -> Dataset:
     """The encoded columns as a Dataset, like `Dataset.from_dict` but with a random fingerprint:
-    from_dict hashes the whole table for one, 6 ms for a one-row table against 0.5 ms here (a fifth of
-    a one-row request to the served model, see BENCHMARKS.md), and fingerprints only name datasets'
-    cache files, which unitask never writes."""
+    from_dict hashes the whole table for one, 6 ms for a one-row table against 0.5 ms here (a third of
+    a one-row request to the served model; BENCHMARKS.md, "Serving"), and fingerprints only name
+    datasets' cache files, which unitask never writes."""
     from datasets import Dataset, Features
     from datasets.fingerprint import generate_random_fingerprint
     from datasets.info import DatasetInfo
