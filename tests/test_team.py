@@ -65,7 +65,7 @@ def _only(params: dict[str, Any], task: str) -> None:
     for section in params.values():
         if isinstance(section, dict) and isinstance(section.get("tasks"), list):
             section["tasks"] = [t for t in section["tasks"] if t == task]
-        for key in ("per_task", "augment_per_task"):
+        for key in ("per_task", "augment_per_task", "weights", "rates"):
             if isinstance(section, dict) and isinstance(section.get(key), dict):
                 section[key] = {t: v for t, v in section[key].items() if t == task}
 
