@@ -59,10 +59,11 @@ class StepClock(TrainerCallback):
 
 
 class ProfileWindow(TrainerCallback):
-    """Runs torch.profiler over the timed steps (after the warm-up ones)."""
+    """Runs torch.profiler over the timed steps (after the warm-up ones); keeps the model's config."""
 
     def __init__(self) -> None:
         self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        self.model_config: Any = None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step == WARMUP:
@@ -70,12 +71,13 @@ class ProfileWindow(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.profiler.stop()
+        self.model_config = kwargs["model"].config
 
 
-# Where self CPU time goes: the first category whose pattern an op's name (or, for the optimizer,
-# an enclosing scope's name) contains. Matmuls are the FLOPs MFU counts; everything else is overhead.
+# Where self CPU time goes: an op inside an `Optimizer.` scope is the optimizer's; any other op goes
+# to the first category whose pattern its name contains. Matmuls are the FLOPs MFU counts.
+OPTIMIZER, OTHER = "optimizer step and zero_grad", "other (autograd bookkeeping, loss, data loading, Python)"
 CATEGORIES = [
-    ("optimizer step and zero_grad", ("Optimizer.",)),
     ("matmuls (linear, attention bmm)", ("mm", "matmul", "linear", "mkldnn", "onednn")),
     ("attention softmax and masking", ("softmax", "scaled_dot_product", "masked_fill", "where")),
     ("layer norm", ("layer_norm",)),
@@ -91,14 +93,12 @@ def profile_breakdown(profiler: Any) -> list[tuple[str, float]]:
     """Seconds of self CPU time per category, largest first, from the profiler's event tree."""
     totals: dict[str, float] = {}
     for event in profiler.events():
-        scopes = [event.name]
-        parent = event.cpu_parent
-        while parent is not None:
-            scopes.append(parent.name)
-            parent = parent.cpu_parent
-        label = next(
-            (c for c, patterns in CATEGORIES if any(p in s for s in (scopes if c.startswith("optimizer") else scopes[:1]) for p in patterns)),
-            "other (autograd bookkeeping, loss, data loading, Python)",
+        scope, in_optimizer = event, False
+        while scope is not None and not in_optimizer:
+            in_optimizer = "Optimizer." in scope.name
+            scope = scope.cpu_parent
+        label = OPTIMIZER if in_optimizer else next(
+            (c for c, patterns in CATEGORIES if any(p in event.name for p in patterns)), OTHER
         )
         totals[label] = totals.get(label, 0.0) + event.self_cpu_time_total / 1e6
     return sorted(totals.items(), key=lambda kv: -kv[1])
@@ -118,9 +118,9 @@ class ShapeRecorder:
         return batch
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10, shape: tuple[int, int, int] | None = None) -> float:
-    """Median FLOP/s of an n x n matmul (or an m x k by k x n `shape`) in `dtype` on this machine's torch threads."""
-    m, k, n = shape or (n, n, n)
+def matmul_peak(dtype: torch.dtype, shape: tuple[int, int, int] = (2048, 2048, 2048), repeats: int = 10) -> float:
+    """Median FLOP/s of an m x k by k x n matmul (`shape`) in `dtype` on this machine's torch threads."""
+    m, k, n = shape
     a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
     for _ in range(3):
         a @ b
@@ -219,7 +219,7 @@ def main() -> None:
             for label, seconds in breakdown:
                 print(f"| {label} | {1000 * seconds / args.steps:.1f} | {seconds / total:.0%} |")
         dtype = torch.bfloat16 if bf16 else torch.float32
-        hidden, inner = (getattr(build_model(cfg, text_task(cfg, args.tasks[0])).config, k) for k in ("hidden_size", "intermediate_size"))
+        hidden, inner = window.model_config.hidden_size, window.model_config.intermediate_size
         print(f"\nthe model's matmuls at 32 x 128 tokens, against the square peak ({dtype})\n| m x k x n | GFLOP/s |\n|---|---|")
         for shape in [(2048, 2048, 2048), (4096, hidden, hidden), (4096, hidden, inner), (4096, inner, hidden), (hidden, 4096, inner)]:
             print(f"| {' x '.join(map(str, shape))} | {matmul_peak(dtype, shape=shape) / 1e9:.0f} |")
