@@ -12,6 +12,7 @@ from conftest import text_project
 from unitask.config import load_config
 from unitask.evaluation.metrics import task_metrics
 from unitask.evaluation.predictions import read_predictions
+from unitask.tasks.text import features_dataset
 from unitask.tracking import tracking_uri
 from unitask.training.finetune import finetune
 
@@ -60,3 +61,20 @@ def test_tiny_model_learns_each_task_type(tmp_path: Path, kind: str) -> None:
     assert run.data.metrics[f"test.{metric}"] == pytest.approx(summary["test"][metric])
     assert run.data.params["type"] == kind and run.data.params["finetune.epochs"] == "10.0"
     assert "model/model.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+
+
+def test_features_dataset_holds_what_from_dict_holds() -> None:
+    """The task encoders' Dataset (random fingerprint, no table hashing) has from_dict's rows, columns
+    and length, QA's None offsets and (start, end) pairs included."""
+    from datasets import Dataset
+
+    columns = {
+        "input_ids": [[101, 7, 8, 102], [101, 102]],
+        "attention_mask": [[1, 1, 1, 1], [1, 1]],
+        "labels": [2, 0],
+        "offset_mapping": [[None, (0, 3), (4, 6), None], [None, None]],
+    }
+    ours, theirs = features_dataset(columns), Dataset.from_dict(columns)
+    assert ours.column_names == theirs.column_names and len(ours) == len(theirs) == 2
+    assert ours.to_list() == theirs.to_list()
+    assert ours[0:1]["offset_mapping"] == [[None, [0, 3], [4, 6], None]]
