@@ -299,9 +299,10 @@ def _validate(cfg: Config, args: argparse.Namespace) -> None:
 
 def _pretrain(cfg: Config, args: argparse.Namespace) -> None:
     from unitask.training.pretrain import pretrain
+    from unitask.training.trainer import is_main_process
 
     result = pretrain(cfg, resume=args.resume)
-    if cfg.pretrain.enabled:
+    if cfg.pretrain.enabled and is_main_process():
         held = result["heldout"]
         print(f"held-out perplexity\t{held['perplexity_before']:.2f} -> {held['perplexity_after']:.2f}")
         print(f"encoder\t{cfg.path(cfg.pretrain.output)}")
