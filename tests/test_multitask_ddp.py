@@ -50,7 +50,7 @@ def test_ranks_share_each_global_batch_of_one_task() -> None:
             sampler.set_epoch(epoch)
         assert len({s.fingerprint() for s in (one, *ranks)}) == 1
         for whole, *shards in zip(one, *ranks, strict=True):
-            assert sum(shards, []) == whole and len({one.task_of(i) for i in whole}) == 1  # one task a step
+            assert [i for part in shards for i in part] == whole and len({one.task_of(i) for i in whole}) == 1  # one task a step
             assert abs(len(shards[0]) - len(shards[1])) <= 1
     assert sum(ranks[0].examples_seen(24)) == sum(one.examples_seen(24))  # counts every rank's rows
     assert shard([5], 1, 2) == [5] and shard([5], 0, 2) == [5]  # a one-row batch: each rank gets it

@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         "declared task (never validation or test text), or pretrain.corpus. Masked-LM for encoders, "
         "causal-LM for decoders (pretrain.objective). Reports held-out perplexity before and after in "
         "reports/pretrain.json and MLflow, and saves the encoder (safetensors) with its tokenizer to "
-        "pretrain.output, where fine-tuning starts when pretrain.enabled is true.",
+        "pretrain.output, where fine-tuning starts when pretrain.enabled is true. "
+        "Runs under `torchrun --nproc_per_node=N -m unitask.cli pretrain ...` as DDP.",
     )
     pre.add_argument(
         "--resume", action="store_true", help="continue from the last checkpoint in pretrain.checkpoints"
@@ -144,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         "multitask.output (one model for every task: `unitask predict` answers from it), "
         "reports/multitask.json, test predictions in reports/predictions/multitask/ and an MLflow run. "
         "--compare trains nothing: it compares the model with the single-task fine-tunes (metrics, training "
-        "time, examples seen) in multitask.comparison (JSON and a Markdown table) and the MLflow run.",
+        "time, examples seen) in multitask.comparison (JSON and a Markdown table) and the MLflow run. "
+        "Runs under `torchrun --nproc_per_node=N -m unitask.cli multitask ...` as DDP: every process trains "
+        "the step's task on its share of the batch.",
     )
     multi.add_argument("--resume", action="store_true", help="continue from the last checkpoint in multitask.checkpoints")
     multi.add_argument(

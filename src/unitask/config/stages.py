@@ -241,7 +241,7 @@ class Multitask(TrainSettings):
         "that needs more passes than its size earns it; a task left out: 1",
     )
     steps_per_epoch: int | None = Field(
-        default=None, gt=0, description="batches per epoch; null: one pass's worth, sum over tasks of ceil(rows / batch_size)"
+        default=None, gt=0, description="batches per epoch; null: one pass's worth, sum over tasks of ceil(rows / (batch_size x processes))"
     )
     weighting: WeightingName = Field(
         default="equal",
