@@ -161,7 +161,7 @@ def test_katib_experiment(tmp_path: Path) -> None:
     assert command[:2] == ["unitask", "finetune"]
     args = build_parser().parse_args([*command[1:], "--params", str(params)])
     trial_cfg = load_config(args.params, args.overrides)
-    ft = trial_cfg.finetune.for_task("toy")
+    ft = trial_cfg.finetune_for("toy")
     assert (ft.learning_rate, ft.batch_size, ft.weight_decay, ft.max_train_rows) == (0.00123, 32, 0.05, 150)
     assert trial_cfg.finetune.output == "models/tune/toy-abc123"  # parallel trials write apart
 
