@@ -71,5 +71,7 @@ def imports(module: str) -> list[str]:
 
 
 def code_files(module: str, root: Path) -> list[str]:
-    """The source files of `imports(module)`, relative to `root` (the project), as DVC deps."""
-    return sorted(str(_source(m).resolve().relative_to(root.resolve())) for m in imports(module))  # type: ignore[union-attr]
+    """The source files of `imports(module)` as DVC deps: under the project's own `src/unitask` when it
+    has one (the unitask checkout and copies of it), else the installed package's files."""
+    base = f"src/{PACKAGE}" if (root / "src" / PACKAGE).is_dir() else ROOT.as_posix()
+    return sorted(f"{base}/{_source(m).relative_to(ROOT).as_posix()}" for m in imports(module))  # type: ignore[union-attr]

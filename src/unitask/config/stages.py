@@ -145,6 +145,12 @@ class TrainSettings(Strict):
 class Pretrain(TrainSettings):
     """Continued pretraining of the encoder on unlabeled text (masked-LM or causal-LM)."""
 
+    # the budget of the offline default (~4 CPU-minutes); the MLM head starts fresh, so a higher rate
+    max_steps: int | None = Field(default=100, gt=0, description="cap optimizer steps (overrides epochs)")
+    learning_rate: float = Field(default=1e-4, gt=0)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    logging_steps: int = Field(default=10, gt=0)
+
     enabled: bool = Field(default=True, description="fine-tuning starts from `output` when true")
     output: ProjectPath = Field(default="models/pretrained", description="folder of the pretrained encoder")
     objective: Literal["mlm", "clm"] = Field(
@@ -155,19 +161,23 @@ class Pretrain(TrainSettings):
     )
     corpus: Corpus | None = Field(default=None, description="train on this corpus instead of task text")
     max_texts: int | None = Field(
-        default=None, gt=0, description="cap the corpus (seeded sample, an even share per task)"
+        default=3200, gt=0, description="cap the corpus (seeded sample, an even share per task); null: all"
     )
     heldout_fraction: float = Field(
         default=0.05, gt=0, lt=0.5, description="seeded share of the corpus held out for perplexity"
     )
     mlm_probability: float = Field(default=0.15, gt=0, lt=1, description="mlm: share of tokens masked")
-    save_steps: int = Field(default=100, gt=0, description="checkpoint every N steps, for --resume")
+    save_steps: int = Field(default=50, gt=0, description="checkpoint every N steps, for --resume")
     checkpoints: ProjectPath = Field(default="models/checkpoints/pretrain", description="checkpoints, for --resume")
     metrics: ProjectPath = Field(default="reports/pretrain.json", description="perplexity before/after, corpus size")
 
 
 class Finetune(TrainSettings):
     """One task head trained on the encoder (`encoder_path`), per text task, with transformers' Trainer."""
+
+    epochs: float = Field(default=2.0, gt=0)
+    eval_batch_size: int = Field(default=64, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
 
     tasks: list[str] | None = Field(
         default=None, description="text tasks to fine-tune, one model each; unset: every declared text task"
@@ -209,11 +219,15 @@ class Multitask(TrainSettings):
     """One shared encoder with a head per text task, trained jointly: each batch holds one task's
     examples, the task drawn by `sampler`; the task losses are weighted by `weighting`."""
 
+    epochs: float = Field(default=2.0, gt=0)
+    eval_batch_size: int = Field(default=64, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
+
     tasks: list[str] | None = Field(
         default=None, description="text tasks trained together (a head each); unset: every declared text task"
     )
     sampler: SamplerName = Field(
-        default="temperature",
+        default="proportional",
         description="which task each batch comes from: proportional (to train rows), temperature "
         "(rows capped at size_cap, to the power 1/temperature), uniform, or round_robin (in turn)",
     )
@@ -225,12 +239,12 @@ class Multitask(TrainSettings):
         default=None, gt=0, description="batches per epoch; null: one pass's worth, sum over tasks of ceil(rows / batch_size)"
     )
     weighting: WeightingName = Field(
-        default="equal",
+        default="uncertainty",
         description="task loss weights: equal; static (each task's `multitask.weight`); uncertainty (Kendall et al. 2018, learned "
         "log-variances); dwa (Dynamic Weight Average, Liu et al. 2019, from the last two epochs' losses)",
     )
     weighting_lr: float | None = Field(
-        default=None, gt=0, description="uncertainty: learning rate of the log-variances; null: learning_rate"
+        default=0.01, gt=0, description="uncertainty: learning rate of the log-variances; null: learning_rate"
     )
     dwa_temperature: float = Field(default=2.0, gt=0, description="dwa: softness of the weights")
     eval_strategy: Literal["epoch", "steps"] = Field(

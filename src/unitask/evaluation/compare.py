@@ -33,6 +33,10 @@ def turned_off(cfg: Config) -> set[str]:
         off |= {"fusion_text", "fusion_image"}
     if not cfg.fusion_tasks():  # no text+image task to train
         off |= {"fusion", "fusion_text", "fusion_image"}
+    if not cfg.finetune_tasks():  # an empty task list: the stage trains nothing
+        off.add("finetune")
+    if not cfg.multitask_tasks():
+        off.add("multitask")
     return off
 
 
