@@ -13,10 +13,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from unitask.atomic import atomic_file
 from unitask.config import Config
+from unitask.kubeflow.schemas import dump_yaml
 from unitask.config.tune import SearchRange, integer_key
 
 CONTAINER = "training-container"
@@ -136,7 +135,8 @@ def experiment(cfg: Config, name: str, metric: str) -> dict[str, Any]:
 
 
 def write_experiment(cfg: Config, name: str, metric: str, path: Path) -> Path:
-    """Write the Experiment as YAML (apply with `kubectl apply -n <namespace> -f <path>`)."""
+    """Write the Experiment as YAML (apply with `kubectl apply -n <namespace> -f <path>`). Katib's bounds are
+    strings that look like numbers: they are quoted, since kubectl reads YAML 1.2, where `1e-05` is a number."""
     with atomic_file(path) as tmp:
-        tmp.write_text(yaml.safe_dump(experiment(cfg, name, metric), sort_keys=False), encoding="utf-8")
+        tmp.write_text(dump_yaml(experiment(cfg, name, metric)), encoding="utf-8")
     return path
