@@ -137,7 +137,7 @@ def test_katib_validator_catches_planted_errors(tmp_path: Path) -> None:
     manifest = experiment(cfg, "toy", "macro_f1")
     # the bug Katib's webhook answered with HTTP 400: PyYAML leaves 1e-05 unquoted, kubectl reads a number
     (unquoted,) = load_kubectl(yaml.safe_dump(manifest))
-    assert katib_errors(unquoted) == ["Experiment/unitask-finetune-toy: spec.parameters.0.feasibleSpace.min: Input should be a valid string"]
+    assert katib_errors(unquoted) == ["Experiment/unitask-finetune-toy: V1beta1FeasibleSpace.min: Input should be a valid string"]
 
     def planted(edit: Any) -> list[str]:
         bad = load_kubectl(yaml.safe_dump(experiment(cfg, "toy", "macro_f1")).replace("min: 1e-05", "min: '1e-05'"))[0]
@@ -147,8 +147,8 @@ def test_katib_validator_catches_planted_errors(tmp_path: Path) -> None:
 
     spec = lambda m: m["spec"]  # noqa: E731
     job = lambda m: m["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]  # noqa: E731
-    assert "spec.maxTrialCount: Input should be a valid integer" in planted(lambda m: spec(m).update(maxTrialCount="3"))[0]
-    assert "spec.objective.objectiveMetricNames: Extra inputs are not permitted" in planted(
+    assert "V1beta1ExperimentSpec.maxTrialCount: Input should be a valid integer" in planted(lambda m: spec(m).update(maxTrialCount="3"))[0]
+    assert "spec.objective.objectiveMetricNames: unknown field of V1beta1ObjectiveSpec" in planted(
         lambda m: spec(m)["objective"].update(objectiveMetricNames=["x"]))[0]  # fmt: skip
     assert "trialSpec: Job/?: spec.template.spec.containers.0: Additional properties are not allowed ('imagePolicy'" in planted(
         lambda m: job(m)["containers"][0].update(imagePolicy="Always"))[0]  # fmt: skip

@@ -5,9 +5,10 @@
   same under YAML 1.1 (PyYAML) and 1.2 (kubectl, ruamel).
 - `kubernetes_errors`: core objects (Job, Secret, Role, ...) with `kubernetes-validate`, strict (unknown
   fields are errors), at `K8S_VERSION`.
-- `katib_errors`, `trainjob_errors`: Katib `Experiment` and Trainer v2 `TrainJob` with the pydantic models
+- `katib_errors`, `trainjob_errors`: Katib `Experiment` and Trainer v2 `TrainJob` read by the pydantic models
   Katib and Trainer publish (`kubeflow_katib_api`, `kubeflow_trainer_api`, both installed with the
-  `kubeflow` SDK), strict types, unknown fields refused. The older `kubeflow-katib` SDK's models are not
+  `kubeflow` SDK) through their own `from_dict`: strict types (StrictStr, StrictInt) and required fields;
+  unknown fields, which `from_dict` drops, are refused by a walk of the same models. The older `kubeflow-katib` SDK's models are not
   used: they coerce 1e-05 to '1e-05' and drop unknown keys, so they cannot see the bug Katib's webhook sees.
 - `pytorchjob_errors`: Training Operator v1 `PyTorchJob` with `kubeflow-training`'s OpenAPI models
   (legacy generator: every key and primitive type is checked here against their `openapi_types`).
@@ -82,14 +83,42 @@ def _name(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name", "?"))
 
 
-def _pydantic_errors(model: Any, obj: dict[str, Any]) -> list[str]:
+def _sdk_errors(model: Any, obj: dict[str, Any]) -> list[str]:
+    """`obj` read by the SDK's own `from_dict` (strict field types, required fields, oneOf quantities),
+    after a walk of the model tree for unknown keys (which `from_dict` would drop silently)."""
     from pydantic import ValidationError
 
+    errors = [f"{obj.get('kind')}/{_name(obj)}: {e}" for e in _unknown_keys(model, obj, "")]
     try:
-        model.model_validate(obj, strict=True, extra="forbid", by_alias=True)
+        model.from_dict(obj)
     except ValidationError as exc:
-        return [f"{obj.get('kind')}/{_name(obj)}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-    return []
+        errors += [f"{obj.get('kind')}/{_name(obj)}: {exc.title}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+    return errors
+
+
+def _unknown_keys(annotation: Any, value: Any, where: str) -> list[str]:
+    import typing
+
+    from pydantic import BaseModel
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return next((_unknown_keys(a, value, where) for a in args if a is not type(None)), [])
+    if origin is list and isinstance(value, list):
+        return [e for i, item in enumerate(value) for e in _unknown_keys(args[0], item, f"{where}.{i}")]
+    if origin is dict and isinstance(value, dict):
+        return [e for k, item in value.items() for e in _unknown_keys(args[1], item, f"{where}.{k}")]
+    if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)) or not isinstance(value, dict):
+        return []
+    fields = annotation.model_fields
+    if "actual_instance" in fields:  # a oneOf (Quantity, IntOrString): a scalar, checked by from_dict
+        return []
+    by_key = {field.alias or name: field.annotation for name, field in fields.items()}
+    errors = [f"{(where + '.' + k).lstrip('.')}: unknown field of {annotation.__name__}" for k in value if k not in by_key]
+    for key, item in value.items():
+        if key in by_key:
+            errors += _unknown_keys(by_key[key], item, f"{where}.{key}")
+    return errors
 
 
 def _header_errors(obj: dict[str, Any], api_version: str, kind: str) -> list[str]:
@@ -102,7 +131,7 @@ def katib_errors(obj: dict[str, Any]) -> list[str]:
     """A Katib Experiment (kubeflow.org/v1beta1) with Katib's models, and its trialSpec by kind."""
     from kubeflow_katib_api.models import V1beta1Experiment
 
-    errors = _header_errors(obj, "kubeflow.org/v1beta1", "Experiment") or _pydantic_errors(V1beta1Experiment, obj)
+    errors = _header_errors(obj, "kubeflow.org/v1beta1", "Experiment") or _sdk_errors(V1beta1Experiment, obj)
     spec = obj.get("spec") or {}
     template = spec.get("trialTemplate") or {}
     trial = template.get("trialSpec")
@@ -131,7 +160,7 @@ def trainjob_errors(obj: dict[str, Any]) -> list[str]:
     """A Kubeflow Trainer v2 TrainJob (trainer.kubeflow.org/v1alpha1) with Trainer's models."""
     from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
 
-    return _header_errors(obj, "trainer.kubeflow.org/v1alpha1", "TrainJob") or _pydantic_errors(TrainerV1alpha1TrainJob, obj)
+    return _header_errors(obj, "trainer.kubeflow.org/v1alpha1", "TrainJob") or _sdk_errors(TrainerV1alpha1TrainJob, obj)
 
 
 def pytorchjob_errors(obj: dict[str, Any]) -> list[str]:
