@@ -132,6 +132,30 @@ def test_katib_experiments_of_the_default_tasks(tmp_path: Path) -> None:
         assert (lr["min"], lr["max"]) == ("1e-05", "0.0003")
 
 
+@pytest.mark.parametrize(("kind", "container"), [("trainjob", "node"), ("pytorchjob", "pytorch")])
+def test_distributed_katib_trials(tmp_path: Path, kind: str, container: str) -> None:
+    """A fine-tune set to several processes makes each trial the TrainJob/PyTorchJob a pipeline would run."""
+    params = tiny_project(tmp_path)
+    cfg = load_config(params, [f"kubeflow.job_kind={kind}", "kubeflow.stages.finetune.nodes=2",
+                               "kubeflow.stages.finetune.procs_per_node=2"])  # fmt: skip
+    path = write_experiment(cfg, "toy", "macro_f1", tmp_path / "toy-katib.yaml")
+    (manifest,) = load_kubectl(path.read_text())
+    assert katib_errors(manifest) == []
+    template = manifest["spec"]["trialTemplate"]
+    trial = template["trialSpec"]
+    assert trial["kind"] == {"trainjob": "TrainJob", "pytorchjob": "PyTorchJob"}[kind] and "metadata" not in trial
+    assert template["primaryContainerName"] == container and template["primaryPodLabels"]
+    command = trial["spec"]["trainer"]["command"] if kind == "trainjob" else \
+        trial["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+    assert command[0] == "torchrun" and command[command.index("-m") + 1] == "unitask.cli"
+    args = command[command.index("-m") + 2:]
+    assert args[:3] == ["finetune", "--task", "toy"] and args[-2:] == ["--params", "/workspace/params.yaml"]
+    assert "finetune.per_task.toy.learning_rate=${trialParameters.learningRate}" in args
+    volumes = trial["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"][
+        "template"]["spec"]["volumes"] if kind == "trainjob" else trial["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["volumes"]
+    assert {"name": "workspace", "persistentVolumeClaim": {"claimName": cfg.tune.katib.workspace_pvc}} in volumes
+
+
 def test_katib_validator_catches_planted_errors(tmp_path: Path) -> None:
     cfg = load_config(tiny_project(tmp_path), ["tune.space.learning_rate={low: 1.0e-5, high: 1.0e-2, log: true}"])
     manifest = experiment(cfg, "toy", "macro_f1")

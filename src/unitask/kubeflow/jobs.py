@@ -53,7 +53,8 @@ def torchrun_command(kind: str, args: Sequence[str]) -> list[str]:
     return ["torchrun", *master, "-m", "unitask.cli", *args]
 
 
-def _env(kf: Kubeflow) -> list[dict[str, Any]]:
+def secret_env(kf: Kubeflow) -> list[dict[str, Any]]:
+    """The Secrets of kubeflow.mlflow_secret and s3_secret as a container's env (by reference, never values)."""
     return [
         {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key, "optional": secret.optional}}}
         for secret in (kf.mlflow_secret, kf.s3_secret) if secret is not None
@@ -61,7 +62,8 @@ def _env(kf: Kubeflow) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def _resources(kf: Kubeflow, stage: str) -> dict[str, Any]:
+def resources(kf: Kubeflow, stage: str) -> dict[str, Any]:
+    """Requests and limits of one pod of `stage` (one node of its job): cpu, memory, one GPU per process."""
     settings = getattr(kf.stages, stage)
     limits = {k: v for k, v in (("cpu", settings.cpu_limit), ("memory", settings.memory_limit)) if v}
     if settings.gpus_per_node:
@@ -69,36 +71,41 @@ def _resources(kf: Kubeflow, stage: str) -> dict[str, Any]:
     return {"requests": {"cpu": settings.cpu, "memory": settings.memory}, **({"limits": limits} if limits else {})}
 
 
-def _placement(kf: Kubeflow, stage: str) -> dict[str, Any]:
-    """Node selector and tolerations (GPU stages, as the pipeline places its pods), the service account."""
-    out: dict[str, Any] = {}
-    if getattr(kf.stages, stage).gpus:
-        out["nodeSelector"] = dict(kf.node_selector)
-        out["tolerations"] = [
-            {{"toleration_seconds": "tolerationSeconds"}.get(k, k): v for k, v in t.model_dump(exclude_none=True).items()}
-            for t in kf.tolerations
-        ]
-    if kf.jobs.service_account:
-        out["serviceAccountName"] = kf.jobs.service_account
-    return out
+def gpu_placement(kf: Kubeflow, stage: str) -> dict[str, Any]:
+    """Node selector and tolerations of a GPU stage (as the pipeline places its pods); none without GPUs."""
+    if not getattr(kf.stages, stage).gpus:
+        return {}
+    tolerations = [
+        {{"toleration_seconds": "tolerationSeconds"}.get(k, k): v for k, v in t.model_dump(exclude_none=True).items()}
+        for t in kf.tolerations
+    ]
+    return {"nodeSelector": dict(kf.node_selector), "tolerations": tolerations}
 
 
-def _volumes(kf: Kubeflow) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(pvc: str, mount_path: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The shared workspace and a memory-backed /dev/shm (NCCL and DataLoader workers need more than 64 MiB)."""
     volumes = [
-        {"name": "workspace", "persistentVolumeClaim": {"claimName": kf.jobs.workspace_pvc}},
+        {"name": "workspace", "persistentVolumeClaim": {"claimName": pvc}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     ]
-    mounts = [{"name": "workspace", "mountPath": kf.jobs.mount_path}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    mounts = [{"name": "workspace", "mountPath": mount_path}, {"name": "dshm", "mountPath": "/dev/shm"}]
     return volumes, mounts
 
 
-def job_manifest(cfg: Config, stage: str, args: Sequence[str], name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+def job_manifest(
+    cfg: Config,
+    stage: str,
+    args: Sequence[str],
+    name: str,
+    labels: dict[str, str] | None = None,
+    workspace: tuple[str, str] | None = None,
+) -> dict[str, Any]:
     """The TrainJob or PyTorchJob (`kubeflow.job_kind`) running `torchrun -m unitask.cli ARGS` for `stage`
     on kubeflow.stages.<stage>.nodes x procs_per_node processes, in kubeflow.image:tag.
 
     `args` is the CLI call after `unitask`, e.g. ["finetune", "--task", "x", "--params", "/workspace/<run>/params.yaml"]:
-    its paths must be on the workspace volume."""
+    its paths must be on the workspace volume, (PVC name, mount path) `workspace`, by default
+    kubeflow.jobs.workspace_pvc at kubeflow.jobs.mount_path."""
     kf = cfg.kubeflow
     if stage not in TRAINING_STAGES:
         raise ConfigError(f"kubeflow: {stage} is not a training stage", hint=f"distributed stages: {', '.join(TRAINING_STAGES)}")
@@ -106,9 +113,10 @@ def job_manifest(cfg: Config, stage: str, args: Sequence[str], name: str, labels
     kind = kf.job_kind
     group, version, _, kind_name, _ = KINDS[kind]
     metadata = {"name": name, "labels": {"app.kubernetes.io/part-of": "unitask", "unitask.stage": stage, **(labels or {})}}
-    volumes, mounts = _volumes(kf)
+    volumes, mounts = _volumes(*(workspace or (kf.jobs.workspace_pvc, kf.jobs.mount_path)))
+    placement = {**gpu_placement(kf, stage), **({"serviceAccountName": kf.jobs.service_account} if kf.jobs.service_account else {})}
     if kind == "trainjob":
-        pod = {**_placement(kf, stage), "volumes": volumes, "containers": [{"name": TRAINER_NODE, "volumeMounts": mounts}]}
+        pod = {**placement, "volumes": volumes, "containers": [{"name": TRAINER_NODE, "volumeMounts": mounts}]}
         patch = {"replicatedJobs": [{"name": TRAINER_NODE, "template": {"spec": {"template": {"spec": pod}}}}]}
         spec: dict[str, Any] = {
             "runtimeRef": {"apiGroup": group, "kind": kf.jobs.runtime_kind, "name": kf.jobs.runtime},
@@ -117,19 +125,19 @@ def job_manifest(cfg: Config, stage: str, args: Sequence[str], name: str, labels
                 "command": torchrun_command(kind, args),
                 "numNodes": settings.nodes,
                 "numProcPerNode": settings.procs_per_node,
-                "resourcesPerNode": _resources(kf, stage),
-                "env": _env(kf),
+                "resourcesPerNode": resources(kf, stage),
+                "env": secret_env(kf),
             },
             "runtimePatches": [{"manager": MANAGER, "trainingRuntimeSpec": {"template": {"spec": patch}}}],
         }
     else:
         container = {
             "name": PYTORCH_CONTAINER, "image": kf.image_ref, "command": torchrun_command(kind, args),
-            "env": _env(kf), "resources": _resources(kf, stage), "volumeMounts": mounts,
+            "env": secret_env(kf), "resources": resources(kf, stage), "volumeMounts": mounts,
         }  # fmt: skip
         template = {
             "metadata": {"annotations": {"sidecar.istio.io/inject": "false"}},
-            "spec": {**_placement(kf, stage), "containers": [container], "volumes": volumes},
+            "spec": {**placement, "containers": [container], "volumes": volumes},
         }
         counts = {"Master": 1, **({"Worker": settings.nodes - 1} if settings.nodes > 1 else {})}
         replicas = {role: {"replicas": n, "restartPolicy": "Never", "template": copy.deepcopy(template)} for role, n in counts.items()}
