@@ -192,6 +192,23 @@ def test_distributed_config(tmp_path: Path) -> None:
         jobs.job_manifest(load_config(params), "evaluate", ["evaluate"], "e")
 
 
+def test_materialize_links(tmp_path: Path) -> None:
+    """A workspace on the shared volume holds copies, not links to the step pod's artifact paths."""
+    artifacts, root = tmp_path / "artifacts", tmp_path / "workspace"
+    (artifacts / "prepared" / "toy").mkdir(parents=True)
+    (artifacts / "prepared" / "toy" / "train.parquet").write_text("rows")
+    (artifacts / "encoder.json").write_text("{}")
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "prepared").symlink_to(artifacts / "prepared")
+    (root / "encoder.json").symlink_to(artifacts / "encoder.json")
+    (root / "params.yaml").write_text("seed: 1")
+    assert jobs.materialize_links(root) == 2
+    assert not any(p.is_symlink() for p in root.rglob("*"))
+    assert (root / "data/prepared/toy/train.parquet").read_text() == "rows" and (root / "encoder.json").read_text() == "{}"
+    (artifacts / "prepared" / "toy" / "train.parquet").write_text("changed")
+    assert (root / "data/prepared/toy/train.parquet").read_text() == "rows"  # a copy
+
+
 # ---- the launcher, against an in-process API server double ------------------------------------
 
 

@@ -149,6 +149,27 @@ def job_manifest(
     return {"apiVersion": f"{group}/{version}", "kind": kind_name, "metadata": metadata, "spec": spec}
 
 
+def materialize_links(root: Path) -> int:
+    """Replace every symbolic link under `root` by a copy of what it points to; the number replaced.
+
+    The step's workspace links its input artifacts from the step pod's local paths, which the job's
+    nodes cannot see: a workspace on the shared volume must hold real files before the job starts."""
+    import shutil
+
+    replaced = 0
+    for path in sorted(root.rglob("*")):
+        if not path.is_symlink():
+            continue
+        target = path.resolve(strict=True)
+        path.unlink()
+        if target.is_dir():
+            shutil.copytree(target, path, symlinks=False)
+        else:
+            shutil.copy2(target, path)
+        replaced += 1
+    return replaced
+
+
 # ---- the launcher ----------------------------------------------------------------------------
 
 
