@@ -234,7 +234,9 @@ def launch(
     done, and replaced if it failed: a retried pipeline step does not start a second copy."""
     from kubernetes.client.exceptions import ApiException
 
-    kind = next(k for k, v in KINDS.items() if v[3] == manifest["kind"])
+    kind = next((k for k, v in KINDS.items() if v[3] == manifest.get("kind")), None)
+    if kind is None:
+        raise UnitaskError(f"kubeflow: cannot launch a {manifest.get('kind')!r}", hint=f"a job of kind {', '.join(v[3] for v in KINDS.values())}")
     group, version, plural, kind_name, success = KINDS[kind]
     name = manifest["metadata"]["name"]
     where = dict(group=group, version=version, namespace=namespace, plural=plural)

@@ -21,6 +21,8 @@ Each `*_errors` returns a list of messages (empty: accepted); `check` raises the
 from __future__ import annotations
 
 import re
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -97,12 +99,10 @@ def _sdk_errors(model: Any, obj: dict[str, Any]) -> list[str]:
 
 
 def _unknown_keys(annotation: Any, value: Any, where: str) -> list[str]:
-    import typing
-
     from pydantic import BaseModel
 
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return next((_unknown_keys(a, value, where) for a in args if a is not type(None)), [])
     if origin is list and isinstance(value, list):
         return [e for i, item in enumerate(value) for e in _unknown_keys(args[0], item, f"{where}.{i}")]
