@@ -41,18 +41,18 @@ def test_tiny_search_beats_a_bad_learning_rate(tmp_path: Path, capsys: pytest.Ca
     out = capsys.readouterr().out
     assert len(re.findall(r"^trial \d/3\t(complete|pruned)", out, re.M)) == 3, out
     best_file = tmp_path / "reports" / "tune" / "toy.yaml"
-    best = yaml.safe_load(best_file.read_text())["finetune"]["per_task"]["toy"]
+    best = yaml.safe_load(best_file.read_text())["tasks"]["toy"]["finetune"]
     assert set(best) == {"learning_rate", "batch_size", "weight_decay"} and best["batch_size"] in (16, 32)
     assert not (tmp_path / "models" / "finetune").exists() and not (tmp_path / "reports" / "finetune").exists()
 
-    # the documented merge: the block under finetune.per_task of params.yaml
+    # the documented merge: the block under the task in params.yaml
     raw = yaml.safe_load(params.read_text())
-    raw["finetune"]["per_task"] = yaml.safe_load(best_file.read_text())["finetune"]["per_task"]
+    raw["tasks"]["toy"]["finetune"] = best
     params.write_text(yaml.safe_dump(raw))
     tuned_cfg = load_config(params)
-    assert tuned_cfg.finetune.for_task("toy").learning_rate == best["learning_rate"] != BAD_LR
+    assert tuned_cfg.finetune_for("toy").learning_rate == best["learning_rate"] != BAD_LR
     # the default (bad) learning rate, trained like a trial (same rows, epochs, seed)
-    bad = finetune(load_config(params, ["finetune.per_task={}", "finetune.max_train_rows=150"]), "toy")
+    bad = finetune(load_config(params, ["tasks.toy.finetune={}", "finetune.max_train_rows=150"]), "toy")
 
     mlflow.set_tracking_uri(tracking_uri(tuned_cfg))
     runs = mlflow.search_runs(experiment_names=["unitask"], output_format="list")
@@ -108,7 +108,7 @@ def test_katib_experiment(tmp_path: Path) -> None:
     assert command[:2] == ["unitask", "finetune"]
     args = build_parser().parse_args([*command[1:], "--params", str(params)])
     trial_cfg = load_config(args.params, args.overrides)
-    ft = trial_cfg.finetune.for_task("toy")
+    ft = trial_cfg.finetune_for("toy")
     assert (ft.learning_rate, ft.batch_size, ft.weight_decay, ft.max_train_rows) == (0.00123, 32, 0.05, 150)
     assert trial_cfg.finetune.output == "models/tune/toy-abc123"  # parallel trials write apart
 

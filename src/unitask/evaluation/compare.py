@@ -31,7 +31,7 @@ def turned_off(cfg: Config) -> set[str]:
     off: set[str] = set()
     if not cfg.fusion.baselines:
         off |= {"fusion_text", "fusion_image"}
-    if not cfg.fusion.tasks:  # no text+image task to train
+    if not cfg.fusion_tasks():  # no text+image task to train
         off |= {"fusion", "fusion_text", "fusion_image"}
     return off
 
