@@ -150,7 +150,7 @@ def test_distributed_katib_trials(tmp_path: Path, kind: str, container: str) -> 
     assert command[0] == "torchrun" and command[command.index("-m") + 1] == "unitask.cli"
     args = command[command.index("-m") + 2:]
     assert args[:3] == ["finetune", "--task", "toy"] and args[-2:] == ["--params", "/workspace/params.yaml"]
-    assert "finetune.per_task.toy.learning_rate=${trialParameters.learningRate}" in args
+    assert "tasks.toy.finetune.learning_rate=${trialParameters.learningRate}" in args
     volumes = trial["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"][
         "template"]["spec"]["volumes"] if kind == "trainjob" else trial["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["volumes"]
     assert {"name": "workspace", "persistentVolumeClaim": {"claimName": cfg.tune.katib.workspace_pvc}} in volumes
