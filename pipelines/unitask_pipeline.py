@@ -25,12 +25,18 @@ def place(task: Any, stage: str, kf: Any, display_name: str) -> Any:
     """Resources, placement, retries, caching and secrets of one task, from `kubeflow`."""
     settings = getattr(kf.stages, stage)
     task.set_display_name(display_name)
-    task.set_cpu_request(settings.cpu).set_memory_request(settings.memory)
-    if settings.cpu_limit:
+    if settings.distributed:
+        # this step only launches the TrainJob/PyTorchJob (whose nodes get the resources) and waits on it;
+        # the workspace volume carries inputs to the nodes and their outputs back
+        task.set_cpu_request("500m").set_memory_request("2Gi")
+        kubernetes.mount_pvc(task, pvc_name=kf.jobs.workspace_pvc, mount_path=kf.jobs.mount_path)
+    else:
+        task.set_cpu_request(settings.cpu).set_memory_request(settings.memory)
+    if settings.cpu_limit and not settings.distributed:
         task.set_cpu_limit(settings.cpu_limit)
-    if settings.memory_limit:
+    if settings.memory_limit and not settings.distributed:
         task.set_memory_limit(settings.memory_limit)
-    if settings.gpus:
+    if settings.gpus and not settings.distributed:
         task.set_accelerator_type(kf.accelerator_type).set_accelerator_limit(settings.gpus)
         for key, value in kf.node_selector.items():
             kubernetes.add_node_selector(task, label_key=key, label_value=value)

@@ -5,6 +5,7 @@ the secrets' names; and the job launcher against an in-process API server double
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -357,3 +358,81 @@ def test_run_job_checks_the_manifest_before_creating_it(monkeypatch: pytest.Monk
     with pytest.raises(UnitaskError, match=r"TrainJob unitask-finetune-f does not match its schema:\n  .*numProcPerNode: Input should be a valid integer"):
         jobs.run_job(cfg, "finetune", ARGS, "unitask-finetune-f", namespace="team", api=api)
     assert api.calls == []  # nothing reached the API server
+
+
+# ---- the pipeline runs a distributed stage as a job ---------------------------------------------
+
+
+class Artifact:
+    """What kfp hands a component: a path, metadata, and (for Metrics) log_metric."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.metadata = str(path), {}
+
+    def log_metric(self, key: str, value: float) -> None:
+        self.metadata[key] = value
+
+    def log_confusion_matrix(self, labels: list[str], matrix: list[list[int]]) -> None:
+        self.metadata["confusionMatrix"] = {"labels": labels, "rows": matrix}
+
+
+class TrainerDouble(FakeApi):
+    """A cluster whose Trainer runs the job's `torchrun -m unitask.cli ARGS` as one process, here, then
+    marks it Complete: what the nodes would do, on the workspace the job mounts."""
+
+    def create_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, body: dict[str, Any]) -> dict[str, Any]:
+        created = super().create_namespaced_custom_object(group, version, namespace, plural, body)
+        command = body["spec"]["trainer"]["command"]
+        assert command[:3] == ["torchrun", "-m", "unitask.cli"] and body["spec"]["trainer"]["numNodes"] == 2
+        assert main(command[3:]) == 0
+        self.states.append([cond("Complete")])
+        return created
+
+
+def test_a_distributed_finetune_runs_as_a_trainjob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kubeflow.stages.finetune.nodes=2 x procs_per_node=4` compiles to a launching step on the
+    workspace volume (no GPU of its own) and the component runs the fine-tune as a TrainJob there, waits
+    for it, and exports what the job wrote: the same outputs as a fine-tune in the step itself."""
+    import pandas as pd
+
+    from unitask.kubeflow import runtime
+    from unitask.kubeflow.project import pipeline_arguments
+
+    rows = [{"text": f"example {i} is {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"} for i in range(40)]
+    (tmp_path / "data").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "data" / "t.csv", index=False)
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    params = write_project(
+        tmp_path, {"t": classification_task("data/t.csv")},
+        model={"backbone_config": {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                   "intermediate_size": 32, "max_position_embeddings": 64}, "max_length": 32},
+        tracking={"uri": "sqlite:///mlflow/mlflow.db"},
+        finetune={"max_steps": 2, "batch_size": 8, "bf16": False, "early_stopping_patience": None},
+        kubeflow={"stages": {"finetune": {"nodes": 2, "procs_per_node": 4}}, "jobs": {"mount_path": str(volume)}},
+    )  # fmt: skip
+    out = tmp_path / "compiled.yaml"
+    assert main(["pipeline", "compile", "--params", str(params), "--output", str(out)]) == 0
+    compiled = out.read_text()
+    assert schemas.pipeline_errors(compiled) == []
+    spec, platform = yaml.safe_load_all(compiled)
+    executor = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune"]
+    assert executor["pvcMount"][0]["mountPath"] == str(volume) and "nodeSelector" not in executor
+    assert "accelerator" not in spec["deploymentSpec"]["executors"]["exec-finetune"]["container"]["resources"]
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(params)
+    arguments = pipeline_arguments(cfg, local=True)
+    art = {name: Artifact(tmp_path / "artifacts" / name) for name in ("dataset", "metrics", "encoder", "m2", "model", "reports", "m3", "confusion")}
+    runtime.run_prepare(arguments["params"], arguments["seed"], art["dataset"], art["metrics"])
+    runtime.run_pretrain(arguments["params"], arguments["seed"], art["dataset"], art["encoder"], art["m2"])
+    api = TrainerDouble([])
+    monkeypatch.setattr(jobs, "custom_objects_api", lambda: api)
+    monkeypatch.setattr(jobs, "current_namespace", lambda default="default": "team")
+    runtime.run_finetune("t", arguments["params"], arguments["seed"], art["dataset"], art["encoder"], art["model"],
+                         art["reports"], art["m3"], art["confusion"])  # fmt: skip
+    assert [verb for verb, _, plural in api.calls if plural == "trainjobs"][:2] == ["create", "get"]
+    assert (Path(art["model"].path) / "model.safetensors").is_file()
+    report = Path(art["reports"].path) / "reports" / "finetune" / "t.json"
+    assert art["m3"].metadata["t.test.accuracy"] == pytest.approx(json.loads(report.read_text())["test"]["accuracy"])
+    assert list(volume.iterdir()) == []  # the job's workspace is removed afterwards

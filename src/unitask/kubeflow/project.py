@@ -57,7 +57,6 @@ def pipeline_arguments(cfg: Config, local: bool = False) -> dict[str, Any]:
     project root joins `paths.roots` so the pods may read there. On a cluster, sources must be reachable
     from the pods (package, hub, s3, or a mount listed in paths.roots)."""
     written = cfg.model_dump(mode="json", exclude_unset=True)
-    written.pop("kubeflow", None)  # shapes the pods at compile time; no stage reads it
     written.pop("seed", None)  # the `seed` parameter
     paths = written.setdefault("paths", {})
     for key in ("raw", "prepared", "reports"):  # the workspace's layout: where the artifacts are linked

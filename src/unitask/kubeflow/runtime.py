@@ -30,6 +30,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,14 +77,34 @@ def load_params(params: str, seed: int, root: Path, inputs: tuple[Any, ...] = ()
 
 
 @contextmanager
-def workspace(params: str, seed: int, *inputs: Any) -> Iterator[Config]:
+def workspace(params: str, seed: int, *inputs: Any, stage: str | None = None) -> Iterator[Config]:
     """A temporary project root holding the config; `inputs` are the artifacts the stage reads.
-    Removed afterwards."""
+    Removed afterwards. A training `stage` that kubeflow.stages sets to several processes gets its root
+    on the shared workspace volume (kubeflow.jobs.mount_path), where the job's nodes find it."""
     root = Path(tempfile.mkdtemp(prefix="unitask-kfp-"))
     try:
-        yield load_params(params, seed, root, inputs)
+        cfg = load_params(params, seed, root, inputs)
+        if stage is not None and getattr(cfg.kubeflow.stages, stage).distributed:
+            shutil.rmtree(root)
+            root = Path(tempfile.mkdtemp(prefix="unitask-kfp-", dir=cfg.kubeflow.jobs.mount_path))
+            cfg = load_params(params, seed, root, inputs)
+        yield cfg
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def train(cfg: Config, stage: str, args: list[str], here: Callable[[], Any], summary: Path) -> Any:
+    """Run a training stage: in this pod (`here()`), or, when kubeflow.stages.<stage> asks for nodes x
+    procs_per_node > 1, as a Kubeflow Trainer TrainJob (or PyTorchJob) that runs `torchrun -m unitask.cli
+    ARGS` on the workspace volume; this step waits on it and fails when it fails. Returns the stage's
+    summary (the job's: read from `summary`, the file the stage writes)."""
+    if not getattr(cfg.kubeflow.stages, stage).distributed:
+        return here()
+    from unitask.kubeflow.jobs import job_name, materialize_links, run_job
+
+    materialize_links(cfg.root)  # the nodes cannot see this pod's artifact folders
+    run_job(cfg, stage, [*args, "--params", str(cfg.root / "params.yaml")], job_name(stage, "/".join([cfg.root.name, *args])))
+    return json.loads(summary.read_text(encoding="utf-8"))
 
 
 def link(source: str | Path, dest: Path) -> None:
@@ -253,9 +274,9 @@ def run_pretrain(params: str, seed: int, dataset: Any, encoder: Any, metrics: An
     `pretrain` leaves instead)."""
     from unitask.training.pretrain import pretrain
 
-    with workspace(params, seed, dataset) as cfg:
+    with workspace(params, seed, dataset, stage="pretrain") as cfg:
         link_dataset(cfg, dataset)
-        result = pretrain(cfg)
+        result = train(cfg, "pretrain", ["pretrain"], lambda: pretrain(cfg), cfg.path(cfg.pretrain.metrics))
         export(cfg.path(cfg.pretrain.output), encoder.path)
         encoder.metadata["pretrained"] = cfg.pretrain.enabled
         if not cfg.pretrain.enabled:
@@ -284,10 +305,11 @@ def run_finetune(
     """Fine-tune one task on the pretrained encoder (or the backbone when pretraining is off)."""
     from unitask.training.finetune import finetune
 
-    with workspace(params, seed, dataset, encoder) as cfg:
+    with workspace(params, seed, dataset, encoder, stage="finetune") as cfg:
         link_dataset(cfg, dataset)
         link_encoder(cfg, encoder)
-        summary = finetune(cfg, task)
+        report = cfg.path(cfg.paths.reports) / "finetune" / f"{task}.json"
+        summary = train(cfg, "finetune", ["finetune", "--task", task], lambda: finetune(cfg, task), report)
         export(cfg.path(cfg.finetune.output) / task, model.path)
         export_paths(cfg, [cfg.paths.reports], reports)
         model.metadata.update({"task": task, "type": summary["type"], "main_metric": summary["main_metric"]})
@@ -318,10 +340,10 @@ def run_multitask(params: str, seed: int, dataset: Any, encoder: Any, model: Any
     """Train the multi-task model (one encoder, a head per text task) on the pretrained encoder."""
     from unitask.training.multitask import multitask
 
-    with workspace(params, seed, dataset, encoder) as cfg:
+    with workspace(params, seed, dataset, encoder, stage="multitask") as cfg:
         link_dataset(cfg, dataset)
         link_encoder(cfg, encoder)
-        summary = multitask(cfg)
+        summary = train(cfg, "multitask", ["multitask"], lambda: multitask(cfg), cfg.path(cfg.multitask.metrics))
         export(cfg.path(cfg.multitask.output), model.path)
         export_paths(cfg, [cfg.paths.reports], reports)
         model.metadata.update({"tasks": summary["tasks"], "encoder": summary["encoder"],
@@ -335,10 +357,14 @@ def run_fusion(params: str, seed: int, dataset: Any, encoder: Any, model: Any, r
     """Train the fusion models of every task in fusion.tasks; with none, empty outputs."""
     from unitask.training.fusion import fusion
 
-    with workspace(params, seed, dataset, encoder) as cfg:
+    with workspace(params, seed, dataset, encoder, stage="fusion") as cfg:
         link_dataset(cfg, dataset)
         link_encoder(cfg, encoder)
-        summaries = {name: fusion(cfg, name) for name in cfg.fusion_tasks()}
+        reports = cfg.path(cfg.paths.reports) / "fusion"
+        summaries = {
+            name: train(cfg, "fusion", ["fusion", "--task", name], partial(fusion, cfg, name), reports / f"{name}.json")
+            for name in cfg.fusion_tasks()
+        }
         Path(model.path).mkdir(parents=True, exist_ok=True)
         if summaries:
             export(cfg.path(cfg.fusion.output), model.path)
