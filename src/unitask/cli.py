@@ -4,7 +4,6 @@ stage function; errors the user can fix print as one short message and a non-zer
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from collections.abc import Callable, Sequence

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from unitask.atomic import atomic_file
-from unitask.config import Config, Finetune
+from unitask.config import Config
 from unitask.config.tune import SearchRange, integer_key
 from unitask.errors import ConfigError
 from unitask.tasks.text import text_task
