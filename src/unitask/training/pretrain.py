@@ -5,6 +5,10 @@ validation and test text never enter it. `pretrain.corpus` names a separate corp
 share of the corpus is held out, masked once, and scored before and after training (perplexity =
 exp(mean held-out loss)). The encoder, without its LM head, is saved as safetensors with its
 tokenizer to `pretrain.output`; fine-tuning starts from there (`encoder_path`).
+
+Under `torchrun --nproc_per_node=N` every process trains (DDP) on its share of each global batch
+(`pretrain.batch_size` rows per process), the loss is the mean over the global batch's tokens, and
+only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from unitask.models.backbone import backbone_path, load_tokenizer
 from unitask.tasks import TEXT_ROLES
 from unitask.tasks.text import read_split
 from unitask.tracking import preflight, stage_run
-from unitask.training.trainer import MlflowMetrics, is_main_process, trainer_arguments
+from unitask.training.trainer import MlflowMetrics, UnitaskTrainer, is_main_process, trainer_arguments
 
 MIN_TEXTS = 2  # one to train on, one to hold out
 
@@ -45,7 +49,7 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
         return skip(cfg)
     preflight(cfg)  # an unreachable tracking server fails the stage before any work
     import mlflow
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     p = cfg.pretrain
@@ -63,10 +67,12 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
     last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
     if not resume:
         shutil.rmtree(checkpoints, ignore_errors=True)
-    trainer = Trainer(
+    args = _training_args(cfg, checkpoints)
+    trainer = UnitaskTrainer(  # its length-grouped batches: the same examples per step for N processes as for one
         model=model,
-        args=_training_args(cfg, checkpoints),
-        data_collator=_Collator(tokenizer, p.objective, p.mlm_probability, cfg.seed),
+        args=args,
+        # a seed per process: ranks drawing the same masks would mask the same positions of their shards
+        data_collator=_Collator(tokenizer, p.objective, p.mlm_probability, cfg.seed + args.process_index),
         train_dataset=train_set,
         eval_dataset=heldout_set,
         processing_class=tokenizer,
@@ -81,8 +87,8 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
     }
     main = is_main_process()
     with stage_run(cfg, "pretrain", params=params) if main else nullcontext():
-        before = trainer.evaluate(metric_key_prefix="heldout_before")["heldout_before_loss"]
         result = trainer.train(resume_from_checkpoint=last)
+        before = _initial_loss(trainer.state.log_history)
         after = trainer.evaluate(metric_key_prefix="heldout_after")["heldout_after_loss"]
         metrics = {
             "objective": p.objective,
@@ -344,13 +350,27 @@ def _training_args(cfg: Config, checkpoints: Path):
 
     return TrainingArguments(
         output_dir=str(checkpoints),
-        **trainer_arguments(cfg.pretrain, cfg.seed),
+        **{
+            **trainer_arguments(cfg.pretrain, cfg.seed),
+            # the LM loss is a mean over the labelled tokens: of the global batch, not of each process's
+            # share (the LM heads take Trainer's `num_items_in_batch`)
+            "average_tokens_across_devices": True,
+        },
         eval_strategy="no",
+        eval_on_start=True,  # the held-out loss before training (see `_initial_loss`)
         save_strategy="steps",
         save_steps=cfg.pretrain.save_steps,
         save_total_limit=1,
         prediction_loss_only=True,
     )
+
+
+def _initial_loss(log_history: list[dict[str, Any]]) -> float:
+    """The held-out loss of the model before training. Trainer scores it at step 0 inside train()
+    (`eval_on_start`), once DDP has wrapped the model: a Trainer.evaluate before train() marks the
+    model prepared, so that train() leaves it unwrapped and every process trains alone. A resumed
+    run finds the step-0 score in the checkpoint's log history."""
+    return next(h["eval_loss"] for h in log_history if "eval_loss" in h and h["step"] == 0)
 
 
 def _perplexity(loss: float) -> float:
