@@ -29,6 +29,7 @@ from unitask.errors import ConfigError, DataError, UnitaskError
 from unitask.models.backbone import backbone_path, load_tokenizer
 from unitask.tasks import TEXT_ROLES
 from unitask.tasks.text import read_split
+from unitask.training.model import check_weights
 from unitask.tracking import preflight, stage_run
 from unitask.training.trainer import (
     MlflowMetrics,
@@ -255,7 +256,8 @@ def load_lm(cfg: Config, tokenizer):
                 )
             return auto.from_config(AutoConfig.for_model(**spec))
         source = backbone_path(cfg)
-        return auto.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
+        check_weights(source)
+        return auto.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code, use_safetensors=True)
     except (OSError, ValueError, TypeError) as exc:
         head = "masked-LM" if cfg.pretrain.objective == "mlm" else "causal-LM"
         if "Unrecognized configuration class" in str(exc):
@@ -266,7 +268,7 @@ def load_lm(cfg: Config, tokenizer):
             ) from None
         raise ConfigError(
             f"model: cannot build a {head} model from '{cfg.model.backbone}': {exc}",
-            hint="model.backbone needs config.json and weights (model.safetensors or pytorch_model.bin)",
+            hint="model.backbone needs config.json and weights (model.safetensors)",
         ) from None
 
 
@@ -290,7 +292,9 @@ def save_encoder(cfg: Config, lm, tokenizer) -> Path:
     from transformers import AutoModel
 
     if cfg.model.backbone_config is None:
-        encoder = AutoModel.from_pretrained(backbone_path(cfg), trust_remote_code=cfg.model.trust_remote_code)
+        encoder = AutoModel.from_pretrained(
+            backbone_path(cfg), trust_remote_code=cfg.model.trust_remote_code, use_safetensors=True
+        )
     else:
         encoder = AutoModel.from_config(lm.config)
     missing, unexpected = encoder.load_state_dict(lm.base_model.state_dict(), strict=False)

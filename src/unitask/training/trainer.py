@@ -96,17 +96,32 @@ def train_from(trainer: Trainer, checkpoint: str | None) -> Any:
     """`trainer.train(resume_from_checkpoint=checkpoint)`, with a checkpoint that holds anything but
     tensors refused cleanly. Trainer reads optimizer.pt, scheduler.pt and rng_state.pth with
     `torch.load(weights_only=True)`, whose unpickler refuses every class outside torch's allowlist
-    before building it: a planted pickle payload never runs; this turns the refusal into a UnitaskError."""
+    before building it, so a planted pickle payload never runs; this names the file in a UnitaskError."""
     try:
         return trainer.train(resume_from_checkpoint=checkpoint)
     except pickle.UnpicklingError as exc:
         if checkpoint is None:
             raise
+        refused = ", ".join(f.name for f in unsafe_torch_files(Path(checkpoint))) or "a torch file"
         raise UnitaskError(
-            f"{checkpoint}: a checkpoint file holds pickled objects other than tensors; it was not loaded "
+            f"{checkpoint}: {refused} holds pickled objects other than tensors; it was not loaded "
             f"({str(exc).splitlines()[0]})",
-            hint=f"delete {checkpoint} (or run without --resume) if you did not write it yourself",
+            hint=f"delete {checkpoint} (or run without --resume) unless you know who wrote it",
         ) from None
+
+
+def unsafe_torch_files(folder: Path) -> list[Path]:
+    """The torch files in `folder` that `torch.load(weights_only=True)` refuses (as Trainer loads them)."""
+    from transformers.trainer_pt_utils import safe_globals
+
+    refused = []
+    for path in sorted((*folder.glob("*.pt"), *folder.glob("*.pth"))):
+        try:
+            with safe_globals():
+                torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            refused.append(path)
+    return refused
 
 
 def trainer_arguments(settings: TrainSettings, seed: int) -> dict[str, Any]:
