@@ -55,7 +55,7 @@ def prepare_task(cfg: Config, name: str) -> dict[str, Any]:
     with atomic_dir(out) as tmp:
         for split_name, part in splits.items():
             part.to_parquet(tmp / f"{split_name}.parquet", index=False)
-    summary = summarize(name, task, splits, dropped)
+    summary = summarize(name, task, splits, dropped, input_rows=len(table))
     write_json(summary_path(cfg, name), summary)
     return summary
 
@@ -217,12 +217,18 @@ def _take(frame: pd.DataFrame, n: int, strata: pd.Series | None, seed: int) -> p
     return frame.sample(n=n, random_state=seed)
 
 
-def summarize(name: str, task: TaskConfig, splits: dict[str, pd.DataFrame], dropped: dict[str, int]) -> dict[str, Any]:
+def summarize(
+    name: str, task: TaskConfig, splits: dict[str, pd.DataFrame], dropped: dict[str, int], input_rows: int
+) -> dict[str, Any]:
+    """What prepare made of the raw table: every one of its `input_rows` rows is in a split (`rows`)
+    or `dropped`, counted by reason (empty input, duplicate of another row, over the row cap)."""
     kind = TASK_TYPES[task.type].label_kind
+    rows = {s: len(part) for s, part in splits.items()}
     summary: dict[str, Any] = {
         "task": name,
         "type": task.type,
-        "rows": {s: len(part) for s, part in splits.items()},
+        "input_rows": input_rows,
+        "rows": rows,
         "dropped": dropped,
     }
     if kind == "categorical":
