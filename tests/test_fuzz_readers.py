@@ -251,11 +251,46 @@ def folder_files(draw: Callable[..., Any]) -> dict[str, bytes]:
     return files
 
 
+JSON_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.sampled_from(["neg", "pos", "O"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["text", "answer_start", "x"]), inner, max_size=3),
+    max_leaves=6,
+)  # fmt: skip
+
+
+@st.composite
+def json_records(draw: Callable[..., Any], fmt: str) -> bytes:
+    """The seed's records with some fields set to JSON values of any type, removed or added."""
+    data = SEEDS[fmt]["data"].decode()
+    records = [json.loads(line) for line in data.splitlines()] if fmt == "jsonl" else json.loads(data)
+    for _ in range(draw(st.integers(1, 4))):
+        record = records[draw(st.integers(0, len(records) - 1))]
+        key = draw(st.sampled_from([*record, "extra"]))
+        if draw(st.booleans()) and key in record:
+            del record[key]
+        else:
+            record[key] = draw(JSON_VALUE)
+    if fmt == "jsonl":
+        return "".join(json.dumps(r) + "\n" for r in records).encode()
+    return json.dumps(records).encode()
+
+
+@st.composite
+def csv_cells(draw: Callable[..., Any]) -> bytes:
+    """The seed CSV with some cells replaced by awkward text (quotes, separators, newlines, labels)."""
+    table = pd.read_csv(io.StringIO(_csv_rows()), dtype=str, keep_default_na=False)
+    for _ in range(draw(st.integers(1, 6))):
+        row, column = draw(st.integers(0, len(table) - 1)), draw(st.sampled_from(list(table.columns)))
+        table.loc[row, column] = draw(st.text(max_size=10) | st.sampled_from(["", "neg", "pos", '"', "a,b", "x\ny", "NA"]))
+    return table.to_csv(index=False, lineterminator=draw(st.sampled_from(["\n", "\r\n"]))).encode()
+
+
 def source_inputs(fmt: str) -> st.SearchStrategy[Any]:
     if fmt == "text_folder":
         return folder_files()
     mutated = st.lists(MUTATION, min_size=1, max_size=4).map(lambda ms: _apply(SEEDS[fmt]["data"], ms))
-    return st.one_of(mutated, parquet_tables()) if fmt == "parquet" else mutated
+    structured = {"parquet": parquet_tables(), "json": json_records("json"), "jsonl": json_records("jsonl"), "csv": csv_cells()}
+    return st.one_of(mutated, structured[fmt]) if fmt in structured else mutated
 
 
 def _apply(data: bytes, mutations: list[tuple]) -> bytes:
