@@ -400,18 +400,30 @@ CLI_CASES = {
 }
 
 
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "unitask.cli", *argv], capture_output=True, text=True)
+
+
 @pytest.mark.parametrize("case", CLI_CASES, ids=list(CLI_CASES))
-def test_cli_refuses_malformed_data_cleanly(templates: dict[str, Path], tmp_path: Path, case: str) -> None:
+def test_cli_prepare_refuses_malformed_data_cleanly(templates: dict[str, Path], tmp_path: Path, case: str) -> None:
     fmt, data = CLI_CASES[case]
     root = tmp_path / "project"
     shutil.copytree(templates[fmt], root)
     write_source(root, fmt, data)
+    fetch(load_config(root / "params.yaml"), ["t"], force=True)
     before = snapshot(root, "data/prepared", "reports")
-    unitask = [sys.executable, "-m", "unitask.cli"]
-    fetched = subprocess.run([*unitask, "data", "fetch", "--params", str(root / "params.yaml")], capture_output=True, text=True)
-    assert fetched.returncode == 0, fetched.stderr
-    prepared = subprocess.run([*unitask, "prepare", "--params", str(root / "params.yaml")], capture_output=True, text=True)
+    prepared = _cli("prepare", "--params", str(root / "params.yaml"))
     assert prepared.returncode in (1, 2)
     assert "fix:" in prepared.stderr and "Traceback" not in prepared.stderr
     assert snapshot(root, "data/prepared", "reports") == before
-    assert summary_path(load_config(root / "params.yaml"), "t").is_file()
+
+
+def test_cli_validate_refuses_a_damaged_split_cleanly(templates: dict[str, Path], tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(templates["csv"], root)
+    train = root / "data" / "prepared" / "t" / "train.parquet"
+    train.write_bytes(train.read_bytes()[:-200])
+    validated = _cli("validate", "--params", str(root / "params.yaml"))
+    assert validated.returncode == 1
+    assert "not a readable Parquet file" in validated.stderr and "fix:" in validated.stderr
+    assert "Traceback" not in validated.stderr
