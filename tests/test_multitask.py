@@ -137,17 +137,15 @@ def test_unknown_sampler_or_weighting_names_the_choices(tmp_path: Path) -> None:
         task_probabilities({"a": 1}, "x")
     with pytest.raises(ConfigError, match="unknown weighting 'x'"):
         make_weighting("x", ["a"])
-    for field in ("weights", "rates"):
-        with pytest.raises(ConfigError, match=r"multitask: tasks \['nope'\] \(in tasks, weights or rates\) are not declared"):
-            load_config(params, [f"multitask.{field}={{nope: 2}}"])
-    with pytest.raises(ConfigError, match=r"rates: \['t_classification'\] must be above 0"):
-        load_config(params, ["multitask.rates={t_classification: -1}"])
+    for field in ("rate", "weight"):
+        with pytest.raises(ConfigError, match=rf"tasks.t_classification.multitask.{field}: Input should be greater than 0"):
+            load_config(params, [f"tasks.t_classification.multitask.{field}=0"])
+    with pytest.raises(ConfigError, match=r"multitask.tasks: \['nope'\] are not declared under tasks"):
+        load_config(params, ["multitask.tasks=[nope]"])
     with pytest.raises(ConfigError, match="round_robin takes the tasks in turn"):
-        load_config(params, ["multitask.sampler=round_robin", "multitask.rates={t_classification: 2}"])
-    with pytest.raises(ConfigError, match=r"multitask.rates: \['other'\] are not among the trained tasks"):
+        load_config(params, ["multitask.sampler=round_robin", "tasks.t_classification.multitask.rate=2"])
+    with pytest.raises(ConfigError, match=r"rates: \['other'\] are not among the trained tasks"):
         task_probabilities({"a": 1}, "uniform", rates={"other": 2.0})
-    with pytest.raises(ConfigError, match=r"weights: \['t_classification'\] must be above 0"):
-        load_config(params, ["multitask.weights={t_classification: 0}"])
 
 
 # ---- loss weighting ---------------------------------------------------------------------------
@@ -328,7 +326,7 @@ def test_comparison_with_single_task_fine_tunes(trained: tuple[Any, dict[str, An
         metric = FLOORS[kind][0]
         value = 0.5 if kind == "classification" else 50.0
         write_json(reports / f"t_{kind}.json", {"test": {metric: value}, "train": {"seconds": 10.0, "examples": 160, "epochs": 2.0}})
-    assert main(["multitask", "--compare", "--params", str(cfg.root / "params.yaml")]) == 0
+    assert main(["multitask-comparison", "--params", str(cfg.root / "params.yaml")]) == 0
     assert "mean\tsingle-task 0.5000" in capsys.readouterr().out
     result = json.loads(cfg.path(cfg.multitask.comparison).read_text())
     assert result["mean"]["tasks"] == 2 and result["mean"]["single_task"] == pytest.approx(0.5)  # QA's 50.0 -> 0.5

@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import re
 import typing
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -100,6 +100,17 @@ class ReadSpec(Strict):
         return self
 
 
+class TaskMultitask(Strict):
+    """How the multi-task model treats this task."""
+
+    rate: float = Field(
+        default=1.0, gt=0,
+        description="multiplier of this task's share of batches (renormalized; not with round_robin), for a task "
+        "that needs more passes than its size earns it",
+    )
+    weight: float = Field(default=1.0, gt=0, description="its loss weight under multitask.weighting: static")
+
+
 class TaskConfig(Strict):
     type: TaskTypeName
     source: Source
@@ -115,6 +126,19 @@ class TaskConfig(Strict):
         default=None, description="regression: [min, max] of the target"
     )
     max_rows: int | None = Field(default=None, gt=0, description="cap rows (seeded sample)")
+    # settings of this task in the training stages: they live with the task, so that replacing `tasks:`
+    # is all a new project needs, and DVC reruns only this task's stages when they change
+    finetune: dict[str, Any] = Field(
+        default_factory=dict, description="finetune keys that differ for this task, e.g. {epochs: 5}"
+    )
+    multitask: TaskMultitask = Field(
+        default_factory=lambda: TaskMultitask(), description="this task in the multi-task model: rate, weight"
+    )
+
+    @property
+    def is_text(self) -> bool:
+        """A text task (every type but text+image): fine-tuning, multi-task and the LLM train it."""
+        return TASK_TYPES[self.type].is_text
 
     @model_validator(mode="after")
     def _fits_task_type(self) -> TaskConfig:

@@ -50,7 +50,7 @@ def training_arguments(cfg: Config, task: TextTask, output_dir: Path, quiet: boo
     """`quiet`: no progress bars or printed logs (MLflow still gets them), as in tuning trials."""
     from transformers import TrainingArguments
 
-    ft = cfg.finetune.for_task(task.name)
+    ft = cfg.finetune_for(task.name)
     return TrainingArguments(
         output_dir=str(output_dir),
         disable_tqdm=quiet,
@@ -82,7 +82,7 @@ def build_trainer(cfg: Config, name: str, output_dir: Path, callbacks: list[Any]
     from transformers import EarlyStoppingCallback, PrinterCallback
 
     task = text_task(cfg, name)
-    ft = cfg.finetune.for_task(name)
+    ft = cfg.finetune_for(name)
     model = build_model(cfg, task, dropout=ft.dropout)
     tokenizer = load_tokenizer(cfg)
     frames = {split: read_split(cfg, name, split) for split in SPLITS}
@@ -113,7 +113,7 @@ def build_trainer(cfg: Config, name: str, output_dir: Path, callbacks: list[Any]
 def finetune(cfg: Config, name: str, resume: bool = False) -> dict[str, Any]:
     """Train and evaluate task `name`; return the summary written to reports/finetune/<name>.json."""
     preflight(cfg)  # an unreachable tracking server fails the stage before any work
-    ft = cfg.finetune.for_task(name)
+    ft = cfg.finetune_for(name)
     checkpoints = cfg.path(ft.checkpoints) / name
     last = resume_point(checkpoints, resume)
     fit = build_trainer(cfg, name, checkpoints, [MlflowMetrics()])

@@ -231,7 +231,8 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
         for name in names
     }
     sizes = {name: len(features[name]["train"]) for name in names}
-    probabilities = task_probabilities(sizes, mt.sampler, mt.temperature, mt.size_cap, mt.rates)
+    rates = {name: cfg.tasks[name].multitask.rate for name in names}
+    probabilities = task_probabilities(sizes, mt.sampler, mt.temperature, mt.size_cap, rates)
     steps = mt.steps_per_epoch or steps_per_epoch(list(sizes.values()), mt.batch_size)
     sampler = TaskBatchSampler(
         [[len(ids) for ids in features[name]["train"]["input_ids"]] for name in names],
@@ -241,7 +242,7 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
     encoder = build_encoder(cfg)
     set_seed(cfg.seed)
     model = MultitaskModel(encoder, {name: HeadSpec(task.type, task.num_labels()) for name, task in tasks.items()})
-    weighting = make_weighting(mt.weighting, names, mt.weights, mt.dwa_temperature)
+    weighting = make_weighting(mt.weighting, names, {n: cfg.tasks[n].multitask.weight for n in names}, mt.dwa_temperature)
     train_set = TaskRows([(i, model_rows(features[n]["train"], INPUTS + TARGETS)) for i, n in enumerate(names)])
     evaluation = {
         name: {
@@ -286,8 +287,8 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
         "resumed_from": last or "",
         **{f"train_features.{n}": size for n, size in sizes.items()},
         **{f"sampling.{n}": round(p, 6) for n, p in probabilities.items()},
-        **flatten("multitask", mt.model_dump(exclude={"tasks", "weights", "rates"})),
-        **{f"multitask.{field}.{n}": v for field in ("weights", "rates") for n, v in getattr(mt, field).items()},
+        **flatten("multitask", mt.model_dump(exclude={"tasks"})),
+        **{f"multitask.{field}.{n}": v for n in names for field, v in cfg.tasks[n].multitask.model_dump().items()},
     }
     main = is_main_process()
     with stage_run(cfg, "multitask", params=params) if main else nullcontext() as run:
@@ -303,7 +304,7 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
             "main_metrics": {n: tasks[n].main_metric for n in names},
             "encoder": encoder_name,
             "sampler": {"name": mt.sampler, "temperature": mt.temperature, "size_cap": mt.size_cap,
-                        "rates": mt.rates, "probabilities": probabilities},
+                        "rates": rates, "probabilities": probabilities},
             "weighting": {"name": mt.weighting, "final_weights": weighting.weights()},
             "train": {
                 "loss": result.training_loss,
