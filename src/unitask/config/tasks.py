@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 import typing
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from unitask.config.base import ProjectPath, Strict
 from unitask.tasks import ROLES, TASK_TYPES
@@ -74,6 +75,16 @@ class ReadSpec(Strict):
     image_path: str | None = Field(
         default=None, description="template for the image column, e.g. '{split}/images/{id}.png'"
     )
+
+    @field_validator("encoding", "fallback_encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"unknown encoding {value!r}; e.g. utf-8, cp1252, latin-1, utf-16") from None
+        return value
 
     @model_validator(mode="after")
     def _pattern_needs_regex(self) -> ReadSpec:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -32,7 +31,9 @@ from unitask.training.trainer import (
     MlflowMetrics,
     UnitaskTrainer,
     is_main_process,
+    resume_point,
     selection_arguments,
+    train_from,
     trainer_arguments,
 )
 
@@ -43,20 +44,6 @@ REGULARIZATION = ("weight_decay", "dropout", "head_l1", "early_stopping_patience
 def scorer(task: TextTask, features: Any, frame: pd.DataFrame) -> Callable[[Any], dict[str, float]]:
     """Trainer's `compute_metrics` for one split (post-processing needs that split's features)."""
     return lambda output: task_scores(task, output.predictions, features, frame)
-
-
-def resume_point(folder: Path, resume: bool) -> str | None:
-    """The last complete checkpoint (its trainer_state.json is written last) to resume from; a run
-    killed while saving leaves a partial one, which is skipped. Without `resume`, old ones are cleared."""
-    if not resume:
-        if is_main_process():
-            shutil.rmtree(folder, ignore_errors=True)
-        return None
-    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    if not complete:
-        print(f"unitask: no checkpoint in {folder}; training from the start", file=sys.stderr)
-        return None
-    return str(max(complete, key=lambda p: int(p.name.rpartition("-")[2])))
 
 
 def training_arguments(cfg: Config, task: TextTask, output_dir: Path, quiet: bool = False) -> Any:
@@ -153,7 +140,7 @@ def finetune(cfg: Config, name: str, resume: bool = False) -> dict[str, Any]:
     main = is_main_process()
     with stage_run(cfg, "finetune", name, params=params) if main else nullcontext():
         started = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=last)
+        result = train_from(trainer, last)
         seconds = time.perf_counter() - started
         trainer.remove_callback(MlflowMetrics)
         summary: dict[str, Any] = {

@@ -36,14 +36,15 @@ from unitask.models.multitask import HeadSpec, MultitaskModel, save_multitask
 from unitask.tasks.text import TextTask, read_split, text_task
 from unitask.tracking import flatten, stage_run
 from unitask.training.distributed import same_on_every_rank
-from unitask.training.finetune import resume_point
 from unitask.training.model import build_encoder
 from unitask.training.sampling import TaskBatchSampler, steps_per_epoch, task_probabilities
 from unitask.training.trainer import (
     MlflowMetrics,
     UnitaskTrainer,
     is_main_process,
+    resume_point,
     selection_arguments,
+    train_from,
     trainer_arguments,
 )
 from unitask.training.weighting import LossWeighting, make_weighting
@@ -333,7 +334,7 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
     main = is_main_process()
     with stage_run(cfg, "multitask", params=params) if main else nullcontext() as run:
         started = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=last)
+        result = train_from(trainer, last)
         seconds = time.perf_counter() - started
         trainer.remove_callback(MlflowMetrics)
         micro_batches = _micro_batches(trainer.state.global_step, steps, args.gradient_accumulation_steps)
