@@ -36,14 +36,15 @@ from unitask.models.multitask import HeadSpec, MultitaskModel, save_multitask
 from unitask.tasks.text import TextTask, read_split, text_task
 from unitask.tracking import flatten, stage_run
 from unitask.training.distributed import same_on_every_rank
-from unitask.training.finetune import resume_point
 from unitask.training.model import build_encoder
 from unitask.training.sampling import TaskBatchSampler, steps_per_epoch, task_probabilities
 from unitask.training.trainer import (
     MlflowMetrics,
     UnitaskTrainer,
     is_main_process,
+    resume_point,
     selection_arguments,
+    train_from,
     trainer_arguments,
 )
 from unitask.training.weighting import LossWeighting, make_weighting
@@ -277,7 +278,8 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
         ddp_find_unused_parameters=True,
     )
     sizes = {name: len(features[name]["train"]) for name in names}
-    probabilities = task_probabilities(sizes, mt.sampler, mt.temperature, mt.size_cap, mt.rates)
+    rates = {name: cfg.tasks[name].multitask.rate for name in names}
+    probabilities = task_probabilities(sizes, mt.sampler, mt.temperature, mt.size_cap, rates)
     global_batch = mt.batch_size * args.world_size
     steps = mt.steps_per_epoch or steps_per_epoch(list(sizes.values()), global_batch)
     sampler = TaskBatchSampler(
@@ -289,7 +291,7 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
     encoder = build_encoder(cfg)
     set_seed(cfg.seed)
     model = MultitaskModel(encoder, {name: HeadSpec(task.type, task.num_labels()) for name, task in tasks.items()})
-    weighting = make_weighting(mt.weighting, names, mt.weights, mt.dwa_temperature)
+    weighting = make_weighting(mt.weighting, names, {n: cfg.tasks[n].multitask.weight for n in names}, mt.dwa_temperature)
     train_set = TaskRows([(i, model_rows(features[n]["train"], INPUTS + TARGETS)) for i, n in enumerate(names)])
     evaluation = {
         name: {
@@ -326,13 +328,13 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
         "resumed_from": last or "",
         **{f"train_features.{n}": size for n, size in sizes.items()},
         **{f"sampling.{n}": round(p, 6) for n, p in probabilities.items()},
-        **flatten("multitask", mt.model_dump(exclude={"tasks", "weights", "rates"})),
-        **{f"multitask.{field}.{n}": v for field in ("weights", "rates") for n, v in getattr(mt, field).items()},
+        **flatten("multitask", mt.model_dump(exclude={"tasks"})),
+        **{f"multitask.{field}.{n}": v for n in names for field, v in cfg.tasks[n].multitask.model_dump().items()},
     }
     main = is_main_process()
     with stage_run(cfg, "multitask", params=params) if main else nullcontext() as run:
         started = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=last)
+        result = train_from(trainer, last)
         seconds = time.perf_counter() - started
         trainer.remove_callback(MlflowMetrics)
         micro_batches = _micro_batches(trainer.state.global_step, steps, args.gradient_accumulation_steps)
@@ -343,7 +345,7 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
             "main_metrics": {n: tasks[n].main_metric for n in names},
             "encoder": encoder_name,
             "sampler": {"name": mt.sampler, "temperature": mt.temperature, "size_cap": mt.size_cap,
-                        "rates": mt.rates, "probabilities": probabilities},
+                        "rates": rates, "probabilities": probabilities},
             "weighting": {"name": mt.weighting, "final_weights": weighting.weights()},
             "train": {
                 "loss": result.training_loss,

@@ -51,7 +51,7 @@ def task_probabilities(
     rates = rates or {}
     unknown = sorted(set(rates) - set(names))
     if unknown:
-        raise ConfigError(f"multitask.rates: {unknown} are not among the trained tasks {names}", hint="name tasks of multitask.tasks")
+        raise ConfigError(f"rates: {unknown} are not among the trained tasks {names}", hint="give rates of the trained tasks only")
     counts = np.array([1.0 if sampler in ("uniform", "round_robin") else sizes[n] for n in names], dtype=float)
     if sampler == "temperature":
         if cap is not None:

@@ -1,7 +1,7 @@
 """Loss weighting for multi-task training: one task's batch loss in, the loss to back-propagate out.
 
 - equal: L_i;
-- static: w_i * L_i with `multitask.weights` (a task left out weighs 1);
+- static: w_i * L_i with each task's `tasks.<task>.multitask.weight` (default 1);
 - uncertainty (Kendall et al. 2018, as LibMTL's UW): L_i / (2 exp(s_i)) + s_i / 2 with a learned
   log-variance s_i per task (starting at 0), so a task whose loss stays high is weighted down, and
   the s_i / 2 term keeps the weights from collapsing to 0;
