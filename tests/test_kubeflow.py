@@ -167,7 +167,7 @@ def test_compiled_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     assert set(written["tasks"]) == {"alpha", "beta"} and written["prepare"] == {"max_rows": 7}  # --set reaches it
     assert written["finetune"]["early_stopping_patience"] is None and written["finetune"]["max_steps"] == 3  # an int
     assert written["tracking"] == {"uri": "sqlite:///mlflow/mlflow.db"}  # as written, never the env's
-    assert "kubeflow" not in written  # it shapes the pods, no stage reads it
+    assert written["kubeflow"]["tag"] == "t1"  # a pod launching a distributed job builds it from this section
     for name, component in spec["components"].items():  # every component takes the config, nothing else
         if name.startswith("comp-") and "executorLabel" in component:
             assert {"params", "seed"} <= set(component["inputDefinitions"]["parameters"]), name
@@ -190,11 +190,11 @@ def test_every_pod_loads_the_config_compiled_in(tmp_path: Path, monkeypatch: pyt
     assert len(executors) == 10
     for name in executors:
         pod = load_params(defaults["params"]["defaultValue"], int(defaults["seed"]["defaultValue"]), tmp_path / name)
-        assert pod.model_dump(exclude={"kubeflow", "paths"}) == compiled_in.model_dump(exclude={"kubeflow", "paths"}), name
+        assert pod.model_dump(exclude={"paths"}) == compiled_in.model_dump(exclude={"paths"}), name
         assert pod.finetune.epochs == 32 and isinstance(pod.finetune.epochs, float)
     # a planted change is caught: the comparison is not vacuous
     changed = load_params(defaults["params"]["defaultValue"].replace('"epochs": 32', '"epochs": 31'), 11, tmp_path / "x")
-    assert changed.model_dump(exclude={"kubeflow", "paths"}) != compiled_in.model_dump(exclude={"kubeflow", "paths"})
+    assert changed.model_dump(exclude={"paths"}) != compiled_in.model_dump(exclude={"paths"})
 
 
 def test_pods_contain_paths(tmp_path: Path) -> None:
