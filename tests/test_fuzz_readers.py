@@ -421,7 +421,6 @@ def test_crashes_found_by_fuzzing_stay_fixed(templates: dict[str, Path], tmp_pat
 # ---- a few inputs through the real CLI: exit 0, or non-zero with a fix: line and no traceback ------
 
 CLI_CASES = {
-    "truncated parquet": ("parquet", SEEDS["parquet"]["data"][:100]),
     "csv in utf-16": ("csv", _csv_rows().encode("utf-16")),
     "jsonl with a broken line": ("jsonl", _jsonl_rows().encode() + b'{"text": "x", "score": \n'),
 }
