@@ -224,7 +224,10 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path, tiny_backbone: P
     params = make_project(tmp_path / "killed", str(tiny_backbone), **settings)
 
     def plant_partial(checkpoints: Path) -> None:
-        (last,) = [p for p in checkpoints.iterdir() if (p / "trainer_state.json").is_file()]  # save_total_limit 1
+        # the newest complete one (save_total_limit 1 keeps one, but a kill between a save and the rotation
+        # that follows it leaves two)
+        last = max((p for p in checkpoints.iterdir() if (p / "trainer_state.json").is_file()),
+                   key=lambda p: int(p.name.rpartition("-")[2]))
         epoch = json.loads((last / "trainer_state.json").read_text())["epoch"]
         assert epoch != int(epoch), f"{last.name} is at the end of an epoch"
         partial = checkpoints / "checkpoint-59"

@@ -69,9 +69,10 @@ def _validate(cfg: Config, args: argparse.Namespace) -> None:
 
 def _pretrain(cfg: Config, args: argparse.Namespace) -> None:
     from unitask.training.pretrain import pretrain
+    from unitask.training.trainer import is_main_process
 
     result = pretrain(cfg, resume=args.resume)
-    if cfg.pretrain.enabled:
+    if cfg.pretrain.enabled and is_main_process():
         held = result["heldout"]
         print(f"held-out perplexity\t{held['perplexity_before']:.2f} -> {held['perplexity_after']:.2f}")
         print(f"encoder\t{cfg.path(cfg.pretrain.output)}")
@@ -262,7 +263,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "validation or test text), or pretrain.corpus. Masked-LM for encoders, causal-LM for decoders "
         "(pretrain.objective). Reports held-out perplexity before and after in reports/pretrain.json and MLflow, and "
         "saves the encoder (safetensors) with its tokenizer to pretrain.output, where fine-tuning starts when "
-        "pretrain.enabled is true.",
+        "pretrain.enabled is true. Runs under `torchrun --nproc_per_node=N -m unitask.cli pretrain ...` as DDP.",
         "unitask.training.pretrain:pretrain", _pretrain, options=(RESUME,),
         params=("seed", "model", "pretrain", task_data),
         deps=("{c.paths.prepared}", "{c.paths.reports}/validate"),  # train splits only; the gate's summaries
@@ -303,7 +304,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "multitask.weighting (equal, static, uncertainty, dwa). Every task is scored on validation at each "
         "evaluation and the checkpoint with the best mean of the task metrics is kept. Writes multitask.output (one "
         "model for every task: `unitask predict` answers from it), reports/multitask.json, test predictions in "
-        "reports/predictions/multitask/ and an MLflow run.",
+        "reports/predictions/multitask/ and an MLflow run. Runs under `torchrun --nproc_per_node=N -m unitask.cli "
+        "multitask ...` as DDP: every process trains the step's task on its share of the batch.",
         "unitask.training.multitask:multitask", _multitask, options=(RESUME,),
         runs=lambda c: c.multitask_tasks(),
         params=("seed", "model", "multitask", "pretrain.enabled", task_data,

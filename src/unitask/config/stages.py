@@ -236,7 +236,7 @@ class Multitask(TrainSettings):
         default=None, gt=0, description="temperature: rows counted per task at most (T5/jiant's cap); null: no cap"
     )
     steps_per_epoch: int | None = Field(
-        default=None, gt=0, description="batches per epoch; null: one pass's worth, sum over tasks of ceil(rows / batch_size)"
+        default=None, gt=0, description="batches per epoch; null: one pass's worth, sum over tasks of ceil(rows / (batch_size x processes))"
     )
     weighting: WeightingName = Field(
         default="uncertainty",

@@ -5,6 +5,10 @@ validation and test text never enter it. `pretrain.corpus` names a separate corp
 share of the corpus is held out, masked once, and scored before and after training (perplexity =
 exp(mean held-out loss)). The encoder, without its LM head, is saved as safetensors with its
 tokenizer to `pretrain.output`; fine-tuning starts from there (`encoder_path`).
+
+Under `torchrun --nproc_per_node=N` every process trains (DDP) on its share of each global batch
+(`pretrain.batch_size` rows per process), the loss is the mean over the global batch's tokens, and
+only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -68,9 +72,12 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
 
     checkpoints = cfg.path(p.checkpoints)
     last = resume_point(checkpoints, resume)
-    trainer = UnitaskTrainer(  # its epoch-seeded sampler draws the same batches after a resume
-        model=model,
-        args=_training_args(cfg, checkpoints),
+    args = _training_args(cfg, checkpoints)
+    trainer = UnitaskTrainer(  # its epoch-seeded, length-grouped batches: the same examples per step for N processes
+        model=model,  # as for one, and the same batches after a resume
+        args=args,
+        # masks seeded by their rows (EpochMaskSeeds): fresh each epoch, the same after a resume, and
+        # different on each process, whose rows differ
         data_collator=_Collator(tokenizer, p.objective, p.mlm_probability, cfg.seed),
         train_dataset=EpochMaskSeeds(train_set, cfg.seed),
         eval_dataset=heldout_set,
@@ -86,8 +93,8 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
     }
     main = is_main_process()
     with stage_run(cfg, "pretrain", params=params) if main else nullcontext():
-        before = trainer.evaluate(metric_key_prefix="heldout_before")["heldout_before_loss"]
         result = train_from(trainer, last)
+        before = _initial_loss(trainer.state.log_history)
         after = trainer.evaluate(metric_key_prefix="heldout_after")["heldout_after_loss"]
         metrics = {
             "objective": p.objective,
@@ -379,14 +386,28 @@ def _training_args(cfg: Config, checkpoints: Path):
 
     return TrainingArguments(
         output_dir=str(checkpoints),
-        **trainer_arguments(cfg.pretrain, cfg.seed),
+        **{
+            **trainer_arguments(cfg.pretrain, cfg.seed),
+            # the LM loss is a mean over the labelled tokens: of the global batch, not of each process's
+            # share (the LM heads take Trainer's `num_items_in_batch`)
+            "average_tokens_across_devices": True,
+        },
         eval_strategy="no",
+        eval_on_start=True,  # the held-out loss before training (see `_initial_loss`)
         save_strategy="steps",
         save_steps=cfg.pretrain.save_steps,
         save_total_limit=1,
         prediction_loss_only=True,
         remove_unused_columns=False,  # the collator reads, and drops, each row's MASK_SEED
     )
+
+
+def _initial_loss(log_history: list[dict[str, Any]]) -> float:
+    """The held-out loss of the model before training. Trainer scores it at step 0 inside train()
+    (`eval_on_start`), once DDP has wrapped the model: a Trainer.evaluate before train() marks the
+    model prepared, so that train() leaves it unwrapped and every process trains alone. A resumed
+    run finds the step-0 score in the checkpoint's log history."""
+    return next(h["eval_loss"] for h in log_history if "eval_loss" in h and h["step"] == 0)
 
 
 def _perplexity(loss: float) -> float:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from unitask.errors import ConfigError
+from unitask.training.distributed import global_mean
 
 WEIGHTINGS = ("equal", "static", "uncertainty", "dwa")
 
@@ -86,7 +87,9 @@ class DynamicWeightAverage(LossWeighting):
 
     def forward(self, task: int, loss: torch.Tensor) -> torch.Tensor:
         if self.training:
-            self.loss_sum[task] += loss.detach().double()
+            # the global batch's loss (all ranks train task `task` in this step): the same history
+            # on every rank and in a checkpoint, as in one process
+            self.loss_sum[task] += global_mean(loss.detach().double())
             self.loss_count[task] += 1
         return self.task_weights[task] * loss
 
