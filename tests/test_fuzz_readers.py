@@ -364,37 +364,63 @@ def test_malformed_sources_end_in_success_or_a_clear_error(templates: dict[str, 
     fuzz()
 
 
+def check_prepared(templates: dict[str, Path], tmp: Path, fmt: str, mutations: list[tuple]) -> None:
+    """validate's reader on the csv seed's prepared train split, damaged by `mutations` after prepare
+    (Parquet, or the CSV a person may write by hand)."""
+    TRIED[f"prepared-{fmt}"] += 1
+    root = tmp / f"prepared-{TRIED[f'prepared-{fmt}']}"
+    shutil.copytree(templates["csv"], root)
+    folder = root / "data" / "prepared" / "t"
+    train = pd.read_parquet(folder / "train.parquet")
+    seed = _parquet_bytes(train) if fmt == "parquet" else train.to_csv(index=False).encode()
+    (folder / "train.parquet").unlink()
+    (folder / f"train.{fmt}").write_bytes(_apply(seed, mutations))
+    cfg = load_config(root / "params.yaml")
+    try:
+        load_split(cfg, "t", cfg.tasks["t"], "train")
+    except UnitaskError as exc:
+        assert "\n  fix: " in str(exc), f"an error without a fix: line: {exc}"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_malformed_prepared_splits_end_in_a_clear_error(templates: dict[str, Path], tmp_path: Path, fmt: str) -> None:
-    """validate's reader on prepared splits damaged after prepare (Parquet, or CSV written by hand)."""
-    source = templates["csv"]
-    train = pd.read_parquet(source / "data" / "prepared" / "t" / "train.parquet")
-    seed = _parquet_bytes(train) if fmt == "parquet" else train.to_csv(index=False).encode()
-
     @FUZZ
     @given(mutations=st.lists(MUTATION, min_size=1, max_size=4))
     def fuzz(mutations: list[tuple]) -> None:
-        TRIED[f"prepared-{fmt}"] += 1
-        root = tmp_path / f"prepared-{TRIED[f'prepared-{fmt}']}"
-        shutil.copytree(source, root)
-        folder = root / "data" / "prepared" / "t"
-        (folder / "train.parquet").unlink()
-        (folder / f"train.{fmt}").write_bytes(_apply(seed, mutations))
-        cfg = load_config(root / "params.yaml")
-        try:
-            load_split(cfg, "t", cfg.tasks["t"], "train")
-        except UnitaskError as exc:
-            assert "\n  fix: " in str(exc), f"an error without a fix: line: {exc}"
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+        check_prepared(templates, tmp_path, fmt, mutations)
 
     fuzz()
+
+
+# the crashes that long runs found (then fixed), kept as fixed cases
+FOUND = {
+    "jsonl line 'null'": ("source", "jsonl", [("insert", 1.0, b"null")]),
+    "jsonl line holding a list": ("source", "jsonl", [("insert", 0.0, b"[1, 2]\n")]),
+    "json list holding a number": ("source", "json", [("insert", 2.0 / len(SEEDS["json"]["data"]), b"3,")]),
+    "text cell holding a list (jsonl)": ("bytes", "jsonl", b'{"text": [], "score": 0.5}\n' + SEEDS["jsonl"]["data"]),
+    "answers as a bad JSON string": ("bytes", "json", b'[{"q": "a?", "c": "a b", "a": "{not json"}]'),
+    "infinite regression target": ("bytes", "jsonl", SEEDS["jsonl"]["data"] + b'{"text": "x", "score": Infinity}\n'),
+    "prepared csv with a bad id": ("prepared", "csv", [("duplicate_line", 0.0)]),
+    "parquet pandas metadata: bad JSON": ("prepared", "parquet", [("flip", 0.705078125, 48)]),
+    "parquet pandas metadata: bad dtype": ("prepared", "parquet", [("flip", 0.70703125, 48)]),
+    "parquet pandas metadata: bad UTF-8": ("prepared", "parquet", [("flip", 0.75, 47)]),
+}
+
+
+@pytest.mark.parametrize("case", FOUND, ids=list(FOUND))
+def test_crashes_found_by_fuzzing_stay_fixed(templates: dict[str, Path], tmp_path: Path, case: str) -> None:
+    kind, fmt, data = FOUND[case]
+    if kind == "prepared":
+        check_prepared(templates, tmp_path, fmt, data)
+    else:
+        assert check_input(templates, tmp_path, fmt, _apply(SEEDS[fmt]["data"], data) if kind == "source" else data) != "ok"
 
 
 # ---- a few inputs through the real CLI: exit 0, or non-zero with a fix: line and no traceback ------
 
 CLI_CASES = {
-    "truncated parquet": ("parquet", SEEDS["parquet"]["data"][:100]),
     "csv in utf-16": ("csv", _csv_rows().encode("utf-16")),
     "jsonl with a broken line": ("jsonl", _jsonl_rows().encode() + b'{"text": "x", "score": \n'),
 }

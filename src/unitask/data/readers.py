@@ -112,7 +112,17 @@ def _json(path: Path, spec: ReadSpec) -> pd.DataFrame:
 
 
 def _records(rows: list, spec: ReadSpec, path: Path) -> pd.DataFrame:
-    if rows and not isinstance(rows[0], dict):
+    """Rows that are all objects, or all lists (named by `read.names`), as a table."""
+    kind = dict if not rows or isinstance(rows[0], dict) else list
+    odd = next((i for i, row in enumerate(rows) if not isinstance(row, kind)), None)
+    if odd is not None or (kind is list and not isinstance(rows[0], list)):
+        odd = odd or 0
+        raise DataError(
+            f"{path}: row {odd + 1} is {type(rows[odd]).__name__} {str(rows[odd])[:60]!r}; "
+            f"every row must be a JSON {'object' if kind is dict else 'list'} like the first",
+            hint="fix that row (one object per row, or lists with read.names)",
+        )
+    if kind is list:
         if not spec.names:
             raise DataError(f"{path}: rows are lists, not objects", hint="set read.names")
         return pd.DataFrame(rows, columns=spec.names)
@@ -120,7 +130,10 @@ def _records(rows: list, spec: ReadSpec, path: Path) -> pd.DataFrame:
 
 
 def _parquet(path: Path, spec: ReadSpec) -> pd.DataFrame:
-    return pd.read_parquet(path)
+    try:
+        return pd.read_parquet(path)
+    except (TypeError, KeyError) as exc:  # a damaged pandas schema in the file's metadata
+        raise ValueError(f"damaged metadata ({exc})") from None
 
 
 def _text_folder(path: Path, spec: ReadSpec) -> pd.DataFrame:

@@ -81,7 +81,13 @@ def _read_parquet(path: Path, where: str) -> pd.DataFrame:
                 raw = pd.Series(chunked.cast(pa.binary()).to_pylist(), dtype=object)
                 frame = pd.DataFrame({"id": table["id"].to_pylist()} if "id" in table.column_names else {})
                 raise _not_utf8(where, column, frame, raw) from None
-    frame = table.to_pandas()
+    try:
+        frame = table.to_pandas()
+    except (ValueError, TypeError, KeyError) as exc:  # a damaged pandas schema in the file's metadata
+        raise InputError(
+            f"{where}: not a readable Parquet file (damaged metadata: {exc})",
+            hint="the file is damaged; regenerate it with `unitask prepare`",
+        ) from None
     for column in frame.columns:
         if frame[column].dtype == object and frame[column].map(lambda v: isinstance(v, bytes)).any():
             frame[column] = _decode(where, column, frame)
