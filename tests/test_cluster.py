@@ -82,7 +82,9 @@ def test_the_compiled_pipeline_parses_into_kfp_protobufs(tmp_path: Path) -> None
     assert schemas.pipeline_errors(text) == []
     spec, platform = schemas.load_kubectl(text)
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert executors["exec-finetune"]["secretAsEnv"] and executors["exec-finetune"]["tolerations"]
+    # the distributed fine-tune's step only launches the job: the workspace volume, no GPU placement
+    assert executors["exec-finetune"]["secretAsEnv"] and executors["exec-finetune"]["pvcMount"]
+    assert "tolerations" not in executors["exec-finetune"] and executors["exec-multitask"]["tolerations"]
 
     def planted(edit: Any) -> list[str]:
         docs = schemas.load_kubectl(text)
@@ -93,8 +95,8 @@ def test_the_compiled_pipeline_parses_into_kfp_protobufs(tmp_path: Path) -> None
     assert len(errors) == 1 and errors[0].startswith("PipelineSpec: ") and 'no field named "retryPolicyy"' in errors[0]
     errors = planted(lambda s, p: p["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune"].update(nodeSelectr={}))
     assert len(errors) == 1 and errors[0].startswith("kubernetes executor exec-finetune: ") and "nodeSelectr" in errors[0]
-    errors = planted(lambda s, p: p["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune"]["tolerations"][0].update(effect=3))
-    assert len(errors) == 1 and "exec-finetune" in errors[0] and "effect" in errors[0]
+    errors = planted(lambda s, p: p["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-multitask"]["tolerations"][0].update(effect=3))
+    assert len(errors) == 1 and "exec-multitask" in errors[0] and "effect" in errors[0]
     errors = planted(lambda s, p: s.update(schemaVersion=2.1))
     assert len(errors) == 1 and "schemaVersion" in errors[0]
 

@@ -360,7 +360,7 @@ def test_a_task_without_training_rows_is_refused(tmp_path: Path, capsys: pytest.
 
 def test_tasks_must_be_declared_text_tasks(tmp_path: Path) -> None:
     params = multitask_project(tmp_path, ("classification",))
-    with pytest.raises(ConfigError, match=r"multitask: tasks \['nope'\]"):
+    with pytest.raises(ConfigError, match=r"multitask.tasks: \[.nope.\] are not declared under tasks"):
         load_config(params, ["multitask.tasks=[nope]"])
     with pytest.raises(ConfigError, match="multitask.tasks: the list has duplicates"):
         load_config(params, ["multitask.tasks=[t_classification, t_classification]"])

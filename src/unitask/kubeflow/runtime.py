@@ -360,9 +360,9 @@ def run_fusion(params: str, seed: int, dataset: Any, encoder: Any, model: Any, r
     with workspace(params, seed, dataset, encoder, stage="fusion") as cfg:
         link_dataset(cfg, dataset)
         link_encoder(cfg, encoder)
-        reports = cfg.path(cfg.paths.reports) / "fusion"
+        written = cfg.path(cfg.paths.reports) / "fusion"
         summaries = {
-            name: train(cfg, "fusion", ["fusion", "--task", name], partial(fusion, cfg, name), reports / f"{name}.json")
+            name: train(cfg, "fusion", ["fusion", "--task", name], partial(fusion, cfg, name), written / f"{name}.json")
             for name in cfg.fusion_tasks()
         }
         Path(model.path).mkdir(parents=True, exist_ok=True)
