@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reports/predictions/{fusion,fusion_text,fusion_image}/<task>.jsonl, and one MLflow run per model.",
     )
     _tasks_option(fuse, "train")
+    fuse.add_argument("--resume", action="store_true", help="skip models already trained and continue the interrupted one from its last checkpoint")
     fuse.set_defaults(run=_fusion)
 
     base = commands.add_parser(
@@ -331,9 +332,12 @@ def _tune(cfg: Config, args: argparse.Namespace) -> None:
 
 def _fusion(cfg: Config, args: argparse.Namespace) -> None:
     from unitask.training.fusion import fusion, fusion_tasks
+    from unitask.training.trainer import is_main_process
 
     for name in args.tasks or fusion_tasks(cfg):
-        summary = fusion(cfg, name)
+        summary = fusion(cfg, name, resume=args.resume)
+        if not is_main_process():
+            continue
         metric = summary["main_metric"]
         cells = "\t".join(f"{m} {r['test'][metric]:.4f}" for m, r in summary["models"].items())
         print(f"{name}\ttest {metric}\t{cells}")

@@ -71,6 +71,10 @@ class Fusion(TrainSettings):
         description="keep the text encoder's weights fixed (forward only: ~3x cheaper steps); the "
         "projection, fusion module and heads still train",
     )
+    text_cache: int = Field(
+        default=1024, ge=0, description="with a frozen text encoder: keep the states of this many distinct "
+        "texts, so each is encoded once (0: encode every batch)",
+    )
     fusion_dim: int = Field(default=128, gt=0, description="both modalities are projected to this width")
     attention_heads: int = Field(default=4, gt=0, description="cross_attention: heads (must divide fusion_dim)")
     dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout in the fusion module and head")
@@ -82,6 +86,10 @@ class Fusion(TrainSettings):
     baselines: bool = Field(default=True, description="also train the text-only and image-only models")
     max_eval_rows: int | None = Field(
         default=None, gt=0, description="cap the validation rows scored (seeded sample); test is always whole"
+    )
+    save_steps: int = Field(default=200, gt=0, description="checkpoint every this many optimizer steps, for --resume")
+    checkpoints: ProjectPath = Field(
+        default="models/checkpoints/fusion", description="<checkpoints>/<task>/<model>, for --resume"
     )
     output: ProjectPath = Field(default="models/fusion", description="model folder per task: <output>/<task>")
 
