@@ -24,7 +24,7 @@ import torch
 from unitask.atomic import atomic_dir, write_json
 from unitask.config import SPLITS, Config
 from unitask.errors import ConfigError
-from unitask.evaluation.metrics import MAIN_METRIC, task_metrics
+from unitask.evaluation.metrics import MAIN_METRIC, group_accuracy, task_metrics
 from unitask.evaluation.predictions import write_predictions
 from unitask.images import Augmenter, ImageCache
 from unitask.inference import MANIFEST
@@ -308,11 +308,16 @@ def train_model(
             outputs[split] = label_outputs(softmax(np.asarray(logits, dtype=float)), labels)
             gold = frames[split]["label"].astype(str).tolist()
             summary[split] = task_metrics("multimodal_classification", gold, outputs[split])
+            if "group" in frames[split]:  # tasks.<name>.group: accuracy per group (easy_vqa: per question kind)
+                groups = frames[split]["group"].astype(str).tolist()
+                predicted = [o["label"] for o in outputs[split]]
+                summary[split]["by_group"] = group_accuracy(gold, predicted, groups)
+                outputs[split] = [{**o, "group": g} for o, g in zip(outputs[split], groups)]
         if hasattr(model.fusion_module, "weights"):
             summary["modality_weights"] = model.fusion_module.weights()
         if main:
             write_predictions(cfg, model_name, name, frames["test"]["label"].astype(str).tolist(), outputs["test"])
-            mlflow.log_metrics(flatten("", {k: summary[k] for k in ("train", "validation", "test")}))
+            mlflow.log_metrics(flatten("", {k: summary[k] for k in ("train", "validation", "test")}))  # by_group too
             if model_name == "fusion":
                 write_model(cfg, name, built, tokenizer, labels)
     return summary
