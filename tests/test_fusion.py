@@ -21,7 +21,7 @@ TINY_VIT = {"model_type": "vit", "image_size": 16, "patch_size": 8, "hidden_size
 SIZES = {"train": 256, "validation": 48, "test": 64}
 
 
-def vqa_project(root: Path, **fusion: Any) -> Path:
+def vqa_project(root: Path, model: dict[str, Any] | None = None, **fusion: Any) -> Path:
     """A prepared task `vqa`: "what color is the shape?" (red/blue) or "where is the shape?" (left/right)
     over a coloured square on noise. Text alone tells which of two answers is asked (at best 0.5), the
     image alone both answers but not which is asked (at best 0.5); together they answer it. Image sizes
@@ -62,7 +62,7 @@ def vqa_project(root: Path, **fusion: Any) -> Path:
                 "epochs": 12, "batch_size": 16, "eval_batch_size": 64, "learning_rate": 3e-3, "warmup_ratio": 0.05,
                 "bf16": False, "logging_steps": 10, "baselines": False, **fusion}  # fmt: skip
     return write_project(
-        root, {"vqa": task}, model={"backbone_config": TINY_BERT, "max_length": 32},
+        root, {"vqa": task}, model=model or {"backbone_config": TINY_BERT, "max_length": 32},
         tracking={"uri": "sqlite:///mlflow/mlflow.db"}, fusion=settings,
     )  # fmt: skip
 
