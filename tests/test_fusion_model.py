@@ -219,5 +219,30 @@ def test_a_cached_frozen_text_encoder_encodes_each_text_once_and_answers_as_unca
     assert len(calls) == 2  # two distinct texts, encoded once each
     other = tokenizer(["what shape is it?"], return_tensors="pt")
     cached(other["input_ids"], other["attention_mask"])
-    assert len(cached._cache) == 2 and len(calls) == 3  # the least recently used text made room
-    assert TextEncoder(encoder, frozen=False, cache_size=8).cache_size == 0  # a trained encoder is never cached
+    assert len(cached.cache) == 2 and len(calls) == 3  # the least recently used text made room
+    assert TextEncoder(encoder, frozen=False, cache_size=8).cache is None  # a trained encoder is never cached
+
+
+def test_a_cached_frozen_image_encoder_encodes_each_image_once_in_eval_mode():
+    from transformers import AutoConfig, AutoModel
+
+    from unitask.models.fusion import ImageEncoder
+
+    config = AutoConfig.for_model(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    model = AutoModel.from_config(config)
+    plain, cached = ImageEncoder(model, frozen=True), ImageEncoder(model, frozen=True, cache_size=8)
+    cached.train()
+    assert not model.training  # BatchNorm keeps its running statistics
+    calls = []
+    model.register_forward_hook(lambda module, args, out: calls.append(args))
+    images = torch.rand(3, 3, 32, 32)
+    batch = torch.stack([images[0], images[1], images[0], images[2]])
+    expected, _ = plain(batch)
+    calls.clear()
+    got, mask = cached(batch)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    again, _ = cached(batch[[3, 1]])
+    torch.testing.assert_close(again, expected[[3, 1]], atol=1e-5, rtol=1e-4)
+    assert len(calls) == 1 and len(cached.cache) == 3  # three distinct images, one forward pass
+    assert got.shape == (4, 16, 16) and mask.all()  # a 4 x 4 feature map and not got.requires_grad
+    assert all(not p.requires_grad for p in cached.parameters())

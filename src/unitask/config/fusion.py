@@ -66,6 +66,14 @@ class Fusion(TrainSettings):
         default_factory=lambda: dict(DEFAULT_VIT),
         description="transformers config of the from-scratch image encoder (model_type vit by default)",
     )
+    freeze_image_encoder: bool = Field(
+        default=False,
+        description="keep the image encoder's weights fixed (a pretrained `image_encoder`; BatchNorm in eval mode)",
+    )
+    image_cache: int = Field(
+        default=8192, ge=0, description="with a frozen image encoder: keep the features of this many distinct "
+        "images (by their pixels), so each is encoded once (0: encode every batch)",
+    )
     freeze_text_encoder: bool = Field(
         default=False,
         description="keep the text encoder's weights fixed (forward only: ~3x cheaper steps); the "

@@ -11,6 +11,7 @@ Optional auxiliary heads classify each modality alone; the loss is
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -23,6 +24,30 @@ from torch.nn import functional as F
 from transformers.utils import ModelOutput
 
 Features = tuple[torch.Tensor, torch.Tensor]  # (tokens [batch, length, width], mask [batch, length] bool)
+
+
+class FeatureCache:
+    """The outputs of a frozen encoder by input key, least recently used dropped beyond `size`."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Any, torch.Tensor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def lookup(self, keys: list[Any], compute: Any) -> dict[Any, torch.Tensor]:
+        """{key: output} for `keys`; `compute(missing keys)` gives the missing ones (in that order)."""
+        missing = [k for k in dict.fromkeys(keys) if k not in self._items]
+        found = {k: self._items[k] for k in dict.fromkeys(keys) if k in self._items}
+        for k in found:
+            self._items.move_to_end(k)
+        if missing:
+            for key, value in zip(missing, compute(missing)):
+                found[key] = self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return found
 
 
 class TextEncoder(nn.Module):
@@ -39,10 +64,9 @@ class TextEncoder(nn.Module):
         self.model = model
         self.width = model.config.hidden_size
         self.frozen = frozen
-        self.cache_size = cache_size if frozen else 0
-        self._cache: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
+        self.cache = FeatureCache(cache_size) if frozen and cache_size else None
         if frozen:
-            model.requires_grad_(False)
+            model.requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> TextEncoder:
         super().train(mode)
@@ -51,28 +75,23 @@ class TextEncoder(nn.Module):
         return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Features:
-        if self.cache_size:
+        if self.cache is not None:
             return self._cached(input_ids, attention_mask), attention_mask.bool()
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return hidden, attention_mask.bool()
 
     @torch.no_grad()
+    def _encode_alone(self, keys: list[tuple[int, ...]], device: torch.device) -> list[torch.Tensor]:
+        """Each text alone, without padding: its states do not depend on the batch it came in."""
+        ids = [torch.tensor([key], device=device) for key in keys]
+        return [self.model(input_ids=i, attention_mask=torch.ones_like(i)).last_hidden_state[0] for i in ids]
+
     def _cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         masks = attention_mask.bool()
         keys = [tuple(ids[mask].tolist()) for ids, mask in zip(input_ids, masks)]
-        states: dict[tuple[int, ...], torch.Tensor] = {}
-        for key in dict.fromkeys(keys):
-            if key in self._cache:
-                self._cache.move_to_end(key)
-            else:  # alone, without padding: its states do not depend on the batch it came in
-                ids = torch.tensor([key], device=input_ids.device)
-                self._cache[key] = self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
-                if len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-            states[key] = self._cache[key]
-        first = next(iter(states.values()))
-        hidden = first.new_zeros((*input_ids.shape, self.width))
+        states = self.cache.lookup(keys, lambda missing: self._encode_alone(missing, input_ids.device))
+        hidden = next(iter(states.values())).new_zeros((*input_ids.shape, self.width))
         for row, key in enumerate(keys):
             hidden[row, masks[row]] = states[key]
         return hidden
@@ -80,16 +99,28 @@ class TextEncoder(nn.Module):
 
 class ImageEncoder(nn.Module):
     """A Hugging Face image model (`AutoModel`: ViT, or a CNN such as ResNet or MobileNetV2 whose
-    feature map [batch, channels, h, w] becomes h*w patches)."""
+    feature map [batch, channels, h, w] becomes h*w patches). `frozen`: fixed weights, always in eval
+    mode (BatchNorm uses its running statistics), no autograd; then `cache_size` > 0 keeps the features
+    of that many distinct images (by their pixels), so each is encoded once."""
 
     inputs = ("pixel_values",)
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, frozen: bool = False, cache_size: int = 0) -> None:
         super().__init__()
         self.model = model
         config = model.config
         width = getattr(config, "hidden_size", None) or (getattr(config, "hidden_sizes", None) or [None])[-1]
         self.width = int(width or self._probe_width())
+        self.frozen = frozen
+        self.cache = FeatureCache(cache_size) if frozen and cache_size else None
+        if frozen:
+            model.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> ImageEncoder:
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+        return self
 
     def _probe_width(self) -> int:
         """The channels of one forward pass (models whose config names no width, e.g. MobileNetV2)."""
@@ -97,14 +128,26 @@ class ImageEncoder(nn.Module):
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
-            tokens, _ = self(torch.zeros(1, 3, size, size))
+            tokens = self._tokens(torch.zeros(1, 3, size, size))
         self.model.train(was_training)
         return tokens.shape[-1]
 
-    def forward(self, pixel_values: torch.Tensor) -> Features:
+    def _tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self.model(pixel_values=pixel_values).last_hidden_state
         if hidden.dim() == 4:  # [batch, channels, h, w] feature map -> [batch, h*w, channels]
             hidden = hidden.flatten(2).transpose(1, 2)
+        return hidden
+
+    def forward(self, pixel_values: torch.Tensor) -> Features:
+        if self.cache is not None:
+            keys = [hashlib.blake2b(row.cpu().numpy().tobytes(), digest_size=16).digest() for row in pixel_values]
+            rows = dict(zip(keys, pixel_values))
+            with torch.no_grad():
+                found = self.cache.lookup(keys, lambda missing: self._tokens(torch.stack([rows[k] for k in missing])).unbind(0))
+            hidden = torch.stack([found[k] for k in keys])
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+                hidden = self._tokens(pixel_values)
         return hidden, torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
 
 

@@ -185,7 +185,7 @@ def build_model(cfg: Config, modalities: tuple[str, ...], num_labels: int) -> Bu
         )
     if "image" in modalities:
         image_model, processor, sources["image_encoder"] = build_image_encoder(cfg)
-        encoders["image"] = ImageEncoder(image_model)
+        encoders["image"] = ImageEncoder(image_model, frozen=settings.freeze_image_encoder, cache_size=settings.image_cache)
     torch.manual_seed(cfg.seed)
     return Built(compose(spec, encoders), spec, processor, sources)
 
