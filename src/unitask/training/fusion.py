@@ -117,7 +117,8 @@ def multimodal_labels(cfg: Config, name: str) -> list[str]:
 
 def build_image_encoder(cfg: Config) -> tuple[torch.nn.Module, Any, str]:
     """(image model, image processor, where it came from): a pretrained one from `fusion.image_encoder`
-    (hub id or folder; AutoModel + AutoImageProcessor), else a ViT from `fusion.image_config`."""
+    (hub id or folder; AutoModel + AutoImageProcessor), or converted from `fusion.image_weights`, else
+    one built from `fusion.image_config` and trained from scratch."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, set_seed
 
     settings = cfg.fusion
@@ -132,6 +133,13 @@ def build_image_encoder(cfg: Config) -> tuple[torch.nn.Module, Any, str]:
                 hint="give a hub id or a folder saved with save_pretrained (model and image processor), "
                 "or unset it to train the ViT of fusion.image_config",
             ) from None
+    if settings.image_weights:  # e.g. torchvision's ImageNet MobileNetV2, converted here
+        from unitask.models.mobilenet import load_converted, weights_file
+
+        weights = settings.image_weights
+        path = weights_file(weights.file, cfg.root)
+        model, processor = load_converted(path, weights.image_size)
+        return model, processor, f"{weights.format}:{weights.file}"
     try:
         config = AutoConfig.for_model(**settings.image_config)
     except (ValueError, TypeError) as exc:
