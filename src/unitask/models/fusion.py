@@ -109,7 +109,8 @@ class ImageEncoder(nn.Module):
         super().__init__()
         self.model = model
         config = model.config
-        width = getattr(config, "hidden_size", None) or (getattr(config, "hidden_sizes", None) or [None])[-1]
+        # a CNN's last stage (ResNet, ConvNeXt: hidden_sizes), else a transformer's width (ViT: hidden_size)
+        width = (getattr(config, "hidden_sizes", None) or [None])[-1] or getattr(config, "hidden_size", None)
         self.width = int(width or self._probe_width())
         self.frozen = frozen
         self.cache = FeatureCache(cache_size) if frozen and cache_size else None
