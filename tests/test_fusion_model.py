@@ -228,7 +228,9 @@ def test_a_cached_frozen_image_encoder_encodes_each_image_once_in_eval_mode():
 
     from unitask.models.fusion import ImageEncoder
 
-    config = AutoConfig.for_model(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    # hidden_size as a ViT config has it: a merged-over config (tests/smoke.yaml over params.yaml) keeps it
+    config = AutoConfig.for_model(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                  layer_type="basic", hidden_size=64)  # fmt: skip
     model = AutoModel.from_config(config)
     plain, cached = ImageEncoder(model, frozen=True), ImageEncoder(model, frozen=True, cache_size=8)
     cached.train()
@@ -244,5 +246,5 @@ def test_a_cached_frozen_image_encoder_encodes_each_image_once_in_eval_mode():
     again, _ = cached(batch[[3, 1]])
     torch.testing.assert_close(again, expected[[3, 1]], atol=1e-5, rtol=1e-4)
     assert len(calls) == 1 and len(cached.cache) == 3  # three distinct images, one forward pass
-    assert got.shape == (4, 16, 16) and mask.all()  # a 4 x 4 feature map and not got.requires_grad
+    assert got.shape == (4, 16, 16) and mask.all() and cached.width == 16  # a 4 x 4 map of 16 channels and not got.requires_grad
     assert all(not p.requires_grad for p in cached.parameters())
