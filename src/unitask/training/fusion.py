@@ -229,6 +229,8 @@ def fusion(cfg: Config, name: str, resume: bool = False) -> dict[str, Any]:
             result = train_model(cfg, name, model_name, modalities, labels, data, tokenizer, folder, resume)
             if is_main_process():
                 write_json(done, result)
+                for checkpoint in folder.glob("checkpoint-*"):  # not needed to resume any more
+                    shutil.rmtree(checkpoint)
             summary["models"][model_name] = result
     if is_main_process():
         write_json(cfg.path(cfg.paths.reports) / "fusion" / f"{name}.json", summary)
