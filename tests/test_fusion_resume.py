@@ -72,3 +72,13 @@ def test_killed_fusion_resumes_to_the_same_metrics(tmp_path: Path) -> None:
             assert got[split] == pytest.approx(expected[split], rel=1e-5, abs=1e-6), (model, split)
             assert by_group == expected_by_group, (model, split)
     assert straight["models"]["fusion"]["test"]["accuracy"] > 0.6  # chance 0.25, one modality at most 0.5
+
+
+def test_a_checkpoint_killed_while_its_state_was_written_is_skipped(tmp_path: Path) -> None:
+    from unitask.training.finetune import resume_point
+
+    for step, state in ((10, '{"global_step": 10}'), (20, ""), (30, '{"global_st')):  # 20, 30: cut off by a kill
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-40").mkdir()  # killed before its state was written
+    assert resume_point(tmp_path, resume=True) == str(tmp_path / "checkpoint-10")

@@ -9,6 +9,7 @@ MLflow run with params, per-evaluation metrics, final metrics and the model. Und
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import sys
 import time
@@ -47,16 +48,25 @@ def scorer(task: TextTask, features: Any, frame: pd.DataFrame) -> Callable[[Any]
 
 def resume_point(folder: Path, resume: bool) -> str | None:
     """The last complete checkpoint (its trainer_state.json is written last) to resume from; a run
-    killed while saving leaves a partial one, which is skipped. Without `resume`, old ones are cleared."""
+    killed while saving leaves a partial one (no or a cut-off trainer_state.json), which is skipped. Without `resume`, old ones are cleared."""
     if not resume:
         if is_main_process():
             shutil.rmtree(folder, ignore_errors=True)
         return None
-    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    complete = [p for p in folder.glob("checkpoint-*") if _state_readable(p)]
     if not complete:
         print(f"unitask: no checkpoint in {folder}; training from the start", file=sys.stderr)
         return None
     return str(max(complete, key=lambda p: int(p.name.rpartition("-")[2])))
+
+
+def _state_readable(checkpoint: Path) -> bool:
+    """trainer_state.json is there and whole (a kill while it was written leaves it cut off)."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def training_arguments(cfg: Config, task: TextTask, output_dir: Path, quiet: bool = False) -> Any:
