@@ -110,3 +110,32 @@ def test_prepare_is_deterministic_and_seeded(project, tmp_path):
     assert run("seed=8") != first
     assert {s: len(ids) for s, ids in first.items()} == {"train": 160, "validation": 20, "test": 20}
     assert sum(map(len, run("prepare.max_rows=50").values())) == 50
+
+
+def test_easy_vqa_rows_carry_the_question_kind_their_answer_gives(default_project):
+    """tasks.easy_vqa.group: the kind derived from the answer agrees with the question's wording."""
+    for frame in _splits(default_project, "easy_vqa").values():
+        what = frame["text"].str.startswith("what")
+        assert (frame.loc[~what, "group"] == "yes/no").all()  # is / does / are ... questions
+        assert (frame.loc[what & frame["text"].str.contains("color"), "group"] == "colour").all()
+        assert (frame.loc[what & ~frame["text"].str.contains("color"), "group"] == "shape").all()
+        assert set(frame["group"]) == {"colour", "shape", "yes/no"}
+
+
+def test_a_group_declaration_must_name_one_source_and_cover_the_labels():
+    from pydantic import ValidationError
+
+    from unitask.config import TaskConfig
+
+    base = {"type": "classification", "source": {"kind": "local", "path": "x.csv"}, "read": {"format": "csv"},
+            "columns": {"text": "t", "label": "l"}, "labels": ["a", "b", "c"]}  # fmt: skip
+    assert TaskConfig(**base, group={"labels": {"ab": ["a", "b"], "c": ["c"]}}).group.of_label() == {"a": "ab", "b": "ab", "c": "c"}
+    assert TaskConfig(**base, group={"column": "kind"}).group.column == "kind"
+    for group, message in [
+        ({}, "exactly one of column"),
+        ({"column": "kind", "labels": {"a": ["a"]}}, "exactly one of column"),
+        ({"labels": {"x": ["a", "b"], "y": ["b", "c"]}}, r"labels \['b'\] are in more than one group"),
+        ({"labels": {"x": ["a", "b"], "y": ["z"]}}, r"not grouped \['c'\], not labels \['z'\]"),
+    ]:
+        with pytest.raises(ValidationError, match=message):
+            TaskConfig(**base, group=group)

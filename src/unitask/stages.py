@@ -27,7 +27,7 @@ from unitask.config import Config
 
 # the keys of a task that say what its data is (read by the data stages; its training settings,
 # tasks.<task>.finetune and .multitask, are not data)
-TASK_DATA_KEYS = ("type", "source", "read", "columns", "labels", "label_names", "label_range", "max_rows")
+TASK_DATA_KEYS = ("type", "source", "read", "columns", "labels", "label_names", "label_range", "max_rows", "group")
 
 
 def task_keys(cfg: Config, keys: tuple[str, ...], names: list[str] | None = None) -> list[str]:
@@ -126,11 +126,15 @@ def _multitask_comparison(cfg: Config, args: argparse.Namespace) -> None:
 def _fusion(cfg: Config, args: argparse.Namespace) -> None:
     from unitask.training.fusion import fusion
 
+    from unitask.training.trainer import is_main_process
+
     names = _tasks(args, cfg.fusion_tasks)
     if not names:
         print("fusion\tno text+image task to train (fusion.tasks, or no multimodal_classification task declared)")
     for name in names:
-        summary = fusion(cfg, name)
+        summary = fusion(cfg, name, resume=args.resume)
+        if not is_main_process():
+            continue
         metric = summary["main_metric"]
         cells = "\t".join(f"{m} {r['test'][metric]:.4f}" for m, r in summary["models"].items())
         print(f"{name}\ttest {metric}\t{cells}")
@@ -334,7 +338,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "augmentation (fusion.augment). With fusion.baselines, a text-only and an image-only model get the same "
         "budget. Writes fusion.output/<task>, reports/fusion/<task>.json (all models side by side), test predictions "
         "in reports/predictions/{fusion,fusion_text,fusion_image}/<task>.jsonl, and one MLflow run per model.",
-        "unitask.training.fusion:fusion", _fusion, options=(task_filter("train"),),
+        "unitask.training.fusion:fusion", _fusion, options=(task_filter("train"), RESUME),
         runs=lambda c: c.fusion_tasks(),
         params=("seed", "model", "fusion", "pretrain.enabled", task_data),
         deps=("{c.paths.prepared}", "{c.paths.raw}", "{c.paths.reports}/validate", "{c.pretrain.output}"),

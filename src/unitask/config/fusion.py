@@ -38,6 +38,17 @@ class ImageAugment(Strict):
         return self.hflip > 0 or self.crop > 0 or self.color_jitter > 0
 
 
+class ImageWeights(Strict):
+    """Pretrained image weights in a format transformers does not load, converted into a transformers
+    model in memory at the start of the stage (`unitask.models.mobilenet`)."""
+
+    format: Literal["torchvision_mobilenet_v2"] = Field(
+        default="torchvision_mobilenet_v2", description="torchvision's MobileNetV2 state dict (.pth)"
+    )
+    file: str = Field(description="the .pth: a path, or package:<distribution>/<file inside it>")
+    image_size: int = Field(default=64, gt=0, description="images are resized to image_size x image_size")
+
+
 class LossWeights(Strict):
     """L = fused * L_fused + text * L_text + image * L_image (auxiliary unimodal heads)."""
 
@@ -62,14 +73,30 @@ class Fusion(TrainSettings):
         description="hub id or folder of a pretrained image model (AutoModel + AutoImageProcessor), "
         "e.g. google/vit-base-patch16-224; unset: a ViT built from `image_config`, trained from scratch",
     )
+    image_weights: ImageWeights | None = Field(
+        default=None, description="pretrained weights to convert (e.g. torchvision's ImageNet MobileNetV2); "
+        "used when image_encoder is unset",
+    )
     image_config: dict[str, Any] = Field(
         default_factory=lambda: dict(DEFAULT_VIT),
         description="transformers config of the from-scratch image encoder (model_type vit by default)",
+    )
+    freeze_image_encoder: bool = Field(
+        default=False,
+        description="keep the image encoder's weights fixed (a pretrained `image_encoder`; BatchNorm in eval mode)",
+    )
+    image_cache: int = Field(
+        default=8192, ge=0, description="with a frozen image encoder: keep the features of this many distinct "
+        "images (by their pixels), so each is encoded once (0: encode every batch)",
     )
     freeze_text_encoder: bool = Field(
         default=False,
         description="keep the text encoder's weights fixed (forward only: ~3x cheaper steps); the "
         "projection, fusion module and heads still train",
+    )
+    text_cache: int = Field(
+        default=1024, ge=0, description="with a frozen text encoder: keep the states of this many distinct "
+        "texts, so each is encoded once (0: encode every batch)",
     )
     fusion_dim: int = Field(default=128, gt=0, description="both modalities are projected to this width")
     attention_heads: int = Field(default=4, gt=0, description="cross_attention: heads (must divide fusion_dim)")
@@ -83,7 +110,17 @@ class Fusion(TrainSettings):
     max_eval_rows: int | None = Field(
         default=None, gt=0, description="cap the validation rows scored (seeded sample); test is always whole"
     )
+    save_steps: int = Field(default=200, gt=0, description="checkpoint every this many optimizer steps, for --resume")
+    checkpoints: ProjectPath = Field(
+        default="models/checkpoints/fusion", description="<checkpoints>/<task>/<model>, for --resume"
+    )
     output: ProjectPath = Field(default="models/fusion", description="model folder per task: <output>/<task>")
+
+    @model_validator(mode="after")
+    def _one_image_source(self) -> Fusion:
+        if self.image_encoder and self.image_weights:
+            raise ValueError("set image_encoder (a hub id or folder) or image_weights (weights to convert), not both")
+        return self
 
     @model_validator(mode="after")
     def _heads_divide(self) -> Fusion:

@@ -111,6 +111,29 @@ class TaskMultitask(Strict):
     weight: float = Field(default=1.0, gt=0, description="its loss weight under multitask.weighting: static")
 
 
+class Grouping(Strict):
+    """Where each row's group comes from, for accuracy per group (e.g. per question kind): a raw
+    column, or the label (each group lists its labels). `unitask prepare` writes it as column `group`."""
+
+    column: str | None = Field(default=None, description="a raw column holding each row's group")
+    labels: dict[str, list[str]] | None = Field(
+        default=None, description="group -> its labels; a row's group is its label's (easy_vqa: colour, shape, yes/no)"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Grouping:
+        if (self.column is None) == (self.labels is None):
+            raise ValueError("give exactly one of column (a raw column) or labels (group -> labels)")
+        seen = [label for members in (self.labels or {}).values() for label in members]
+        twice = sorted({label for label in seen if seen.count(label) > 1})
+        if twice:
+            raise ValueError(f"labels {twice} are in more than one group")
+        return self
+
+    def of_label(self) -> dict[str, str]:
+        return {label: group for group, members in (self.labels or {}).items() for label in members}
+
+
 class TaskConfig(Strict):
     type: TaskTypeName
     source: Source
@@ -126,6 +149,9 @@ class TaskConfig(Strict):
         default=None, description="regression: [min, max] of the target"
     )
     max_rows: int | None = Field(default=None, gt=0, description="cap rows (seeded sample)")
+    group: Grouping | None = Field(
+        default=None, description="groups for per-group accuracy in the fusion report and `unitask evaluate`"
+    )
     # settings of this task in the training stages: they live with the task, so that replacing `tasks:`
     # is all a new project needs, and DVC reruns only this task's stages when they change
     finetune: dict[str, Any] = Field(
@@ -160,6 +186,13 @@ class TaskConfig(Strict):
             raise ValueError("labels: the list has duplicates")
         if not spec.has_label_set and self.labels:
             raise ValueError(f"labels: type '{self.type}' takes no label list")
+        if self.group is not None and self.group.labels is not None:
+            if spec.label_kind != "categorical":
+                raise ValueError("group.labels: only tasks with one label per row group by label; use group.column")
+            grouped = set(self.group.of_label())
+            if grouped != set(self.labels or []):
+                missing, unknown = sorted(set(self.labels or []) - grouped), sorted(grouped - set(self.labels or []))
+                raise ValueError(f"group.labels must cover the labels exactly: not grouped {missing}, not labels {unknown}")
         if self.label_range is not None:
             if spec.label_kind != "numeric":
                 raise ValueError("label_range: only regression tasks take a label_range")

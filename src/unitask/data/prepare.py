@@ -87,6 +87,8 @@ def canonical(cfg: Config, name: str, task: TaskConfig, table: pd.DataFrame, ent
         _check_label_set(name, task, frame, frame["tags"].map(set))
     elif spec.label_kind == "numeric":
         frame["label"] = _numeric(name, task, frame["label"])
+    if task.group is not None:
+        frame["group"] = _groups(name, task, table, frame)
     return frame
 
 
@@ -144,6 +146,19 @@ def _answers(value: Any) -> dict[str, list[Any]]:
         ):
             return {"text": texts, "answer_start": [int(s) for s in starts]}
     raise TypeError(type(value).__name__)
+
+
+def _groups(name: str, task: TaskConfig, table: pd.DataFrame, frame: pd.DataFrame) -> np.ndarray:
+    """Each row's group (`tasks.<name>.group`): from its raw column, or from its label."""
+    group = task.group
+    if group.column is not None:
+        if group.column not in table:
+            raise ConfigError(
+                f"tasks.{name}.group.column: no column '{group.column}' in the raw data; it has {list(table.columns)}",
+                hint="name a raw column, or group by label with group.labels",
+            )
+        return table[group.column].astype(str).to_numpy()
+    return frame["label"].map(group.of_label()).to_numpy()
 
 
 def _image_paths(cfg: Config, name: str, template: str, table: pd.DataFrame, entry: Path) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from unitask.config import Config
 from unitask.errors import DataError
-from unitask.evaluation.metrics import MAIN_METRIC, OUTPUT_KEY, confusion, per_class_report, task_metrics
+from unitask.evaluation.metrics import MAIN_METRIC, OUTPUT_KEY, confusion, group_accuracy, per_class_report, task_metrics
 from unitask.evaluation.predictions import predictions_path, read_predictions
 
 # the command that writes a model's predictions, for the error when they are missing
@@ -56,7 +56,8 @@ def score(cfg: Config) -> dict[str, Any]:
     """{"table": {task: {model: metrics}}, "tasks": {task: details}} for every model with predictions.
 
     details: type, main metric, the best model on it, and per model the number of rows and, for
-    classification types, the per-class report, the labels and the confusion matrix."""
+    classification types, the per-class report, the labels, the confusion matrix and, where the
+    predictions carry a group (`tasks.<task>.group`), the accuracy per group."""
     off = turned_off(cfg)
     models = [m for m in cfg.evaluate.models if m not in off]
     table: dict[str, dict[str, dict[str, float]]] = {}
@@ -74,6 +75,8 @@ def score(cfg: Config) -> dict[str, Any]:
                 info["per_class"] = per_class_report(gold, predicted, labels)
                 info["labels"] = labels
                 info["confusion"] = confusion(gold, predicted, labels)
+                if all("group" in o for o in outputs):  # tasks.<task>.group, e.g. easy_vqa's question kinds
+                    info["per_group"] = group_accuracy(gold, predicted, [str(o["group"]) for o in outputs])
             entry["models"][model] = info
     for task, entry in details.items():
         main = entry["main_metric"]
@@ -104,4 +107,11 @@ def markdown(result: dict[str, Any]) -> str:
                 cells[0] = f"**{cells[0]}**"
             lines.append(f"| {model} | {entry['models'][model]['rows']} | " + " | ".join(cells) + " |")
         lines.append("")
+        grouped = {m: info["per_group"] for m, info in entry["models"].items() if "per_group" in info}
+        if grouped:
+            groups = sorted({g for per in grouped.values() for g in per})
+            lines += ["Accuracy per group:", "", "| model | " + " | ".join(groups) + " |", "|---|" + "---:|" * len(groups)]
+            for model, per in grouped.items():
+                lines.append(f"| {model} | " + " | ".join(f"{per[g]['accuracy']:.4f}" if g in per else "–" for g in groups) + " |")
+            lines.append("")
     return "\n".join(lines)

@@ -44,6 +44,18 @@ def classification_metrics(gold: list[Any], predicted: list[Any]) -> dict[str, f
     }
 
 
+def group_accuracy(gold: list[Any], predicted: list[Any], groups: list[str]) -> dict[str, dict[str, float]]:
+    """Accuracy and row count per group (e.g. per question kind), groups in sorted order."""
+    from sklearn.metrics import accuracy_score
+
+    by_group: dict[str, dict[str, float]] = {}
+    for group in sorted(set(groups)):
+        rows = [i for i, g in enumerate(groups) if g == group]
+        by_group[group] = {"accuracy": float(accuracy_score([gold[i] for i in rows], [predicted[i] for i in rows])),
+                           "rows": len(rows)}  # fmt: skip
+    return by_group
+
+
 def per_class_report(gold: list[Any], predicted: list[Any], labels: list[str]) -> dict[str, dict[str, float]]:
     """Precision, recall, F1 and support per label (scikit-learn's classification report)."""
     from sklearn.metrics import classification_report

@@ -25,7 +25,7 @@ class TaskModel:
 
     def __init__(self, model: LateFusion, tokenizer: Any, processor: Any, manifest: dict[str, Any]) -> None:
         self.model, self.labels = model, list(manifest["labels"])
-        self.modalities = model.spec.modalities
+        self.modalities = model.modalities
         self.max_length = int(manifest["max_length"])
         self.tokenizer = tokenizer
         self.collate = FusionCollator(tokenizer, processor, self.modalities)

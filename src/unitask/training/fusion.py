@@ -1,7 +1,7 @@
 """`unitask fusion --task NAME`: a text+image model per multimodal task, plus a text-only and an
 image-only baseline trained with the same budget, each with transformers' Trainer.
 
-One plain function, `fusion(cfg, task)`, called by the CLI and DVC. It writes the fused model folder
+One plain function, `fusion(cfg, task, resume=False)`, called by the CLI, DVC and Kubeflow. It writes the fused model folder
 (safetensors, tokenizer, image processor, `unitask-model.json`), test predictions of all three models
 (`reports/predictions/{fusion,fusion_text,fusion_image}/<task>.jsonl`), `reports/fusion/<task>.json`
 with their validation and test metrics side by side, and one MLflow run per model (tag unitask.stage=fusion).
@@ -10,8 +10,10 @@ with their validation and test metrics side by side, and one MLflow run per mode
 from __future__ import annotations
 
 import json
-import tempfile
+import shutil
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +24,24 @@ import torch
 from unitask.atomic import atomic_dir, write_json
 from unitask.config import SPLITS, Config
 from unitask.errors import ConfigError
-from unitask.evaluation.metrics import MAIN_METRIC, task_metrics
+from unitask.evaluation.metrics import MAIN_METRIC, group_accuracy, task_metrics
 from unitask.evaluation.predictions import write_predictions
 from unitask.images import Augmenter, ImageCache
 from unitask.inference import MANIFEST
 from unitask.models.backbone import load_tokenizer, resolve_backbone
-from unitask.models.fusion import FusionCollator, FusionSpec, ImageEncoder, LateFusion, TextEncoder, save_fusion
+from unitask.models.fusion import FusionCollator, FusionSpec, ImageEncoder, LateFusion, TextEncoder, compose, save_fusion
 from unitask.tasks.sequence import label_outputs, softmax
 from unitask.tasks.text import read_split
-from unitask.tracking import flatten, stage_run
+from unitask.tracking import flatten, preflight, stage_run
 from unitask.training.model import build_encoder
-from unitask.training.trainer import MlflowMetrics, UnitaskTrainer, trainer_arguments
+from unitask.training.trainer import (
+    MlflowMetrics,
+    UnitaskTrainer,
+    is_main_process,
+    resume_point,
+    train_from,
+    trainer_arguments,
+)
 
 # model name (in reports/predictions/<model>/) -> the modalities it sees
 MODELS: dict[str, tuple[str, ...]] = {"fusion": ("text", "image"), "fusion_text": ("text",), "fusion_image": ("image",)}
@@ -103,7 +112,8 @@ def multimodal_labels(cfg: Config, name: str) -> list[str]:
 
 def build_image_encoder(cfg: Config) -> tuple[torch.nn.Module, Any, str]:
     """(image model, image processor, where it came from): a pretrained one from `fusion.image_encoder`
-    (hub id or folder; AutoModel + AutoImageProcessor), else a ViT from `fusion.image_config`."""
+    (hub id or folder; AutoModel + AutoImageProcessor), or converted from `fusion.image_weights`, else
+    one built from `fusion.image_config` and trained from scratch."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, set_seed
 
     settings = cfg.fusion
@@ -118,6 +128,13 @@ def build_image_encoder(cfg: Config) -> tuple[torch.nn.Module, Any, str]:
                 hint="give a hub id or a folder saved with save_pretrained (model and image processor), "
                 "or unset it to train the ViT of fusion.image_config",
             ) from None
+    if settings.image_weights:  # e.g. torchvision's ImageNet MobileNetV2, converted here
+        from unitask.models.mobilenet import load_converted, weights_file
+
+        weights = settings.image_weights
+        path = weights_file(weights.file, cfg.root)
+        model, processor = load_converted(path, weights.image_size)
+        return model, processor, f"{weights.format}:{weights.file}"
     try:
         config = AutoConfig.for_model(**settings.image_config)
     except (ValueError, TypeError) as exc:
@@ -133,8 +150,20 @@ def default_processor(size: int) -> Any:
     return ViTImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def build_model(cfg: Config, modalities: tuple[str, ...], num_labels: int) -> tuple[LateFusion, Any, dict[str, str]]:
-    """A fresh LateFusion for `modalities`, its image processor (None without images) and encoder sources."""
+@dataclass
+class Built:
+    """A fresh model with what saving and logging it need."""
+
+    model: LateFusion
+    spec: FusionSpec
+    processor: Any  # the image processor; None without images
+    sources: dict[str, str]  # where each encoder came from
+
+
+def build_model(cfg: Config, modalities: tuple[str, ...], num_labels: int) -> Built:
+    """The LateFusion for `modalities` from config: each encoder (the text encoder as fine-tuning
+    uses it, the image encoder of `build_image_encoder`) composed by `compose` with the fusion
+    module and heads of `fusion.method`."""
     settings = cfg.fusion
     weights = settings.loss_weights
     spec = FusionSpec(
@@ -144,13 +173,14 @@ def build_model(cfg: Config, modalities: tuple[str, ...], num_labels: int) -> tu
         fusion_dim=settings.fusion_dim,
         attention_heads=settings.attention_heads,
         dropout=settings.dropout,
-        loss_weights=(weights.fused, weights.text, weights.image),
+        loss_weights=(weights.fused, *(getattr(weights, m) for m in modalities)),
     )
     encoders: dict[str, torch.nn.Module] = {}
     sources: dict[str, str] = {}
     processor = None
     if "text" in modalities:
-        encoders["text"] = TextEncoder(build_encoder(cfg), frozen=settings.freeze_text_encoder)
+        frozen = settings.freeze_text_encoder
+        encoders["text"] = TextEncoder(build_encoder(cfg), frozen=frozen, cache_size=settings.text_cache)
         sources["text_encoder"] = (
             f"config:{cfg.model.backbone_config.get('model_type')}"
             if cfg.model.backbone_config and not cfg.pretrain.enabled
@@ -158,16 +188,23 @@ def build_model(cfg: Config, modalities: tuple[str, ...], num_labels: int) -> tu
         )
     if "image" in modalities:
         image_model, processor, sources["image_encoder"] = build_image_encoder(cfg)
-        encoders["image"] = ImageEncoder(image_model)
+        encoders["image"] = ImageEncoder(image_model, frozen=settings.freeze_image_encoder, cache_size=settings.image_cache)
     torch.manual_seed(cfg.seed)
-    return LateFusion(spec, encoders), processor, sources
+    return Built(compose(spec, encoders), spec, processor, sources)
 
 
-def fusion(cfg: Config, name: str) -> dict[str, Any]:
+def fusion(cfg: Config, name: str, resume: bool = False) -> dict[str, Any]:
     """Train and evaluate the fused model (and the unimodal baselines) on task `name`; return the
-    summary written to reports/fusion/<name>.json."""
+    summary written to reports/fusion/<name>.json. Each model checkpoints every `fusion.save_steps`
+    under `<fusion.checkpoints>/<name>/<model>`; with `resume`, finished models are not trained again
+    and the interrupted one continues from its last complete checkpoint. Under torchrun every process
+    trains (DDP) and only rank 0 writes."""
+    preflight(cfg)  # an unreachable tracking server fails the stage before any work
     labels = multimodal_labels(cfg, name)
     settings = cfg.fusion
+    checkpoints = cfg.path(settings.checkpoints) / name
+    if not resume and is_main_process():
+        shutil.rmtree(checkpoints, ignore_errors=True)
     tokenizer = load_tokenizer(cfg)
     data = FusionData(cfg, name, tokenizer, labels)
     summary: dict[str, Any] = {
@@ -179,9 +216,24 @@ def fusion(cfg: Config, name: str) -> dict[str, Any]:
     }
     for model_name, modalities in MODELS.items():
         if model_name == "fusion" or settings.baselines:
-            summary["models"][model_name] = train_model(cfg, name, model_name, modalities, labels, data, tokenizer)
-    write_json(cfg.path(cfg.paths.reports) / "fusion" / f"{name}.json", summary)
+            folder = checkpoints / model_name
+            done = folder / DONE
+            if resume and done.is_file():  # trained, scored and written before the interruption
+                summary["models"][model_name] = json.loads(done.read_text(encoding="utf-8"))
+                continue
+            result = train_model(cfg, name, model_name, modalities, labels, data, tokenizer, folder, resume)
+            if is_main_process():
+                write_json(done, result)
+                for checkpoint in folder.glob("checkpoint-*"):  # not needed to resume any more
+                    shutil.rmtree(checkpoint)
+            summary["models"][model_name] = result
+    if is_main_process():
+        write_json(cfg.path(cfg.paths.reports) / "fusion" / f"{name}.json", summary)
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return summary
+
+
+DONE = "done.json"  # in a model's checkpoint folder: its summary, once its outputs are written
 
 
 def train_model(
@@ -192,82 +244,107 @@ def train_model(
     labels: list[str],
     data: FusionData,
     tokenizer: Any,
+    checkpoints: Path,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """One model (fused or unimodal): train, score validation and test, write its predictions (and,
-    for the fused model, the model folder), all in one MLflow run."""
+    """One model (fused or unimodal): train (from the last checkpoint in `checkpoints` with `resume`),
+    score validation and test, write its predictions (and, for the fused model, the model folder),
+    all in one MLflow run."""
     import mlflow
     from transformers import TrainingArguments
 
-    with tempfile.TemporaryDirectory(prefix="unitask-fusion-") as scratch:
-        settings = cfg.fusion
-        datasets, frames = data.datasets(modalities), data.frames
-        model, processor, sources = build_model(cfg, modalities, len(labels))
-        args = TrainingArguments(
-            output_dir=str(scratch),  # nothing is saved during training (save_strategy "no")
-            **{**trainer_arguments(settings, cfg.seed), "train_sampling_strategy": "random"},
-            eval_strategy="no",
-            save_strategy="no",
-            remove_unused_columns=False,
-            logging_strategy="steps",
-            logging_first_step=True,
-            data_seed=cfg.seed,
-        )
-        trainer = UnitaskTrainer(
-            model=model,
-            args=args,
-            data_collator=FusionCollator(tokenizer, processor, modalities),
-            train_dataset=datasets["train"],
-            callbacks=[MlflowMetrics()],
-        )
-        params = {
-            "task": name,
-            "model": model_name,
-            "modalities": ",".join(modalities),
-            "seed": cfg.seed,
-            "max_length": cfg.model.max_length,
-            "bf16": args.bf16,
-            "train_examples": len(datasets["train"]),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            **sources,
-            **{f"fusion.{k}": json.dumps(v) if isinstance(v, dict) else v
-               for k, v in settings.model_dump(exclude={"tasks"}).items()},  # fmt: skip
-        }
-        with stage_run(cfg, "fusion", name, params=params):
+    settings = cfg.fusion
+    last = resume_point(checkpoints, resume)
+    datasets, frames = data.datasets(modalities), data.frames
+    built = build_model(cfg, modalities, len(labels))
+    model = built.model
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        **{**trainer_arguments(settings, cfg.seed), "train_sampling_strategy": "random"},
+        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=1,
+        save_only_model=False,  # optimizer, scheduler and RNG states too, for --resume
+        remove_unused_columns=False,
+        logging_strategy="steps",
+        logging_first_step=True,
+        data_seed=cfg.seed,
+    )
+    trainer = UnitaskTrainer(
+        model=model,
+        args=args,
+        data_collator=FusionCollator(tokenizer, built.processor, modalities),
+        train_dataset=datasets["train"],
+        callbacks=[MlflowMetrics()],
+    )
+    params = {
+        "task": name,
+        "model": model_name,
+        "modalities": ",".join(modalities),
+        "seed": cfg.seed,
+        "max_length": cfg.model.max_length,
+        "world_size": args.world_size,
+        "bf16": args.bf16,
+        "train_examples": len(datasets["train"]),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "resumed_from": last or "",
+        **built.sources,
+        **{f"fusion.{k}": json.dumps(v) if isinstance(v, dict) else v
+           for k, v in settings.model_dump(exclude={"tasks"}).items()},  # fmt: skip
+    }
+    main = is_main_process()
+    with stage_run(cfg, "fusion", name, params=params) if main else nullcontext():
+        if main:
             mlflow.set_tags({"mlflow.runName": f"fusion:{name}:{model_name}", "unitask.model": model_name})
-            started = time.perf_counter()
-            result = trainer.train()
-            seconds = time.perf_counter() - started
-            trainer.remove_callback(MlflowMetrics)
-            summary: dict[str, Any] = {
-                "modalities": list(modalities),
-                "parameters": params["parameters"],
-                "train": {"loss": result.training_loss, "steps": trainer.state.global_step,
-                          "epochs": trainer.state.epoch, "seconds": round(seconds, 1)},
-            }  # fmt: skip
-            outputs: dict[str, list[dict[str, Any]]] = {}
-            for split in ("validation", "test"):
-                logits = trainer.predict(datasets[split]).predictions
-                outputs[split] = label_outputs(softmax(np.asarray(logits, dtype=float)), labels)
-                gold = frames[split]["label"].astype(str).tolist()
-                summary[split] = task_metrics("multimodal_classification", gold, outputs[split])
-            if hasattr(model.fusion, "weights"):
-                summary["modality_weights"] = model.fusion.weights()
+        started = time.perf_counter()
+        result = train_from(trainer, last)
+        seconds = time.perf_counter() - started
+        trainer.remove_callback(MlflowMetrics)
+        summary: dict[str, Any] = {
+            "modalities": list(modalities),
+            "parameters": params["parameters"],
+            "train": {"loss": result.training_loss, "steps": trainer.state.global_step,
+                      "epochs": trainer.state.epoch, "seconds": round(seconds, 1), "world_size": args.world_size},
+        }  # fmt: skip
+        outputs: dict[str, list[dict[str, Any]]] = {}
+        for split in ("validation", "test"):
+            logits = trainer.predict(datasets[split]).predictions
+            outputs[split] = label_outputs(softmax(np.asarray(logits, dtype=float)), labels)
+            gold = frames[split]["label"].astype(str).tolist()
+            summary[split] = task_metrics("multimodal_classification", gold, outputs[split])
+            if "group" in frames[split]:  # tasks.<name>.group: accuracy per group (easy_vqa: per question kind)
+                groups = frames[split]["group"].astype(str).tolist()
+                predicted = [o["label"] for o in outputs[split]]
+                summary[split]["by_group"] = group_accuracy(gold, predicted, groups)
+                outputs[split] = [{**o, "group": g} for o, g in zip(outputs[split], groups)]
+        if hasattr(model.fusion_module, "weights"):
+            summary["modality_weights"] = model.fusion_module.weights()
+        if main:
             write_predictions(cfg, model_name, name, frames["test"]["label"].astype(str).tolist(), outputs["test"])
-            mlflow.log_metrics(flatten("", {k: summary[k] for k in ("train", "validation", "test")}))
+            mlflow.log_metrics(flatten("", {k: summary[k] for k in ("train", "validation", "test")}))  # by_group too
             if model_name == "fusion":
-                folder = cfg.path(settings.output) / name
-                manifest = {
-                    "tasks": {name: "multimodal_classification"},
-                    "task": name,
-                    "labels": labels,
-                    "max_length": cfg.model.max_length,
-                    **sources,
-                }
-                with atomic_dir(folder) as tmp:
-                    save_fusion(Path(tmp), model, tokenizer, processor, manifest)
-                write_index(folder.parent)
-                mlflow.log_artifacts(str(folder), artifact_path="model")
-        return summary
+                write_model(cfg, name, built, tokenizer, labels)
+    return summary
+
+
+def write_model(cfg: Config, name: str, built: Built, tokenizer: Any, labels: list[str]) -> None:
+    """The fused model's folder `<fusion.output>/<name>` (atomically), the output's index and the
+    folder as the MLflow run's `model` artifact."""
+    import mlflow
+
+    folder = cfg.path(cfg.fusion.output) / name
+    manifest = {
+        "tasks": {name: "multimodal_classification"},
+        "task": name,
+        "labels": labels,
+        "max_length": cfg.model.max_length,
+        **built.sources,
+    }
+    with atomic_dir(folder) as tmp:
+        save_fusion(Path(tmp), built.model, built.spec, tokenizer, built.processor, manifest)
+    write_index(folder.parent)
+    mlflow.log_artifacts(str(folder), artifact_path="model")
 
 
 def write_index(output: Path) -> None:

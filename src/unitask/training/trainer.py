@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import SequentialSampler
+from torch.utils.data import RandomSampler, Sampler, SequentialSampler
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -206,6 +206,25 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         return super().__iter__()
 
 
+class EpochSeededRandomSampler(Sampler[int]):
+    """A random permutation drawn from (seed, epoch), like `EpochSeededLengthGroupedSampler`: the same
+    on every DDP rank and after a mid-epoch resume (the stock RandomSampler draws from the global RNG)."""
+
+    def __init__(self, size: int, seed: int, on_epoch: Callable[[int], None] | None = None) -> None:
+        self.size, self.seed, self.epoch, self.on_epoch = size, seed, 0, on_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.on_epoch is not None:
+            self.on_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Any:
+        yield from torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+
+
 def head_parameters(model: Any) -> list[torch.nn.Parameter]:
     """The parameters outside the encoder (`model.base_model`): the task head's."""
     base = getattr(model, "base_model", model)
@@ -239,12 +258,15 @@ class UnitaskTrainer(Trainer):
         return (out[0] + penalty, out[1]) if return_outputs else out + penalty
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        """Groups by the global batch (all ranks, all accumulation steps), so that N processes see
-        the same examples per optimizer step as one process with an N times larger batch."""
+        """Epoch-seeded samplers; length groups span the global batch (all ranks, all accumulation
+        steps), so that N processes see the same examples per optimizer step as one process with an
+        N times larger batch."""
         sampler = super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if isinstance(sampler, RandomSampler):
+            return EpochSeededRandomSampler(len(dataset), seed, getattr(dataset, "set_epoch", None))
         if isinstance(sampler, LengthGroupedSampler):
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            dataset = self.train_dataset if train_dataset is None else train_dataset
             return EpochSeededLengthGroupedSampler(
                 sampler.batch_size * self.args.world_size, sampler.lengths, seed, getattr(dataset, "set_epoch", None)
             )
