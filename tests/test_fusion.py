@@ -58,7 +58,9 @@ def vqa_project(root: Path, model: dict[str, Any] | None = None, **fusion: Any) 
         "labels": ["blue", "left", "red", "right"],
         "group": {"labels": {"color": ["blue", "red"], "where": ["left", "right"]}},  # the column prepare would write
     }
-    settings = {"tasks": ["vqa"], "image_config": TINY_VIT, "fusion_dim": 32, "attention_heads": 2, "dropout": 0.0,
+    # a ViT from scratch on tiny images, the whole model trained, epochs (not the offline default's steps)
+    settings = {"tasks": ["vqa"], "image_weights": None, "image_config": TINY_VIT, "freeze_text_encoder": False,
+                "freeze_image_encoder": False, "max_steps": None, "max_eval_rows": None, "save_steps": 200, "fusion_dim": 32, "attention_heads": 2, "dropout": 0.0,
                 "epochs": 12, "batch_size": 16, "eval_batch_size": 64, "learning_rate": 3e-3, "warmup_ratio": 0.05,
                 "bf16": False, "logging_steps": 10, "baselines": False, **fusion}  # fmt: skip
     return write_project(

@@ -269,7 +269,7 @@ def test_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyte
     params = tiny_project(
         tmp_path, {"alpha": keyword_rows(60), "beta": keyword_rows(60)}, {"vqa": image_task(tmp_path)},
         multitask={"max_steps": 3, "batch_size": 8, "bf16": False, "logging_steps": 1},
-        fusion={"tasks": ["vqa"], "max_steps": 2, "batch_size": 8, "bf16": False, "fusion_dim": 16, "attention_heads": 2,
+        fusion={"tasks": ["vqa"], "image_weights": None, "max_steps": 2, "batch_size": 8, "bf16": False, "fusion_dim": 16, "attention_heads": 2,
                 "image_config": {"model_type": "vit", "image_size": 16, "patch_size": 8, "hidden_size": 16,
                                  "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}},
     )  # fmt: skip

