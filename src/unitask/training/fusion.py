@@ -263,7 +263,8 @@ def train_model(
                 summary[split] = task_metrics("multimodal_classification", gold, outputs[split])
             if hasattr(model.fusion, "weights"):
                 summary["modality_weights"] = model.fusion.weights()
-            write_predictions(cfg, model_name, name, frames["test"]["label"].astype(str).tolist(), outputs["test"])
+            for split, decoded in outputs.items():
+                write_predictions(cfg, model_name, name, frames[split]["label"].astype(str).tolist(), decoded, split)
             mlflow.log_metrics(flatten("", {k: summary[k] for k in ("train", "validation", "test")}))
             if model_name == "fusion":
                 folder = cfg.path(settings.output) / name
