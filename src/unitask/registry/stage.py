@@ -165,7 +165,7 @@ def _new_version(cfg: Config, client: Any, folders: dict[str, Path], examples: l
             registered_model_name=name,
         )
         version = str(info.registered_model_version)
-        card = model_card(cfg, name, record["routes"], scores, gate)
+        card = model_card(cfg, name, record["routes"], scores, gate, folders, DECIDING_SPLIT)
         tags = {FINGERPRINT_TAG: digest, "unitask.run_id": run.info.run_id, "unitask.primary": str(gate["candidate"]["primary"]),
                 "unitask.gate_split": DECIDING_SPLIT,
                 **{SCORE_TAG + task: str(value) for task, value in scores[DECIDING_SPLIT].items()},
