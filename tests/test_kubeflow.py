@@ -263,7 +263,9 @@ def test_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyte
     encoder = run / "pretrain" / "encoder"
     assert (encoder / "config.json").is_file() and (encoder / "model.safetensors").is_file()
     assert "heldout.perplexity_after" in executor_output(run / "pretrain")["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert {p.name for p in (reports_of(run / "baseline") / "predictions" / "baseline").iterdir()} == {"alpha.jsonl", "beta.jsonl"}
+    baseline = reports_of(run / "baseline") / "predictions" / "baseline"
+    assert {p.name for p in baseline.iterdir()} == {"alpha.jsonl", "beta.jsonl", "validation"}
+    assert {p.name for p in (baseline / "validation").iterdir()} == {"alpha.jsonl", "beta.jsonl"}
 
     tuned = {}
     for iteration in sorted(run.glob("for-loop-*-iteration-*")):
