@@ -6,8 +6,9 @@ validation split (what a choice may rest on) and on the test split (reported).
         [--arm NAME=STAGE[,KEY=VALUE...] ...] [--workdir DIR] [--out FILE]
 
 Default arms: `finetune` (one fine-tune per task) against `multitask` (one model for all the tasks),
-the README's "multi-task against five fine-tunes". An arm is the real `finetune` or `multitask` stage
-with its own overrides, e.g. `--arm 'T2=multitask,multitask.sampler=temperature'`. `--set` applies to
+the README's "multi-task against five fine-tunes". An arm is the real `finetune`, `multitask` or
+`fusion` stage (its fused model) with its own overrides, e.g. `--arm 'T2=multitask,multitask.sampler=temperature'`,
+or `--tasks easy_vqa --arm 'gated=fusion' --arm 'concat=fusion,fusion.method=concat'`. `--set` applies to
 every run, e.g. a capped budget: `--set prepare.max_rows=600 --set finetune.max_steps=40`.
 
 Runs happen in a scratch project (--workdir): `data fetch`, `prepare` and (when pretrain.enabled)
@@ -33,7 +34,7 @@ from unitask.config import Config, load_config
 from unitask.evaluation.metrics import unit_score
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("finetune", "multitask")
+STAGES = ("finetune", "multitask", "fusion")
 SPLITS = ("validation", "test")
 
 
@@ -46,15 +47,24 @@ def arm(text: str) -> tuple[str, str, list[str]]:
     return name, stage, overrides
 
 
-def scratch_params(workdir: Path, params: Path) -> Path:
-    """`params` with every output (data, models, reports, MLflow) under `workdir`."""
+def scratch_params(workdir: Path, params: Path, tasks: list[str] | None) -> tuple[Path, list[str]]:
+    """`params` with every output (data, models, reports, MLflow) under `workdir` and only `tasks`
+    (default: multitask.tasks) in `tasks` and in every section's task lists and per-task settings."""
     raw = yaml.safe_load(params.read_text(encoding="utf-8"))
+    tasks = tasks or list(raw["multitask"]["tasks"])
+    raw["tasks"] = {name: raw["tasks"][name] for name in tasks}
+    for section in raw.values():
+        if isinstance(section, dict) and isinstance(section.get("tasks"), list):
+            section["tasks"] = [t for t in section["tasks"] if t in tasks]
+        for key in ("per_task", "augment_per_task", "weights", "rates"):
+            if isinstance(section, dict) and isinstance(section.get(key), dict):
+                section[key] = {t: v for t, v in section[key].items() if t in tasks}
     raw["tracking"] = {**raw.get("tracking", {}), "uri": "sqlite:///mlflow/mlflow.db", "artifact_location": "mlflow/artifacts"}
     raw.setdefault("paths", {})["roots"] = [str(REPO)]  # local task sources relative to the repo may be read
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    return path
+    return path, tasks
 
 
 def scores(cfg: Config, stage: str, tasks: list[str]) -> dict[str, dict[str, float]]:
@@ -63,6 +73,14 @@ def scores(cfg: Config, stage: str, tasks: list[str]) -> dict[str, dict[str, flo
     from unitask.training.multitask import multitask
 
     out: dict[str, dict[str, float]] = {split: {} for split in SPLITS}
+    if stage == "fusion":  # the fused model of each text+image task (the unimodal ones with fusion.baselines)
+        from unitask.training.fusion import fusion
+
+        for task in tasks:
+            summary = fusion(cfg, task)
+            for split in SPLITS:
+                out[split][task] = summary["models"]["fusion"][split][summary["main_metric"]]
+        return out
     if stage == "multitask":
         summary = multitask(cfg)
         for task in tasks:
@@ -118,21 +136,19 @@ def main() -> None:
     from unitask.data.fetch import fetch
     from unitask.data.prepare import prepare
 
-    params = scratch_params(args.workdir, args.params)
+    params, tasks = scratch_params(args.workdir, args.params, args.tasks)
     base = load_config(params, args.overrides)
-    tasks = args.tasks or list(base.multitask.tasks or [])
     arms = args.arm or [("finetune", "finetune", []), ("multitask", "multitask", [])]
-    pinned = [f"multitask.tasks={json.dumps(tasks)}", f"finetune.tasks={json.dumps(tasks)}"]
     fetch(base, tasks)
     prepare(base, tasks)
     if base.pretrain.enabled:  # one encoder for every run, as in the default chain
         from unitask.training.pretrain import pretrain
 
-        pretrain(load_config(params, [*args.overrides, f"pretrain.tasks={json.dumps(tasks)}"]))
+        pretrain(base)
     runs = []
     for seed in args.seeds:
         for name, stage, overrides in arms:
-            cfg = load_config(params, [*args.overrides, *pinned, *overrides, f"seed={seed}"])
+            cfg = load_config(params, [*args.overrides, *overrides, f"seed={seed}"])
             started = time.perf_counter()
             got = scores(cfg, stage, tasks)
             runs.append({"seed": seed, "arm": name, "stage": stage, "overrides": overrides,
