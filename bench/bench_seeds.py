@@ -115,8 +115,10 @@ def report(runs: list[dict[str, Any]], arms: list[str], seeds: list[int]) -> str
         lines.append("")
         for split in SPLITS:
             diffs = [mean[s, name, split] - mean[s, base, split] for s in seeds]
-            verdict = "under 2 points" if abs(statistics.mean(diffs)) < 0.02 else "2 points or more"
-            lines.append(f"- {name} − {base}, {split}: {spread(diffs)} pts over seeds {seeds} ({verdict})")
+            ahead = sum(d > 0 for d in diffs)
+            size = "under 2 points: no ranking" if abs(statistics.mean(diffs)) < 0.02 else f"ahead on {ahead} of {len(seeds)} seeds"
+            lines.append(f"- {name} − {base}, {split}: {spread(diffs)} pts; per seed "
+                         + ", ".join(f"{100 * d:+.1f}" for d in diffs) + f" ({size})")  # fmt: skip
     return "\n".join(lines)
 
 
