@@ -116,7 +116,9 @@ def report(runs: list[dict[str, Any]], arms: list[str], seeds: list[int]) -> str
         for split in SPLITS:
             diffs = [mean[s, name, split] - mean[s, base, split] for s in seeds]
             ahead = sum(d > 0 for d in diffs)
-            size = "under 2 points: no ranking" if abs(statistics.mean(diffs)) < 0.02 else f"ahead on {ahead} of {len(seeds)} seeds"
+            size = f"ahead on {ahead} of {len(seeds)} seeds"
+            if abs(statistics.mean(diffs)) < 0.02:
+                size = "under 2 points: no ranking"
             lines.append(f"- {name} − {base}, {split}: {spread(diffs)} pts; per seed "
                          + ", ".join(f"{100 * d:+.1f}" for d in diffs) + f" ({size})")  # fmt: skip
     return "\n".join(lines)
@@ -156,7 +158,8 @@ def main() -> None:
             runs.append({"seed": seed, "arm": name, "stage": stage, "overrides": overrides,
                          "seconds": round(time.perf_counter() - started, 1), "scores": got})  # fmt: skip
             means = {s: statistics.mean(got[s].values()) for s in SPLITS}
-            print(f"seed {seed}\t{name}\tvalidation {means['validation']:.4f}\ttest {means['test']:.4f}\t{runs[-1]['seconds']} s", flush=True)
+            print(f"seed {seed}\t{name}\tvalidation {means['validation']:.4f}\ttest {means['test']:.4f}"
+                  f"\t{runs[-1]['seconds']} s", flush=True)  # fmt: skip
     print(f"\ntasks {', '.join(tasks)}; seeds {args.seeds}; --set {' '.join(args.overrides) or '(none)'}\n")
     print(report(runs, [name for name, _, _ in arms], args.seeds))
     if args.out:

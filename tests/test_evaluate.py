@@ -48,7 +48,8 @@ def _write(cfg: Config, model: str, wrong: int, wrong_on_validation: int | None 
         write_predictions(cfg, model, "regression", [1.0, 2.0, 3.0], [{"value": v + n} for v in (1.0, 2.5, 2.9)], split)
         if model != "baseline":  # the TF-IDF baseline has no token classification or QA
             tags = [["B-per", "O"], ["O", "B-loc"]]
-            write_predictions(cfg, model, "token_classification", tags, [{"tags": t, "entities": []} for t in (tags[0], ["O", "O"])], split)
+            outputs = [{"tags": t, "entities": []} for t in (tags[0], ["O", "O"])]
+            write_predictions(cfg, model, "token_classification", tags, outputs, split)
             answers = [{"answer": a, "start": 0, "end": 3, "score": 1.0} for a in ("two", "four")]
             write_predictions(cfg, model, "extractive_qa", [["two"], ["five"]], answers, split)
 

@@ -94,8 +94,12 @@ def score(cfg: Config) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     """The comparison as Markdown: per task, a row per model and split, a column per metric; the model
     with the best validation main metric in bold (validation decides, test is reported)."""
-    lines = ["# Model comparison (validation and test splits)", "",
-             "Validation scores choose (the best model, in bold; the registry gate); test scores are only reported.", ""]  # fmt: skip
+    lines = [
+        "# Model comparison (validation and test splits)",
+        "",
+        "Validation scores choose (the best model, in bold; the registry gate); test scores are only reported.",
+        "",
+    ]
     if result["skipped"]:
         lines += [f"Not trained by this config, skipped: {', '.join(result['skipped'])}.", ""]
     tables = {"validation": result["validation"], "test": result["table"]}

@@ -1,9 +1,10 @@
 """The registry gate: does a new version beat the champion?
 
 Scores are per-task validation main metrics on a 0-1 scale (extractive QA's percent / 100, so that one
-tolerance fits every task): the gate selects on validation, and test scores are only reported. The new version is promoted when there is no champion, or when its
-primary score beats the champion's by more than `min_improvement` and no task it shares with the
-champion drops by more than `max_task_regression`.
+tolerance fits every task): the gate selects on validation; test scores are only reported. The new
+version is promoted when there is no champion, or when its primary score beats the champion's by
+more than `min_improvement` and no task it shares with the champion drops by more than
+`max_task_regression`.
 """
 
 from __future__ import annotations

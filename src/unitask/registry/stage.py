@@ -106,7 +106,8 @@ def served_scores(cfg: Config) -> tuple[dict[str, Path], Router, dict[str, str],
     router = Router({artifact: load_predictor(folder) for artifact, folder in folders.items()})
     routes = {task: router.routes[task] for task in cfg.tasks if task in router.routes}
     table = comparison_table(cfg)
-    return folders, router, routes, {split: task_scores(table[split], routes, router.tasks, split) for split in ("validation", "test")}
+    scores = {split: task_scores(table[split], routes, router.tasks, split) for split in ("validation", "test")}
+    return folders, router, routes, scores
 
 
 def gate_now(cfg: Config) -> dict[str, Any]:
