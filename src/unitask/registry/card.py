@@ -103,6 +103,8 @@ def model_card(
     split decided, the comparison table from `unitask evaluate`, the gate decision, and known limits
     (with the data gate's warnings). `folders`: the bundled model folders, by artifact name."""
     text_folder = folders.get("multitask", next(iter(folders.values())))
+    mt = cfg.multitask
+    every = "epoch" if mt.eval_strategy == "epoch" else f"{mt.eval_steps} steps"
     lines = [
         f"# Model card: {name}",
         "",
@@ -135,7 +137,7 @@ def model_card(
         "",
         "- train: the weights (and, with continued pretraining, the encoder's masked-LM corpus).",
         f"- validation: the checkpoint kept by each training stage that evaluates while training (multi-task: "
-        f"the best validation mean score, every {cfg.multitask.eval_strategy}), the best model per task in "
+        f"the best validation mean score, scored every {every}), the best model per task in "
         f"`unitask evaluate`, hyperparameters when `unitask tune` searched them, and the registry gate below. "
         f"Fusion trains a fixed number of steps: no checkpoint is chosen.",
         "- test: nothing; its scores are reported here and in the version's tags only.",
