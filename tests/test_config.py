@@ -108,11 +108,37 @@ def test_cli_refuses_bad_config_with_exit_2(project, tmp_path, capsys, setup, ex
     assert "Traceback" not in err
 
 
+def _commands(parser, path=()):
+    """Every (sub)command path of an argparse tree, from the parser's own subparser actions."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:  # argparse keeps subcommands only here
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*path, name))
+
+
+def _has_subcommands(parser):
+    import argparse
+
+    return any(isinstance(action, argparse._SubParsersAction) for action in parser._actions)
+
+
 def test_every_command_has_help(capsys):
-    for command in (["--help"], ["data", "fetch", "--help"], ["prepare", "--help"]):
+    """Each command and subcommand of `unitask` (walked from build_parser, so that a new stage is
+    covered without editing this test) answers --help with exit 0, its usage and a description."""
+    from unitask.cli import build_parser
+
+    commands = list(_commands(build_parser()))
+    assert len(commands) > 10 and ("data", "fetch") in {path for path, _ in commands}
+    for path, parser in commands:
         with pytest.raises(SystemExit) as info:
-            main(command)
-        assert info.value.code == 0
-    out = capsys.readouterr().out
-    assert "--params FILE" in out and "--set KEY=VALUE" in out
+            main([*path, "--help"])
+        assert info.value.code == 0, path
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: {' '.join(('unitask', *path))}"), (path, out[:200])
+        assert parser.description and parser.description.split()[0] in out, f"`unitask {' '.join(path)}` has no description"
+        if path and not _has_subcommands(parser):  # a command that runs reads the project's params
+            assert "--params FILE" in out and "--set KEY=VALUE" in out, path
 

@@ -100,10 +100,12 @@ def _evaluated_and_registered(clone: Path, params: dict[str, Any]) -> None:
     from unitask.registry.examples import example_rows
 
     comparison = json.loads((clone / "reports/evaluate/comparison.json").read_text())
-    for task in load_config(clone / "params.yaml").finetune_tasks():
-        assert {"finetune", "multitask"} <= set(comparison[task]), comparison[task]
+    for split in ("validation", "test"):
+        for task in load_config(clone / "params.yaml").finetune_tasks():
+            assert {"finetune", "multitask"} <= set(comparison[split][task]), comparison[split][task]
     record = json.loads((clone / "reports/register.json").read_text())
     assert record["decision"] == "promoted" and record["version"] == 1, record
+    assert record["decided_on"] == "validation" and record["gate"]["split"] == "validation", record
     cfg = load_config(clone / "params.yaml")
     mlflow.set_tracking_uri(f"sqlite:///{clone}/mlflow/mlflow.db")
     model = mlflow.pyfunc.load_model(f"models:/{cfg.register.name}@champion")

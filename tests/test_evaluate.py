@@ -12,6 +12,7 @@ from conftest import synthetic_task, write_project
 from unitask.cli import main
 from unitask.config import Config, load_config
 from unitask.errors import DataError
+from unitask.evaluation.compare import score
 from unitask.evaluation.metrics import task_metrics
 from unitask.evaluation.predictions import write_predictions
 from unitask.evaluation.stage import evaluate
@@ -37,16 +38,20 @@ def _label(label: str) -> dict[str, Any]:
     return {"label": label, "scores": {label: 1.0}}
 
 
-def _write(cfg: Config, model: str, wrong: int) -> None:
-    """Predictions of `model` with its first `wrong` classification rows wrong."""
-    gold = ["sports", "tech", "food", "tech", "sports", "food"]
-    outputs = [_label("food" if i < wrong else g) for i, g in enumerate(gold)]
-    write_predictions(cfg, model, "classification", gold, outputs)
-    write_predictions(cfg, model, "regression", [1.0, 2.0, 3.0], [{"value": v + wrong} for v in (1.0, 2.5, 2.9)])
-    if model != "baseline":  # the TF-IDF baseline has no token classification or QA
-        tags = [["B-per", "O"], ["O", "B-loc"]]
-        write_predictions(cfg, model, "token_classification", tags, [{"tags": t, "entities": []} for t in (tags[0], ["O", "O"])])
-        write_predictions(cfg, model, "extractive_qa", [["two"], ["five"]], [{"answer": a, "start": 0, "end": 3, "score": 1.0} for a in ("two", "four")])
+def _write(cfg: Config, model: str, wrong: int, wrong_on_validation: int | None = None) -> None:
+    """Test predictions of `model` with its first `wrong` classification rows wrong, and validation
+    predictions with `wrong_on_validation` (default: as many) wrong."""
+    for split, n in (("test", wrong), ("validation", wrong if wrong_on_validation is None else wrong_on_validation)):
+        gold = ["sports", "tech", "food", "tech", "sports", "food"]
+        outputs = [_label("food" if i < n else g) for i, g in enumerate(gold)]
+        write_predictions(cfg, model, "classification", gold, outputs, split)
+        write_predictions(cfg, model, "regression", [1.0, 2.0, 3.0], [{"value": v + n} for v in (1.0, 2.5, 2.9)], split)
+        if model != "baseline":  # the TF-IDF baseline has no token classification or QA
+            tags = [["B-per", "O"], ["O", "B-loc"]]
+            outputs = [{"tags": t, "entities": []} for t in (tags[0], ["O", "O"])]
+            write_predictions(cfg, model, "token_classification", tags, outputs, split)
+            answers = [{"answer": a, "start": 0, "end": 3, "score": 1.0} for a in ("two", "four")]
+            write_predictions(cfg, model, "extractive_qa", [["two"], ["five"]], answers, split)
 
 
 def test_compares_every_model_on_every_task_it_has(tmp_path: Path) -> None:
@@ -55,7 +60,8 @@ def test_compares_every_model_on_every_task_it_has(tmp_path: Path) -> None:
     cfg = _project(tmp_path, ["baseline", "finetune", "fusion", "fusion_text"], fusion={"tasks": ["vqa"], "baselines": False})
     _write(cfg, "baseline", wrong=0)
     _write(cfg, "finetune", wrong=2)
-    write_predictions(cfg, "fusion", "vqa", ["yes", "no", "no"], [_label(x) for x in ("yes", "yes", "no")])
+    for split in ("validation", "test"):
+        write_predictions(cfg, "fusion", "vqa", ["yes", "no", "no"], [_label(x) for x in ("yes", "yes", "no")], split)
     with stage_run(cfg, "finetune", "classification"):  # a training run whose curves evaluate pulls
         for step, loss in [(5, 1.0), (10, 0.6), (15, 0.4)]:
             mlflow.log_metric("loss", loss, step=step)
@@ -63,8 +69,9 @@ def test_compares_every_model_on_every_task_it_has(tmp_path: Path) -> None:
 
     result = evaluate(cfg)
     out = tmp_path / "reports" / "evaluate"
-    table = json.loads((out / "comparison.json").read_text())
-    assert table == result["table"]
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison == {"validation": result["validation"], "test": result["table"]}
+    table = comparison["test"]
     assert set(table) == {"classification", "regression", "token_classification", "extractive_qa", "vqa"}
     assert set(table["classification"]) == {"baseline", "finetune"} and set(table["extractive_qa"]) == {"finetune"}
     assert table["classification"]["baseline"]["macro_f1"] == 1.0
@@ -81,7 +88,8 @@ def test_compares_every_model_on_every_task_it_has(tmp_path: Path) -> None:
     assert finetune["confusion"] == [[1, 0, 1], [0, 1, 1], [0, 0, 2]]
     assert finetune["per_class"]["food"]["precision"] == pytest.approx(0.5)
     md = (out / "comparison.md").read_text()
-    assert "## classification (classification, main metric: macro_f1)" in md and "| baseline | 6 | **1.0000** |" in md
+    assert "## classification (classification, main metric: macro_f1)" in md
+    assert "| baseline | validation | 6 | **1.0000** |" in md and "| baseline | test | 6 | **1.0000** |" in md
 
     confusion = json.loads((out / "plots/confusion/finetune/classification.json").read_text())
     assert len(confusion) == 6 and {"actual": "sports", "predicted": "food"} in confusion
@@ -96,6 +104,7 @@ def test_compares_every_model_on_every_task_it_has(tmp_path: Path) -> None:
     mlflow.set_tracking_uri(tracking_uri(cfg))
     (run,) = mlflow.search_runs(experiment_names=["unitask"], filter_string="tags.`unitask.stage` = 'evaluate'", output_format="list")
     assert run.data.metrics["test.classification.finetune.macro_f1"] == table["classification"]["finetune"]["macro_f1"]
+    assert run.data.metrics["validation.vqa.fusion.accuracy"] == pytest.approx(2 / 3)
     artifacts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id)}
     assert {"comparison.json", "comparison.md", "report.json", "plots"} <= artifacts
     plots = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="plots")}
@@ -120,6 +129,27 @@ def test_cli_prints_the_main_metric_of_each_model(tmp_path: Path, capsys: pytest
     assert out[0].startswith("classification\tmacro_f1\tbaseline 0.")
     assert out[1].startswith("regression\tpearson\tbaseline ")
     assert json.loads((tmp_path / "reports/evaluate/report.json").read_text())["skipped"] == ["fusion"]
+
+
+def test_the_best_model_is_chosen_on_validation_not_test(tmp_path: Path) -> None:
+    cfg = _project(tmp_path, ["baseline", "finetune"])
+    _write(cfg, "baseline", wrong=0, wrong_on_validation=3)  # best on test, worse on validation
+    _write(cfg, "finetune", wrong=2, wrong_on_validation=1)
+    result = score(cfg)
+    scores = {split: {m: t["classification"][m]["macro_f1"] for m in ("baseline", "finetune")}
+              for split, t in (("validation", result["validation"]), ("test", result["table"]))}  # fmt: skip
+    assert scores["test"]["baseline"] > scores["test"]["finetune"]
+    assert scores["validation"]["finetune"] > scores["validation"]["baseline"]
+    entry = result["tasks"]["classification"]
+    assert entry["best"] == "finetune" and entry["best_chosen_on"] == "validation"
+
+
+def test_test_predictions_without_validation_ones_are_refused(tmp_path: Path) -> None:
+    cfg = _project(tmp_path, ["baseline"])
+    _write(cfg, "baseline", wrong=0)
+    (tmp_path / "reports/predictions/baseline/validation/regression.jsonl").unlink()
+    with pytest.raises(DataError, match="no validation predictions of model 'baseline' for task 'regression'"):
+        evaluate(cfg)
 
 
 @pytest.mark.parametrize(("models", "message"), [(["baseline", "baseline"], "lists a model twice"), (["Base line"], "must match")])

@@ -47,9 +47,10 @@ def test_tiny_model_learns_each_task_type(tmp_path: Path, kind: str) -> None:
     assert labels["type"] == kind and labels["labels"] == cfg.tasks["toy"].labels
     assert json.loads((tmp_path / "reports" / "finetune" / "toy.json").read_text()) == json.loads(json.dumps(summary))
     assert not (tmp_path / "models" / "checkpoints" / "finetune" / "toy").exists()
-    gold, outputs = read_predictions(cfg, "finetune", "toy")  # what `unitask evaluate` scores
-    assert len(gold) == len(outputs) > 0
-    assert task_metrics(kind, gold, outputs)[metric] == pytest.approx(summary["test"][metric])
+    for split in ("validation", "test"):  # what `unitask evaluate` scores (validation decides, test reports)
+        gold, outputs = read_predictions(cfg, "finetune", "toy", split)
+        assert len(gold) == len(outputs) > 0
+        assert task_metrics(kind, gold, outputs)[metric] == pytest.approx(summary[split][metric]), split
 
     mlflow.set_tracking_uri(tracking_uri(cfg))
     (run,) = mlflow.search_runs(experiment_names=["unitask"], output_format="list")

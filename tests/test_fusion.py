@@ -93,6 +93,9 @@ def test_fused_beats_both_baselines_and_saved_model_predicts_identically(tmp_pat
     import mlflow
 
     from unitask.cli import main
+    from unitask.config import load_config
+    from unitask.evaluation.metrics import task_metrics
+    from unitask.evaluation.predictions import read_predictions
     from unitask.inference import load_predictor
 
     params = vqa_project(tmp_path, method="concat", baselines=True)
@@ -131,6 +134,9 @@ def test_fused_beats_both_baselines_and_saved_model_predicts_identically(tmp_pat
     test = pd.read_parquet(tmp_path / "data/prepared/vqa/test.parquet")
     saved = [json.loads(line) for line in (tmp_path / "reports/predictions/fusion/vqa.jsonl").read_text().splitlines()]
     assert len(saved) == len(test) and all(s["gold"] == g for s, g in zip(saved, test["label"]))
+    for model, report in summary["models"].items():  # validation predictions of every model score what it reports
+        gold, outputs = read_predictions(load_config(params), model, "vqa", "validation")
+        assert task_metrics("multimodal_classification", gold, outputs) == pytest.approx(report["validation"]), model
     for where in (folder, tmp_path / "models/fusion"):
         predictor = load_predictor(where)
         assert predictor.tasks == {"vqa": "multimodal_classification"}

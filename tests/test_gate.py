@@ -61,5 +61,7 @@ def test_task_scores_take_each_tasks_main_metric_of_the_model_that_answers_it() 
     routes = {"topic": "multitask", "qa": "multitask", "vqa": "fusion"}
     types = {"topic": "classification", "qa": "extractive_qa", "vqa": "multimodal_classification"}
     assert task_scores(table, routes, types) == pytest.approx({"topic": 0.9, "qa": 0.72, "vqa": 0.7})
-    with pytest.raises(ConfigError, match="no test metrics of model 'fusion' for task 'topic'"):
+    with pytest.raises(ConfigError, match="no validation metrics of model 'fusion' for task 'topic'"):
         task_scores(table, {"topic": "fusion"}, types)
+    with pytest.raises(ConfigError, match="no test metrics of model 'fusion'"):
+        task_scores(table, {"topic": "fusion"}, types, split="test")

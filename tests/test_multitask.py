@@ -237,6 +237,7 @@ def test_uncertainty_weights_move_during_training(trained: tuple[Any, dict[str, 
 
 
 def test_saved_model_answers_every_task_identically_after_loading(trained: tuple[Any, dict[str, Any]]) -> None:
+    from unitask.evaluation.metrics import task_metrics
     from unitask.evaluation.predictions import read_predictions
     from unitask.inference import load_predictor
     from unitask.inference.multitask import MultitaskPredictor
@@ -257,6 +258,10 @@ def test_saved_model_answers_every_task_identically_after_loading(trained: tuple
         first, second = predictor.predict(rows), again.predict(rows)
         assert first == second  # two loads, the same outputs to the last bit
         gold, written = read_predictions(cfg, "multitask", name)  # what training wrote for the test split
+        validation_gold, validation_written = read_predictions(cfg, "multitask", name, "validation")
+        assert len(validation_gold) == len(validation_written) == len(read_split(cfg, name, "validation"))
+        main = summary["main_metrics"][name]
+        assert task_metrics(kind, validation_gold, validation_written)[main] == pytest.approx(summary["validation"][name][main])
         key = {"regression": "value", "token_classification": "tags", "extractive_qa": "answer"}.get(kind, "label")
         if kind == "regression":
             assert [o[key] for o in first] == pytest.approx([o[key] for o in written], abs=0.05)  # bf16 vs fp32 aside

@@ -47,6 +47,7 @@ def _data(root: Path) -> dict[str, Any]:
     for kind in TEXT_TYPES:
         tasks[kind], rows = synthetic_task(kind, sum(sizes), seed=3)
         write_splits(root, kind, rows, sizes)
+    tasks["classification"]["language"] = "en"  # the other tasks leave it unknown
     tasks["colours"] = {
         "type": "multimodal_classification", "source": {"kind": "local", "path": "data/raw/colours"},
         "read": {"format": "parquet"}, "columns": {"text": "text", "image": "image", "label": "label"}, "labels": list(COLOURS),
@@ -104,8 +105,34 @@ def _mixed_rows(cfg: Config) -> list[dict[str, Any]]:
     return [*rows, {"task": "no_such_task", "text": "hello"}, {"task": "classification"}]
 
 
+def _local_outputs(cfg: Config, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the bundled model folders answer in this process (no MLflow): the served outputs' reference."""
+    from unitask.inference import Router, load_predictor
+    from unitask.registry.stage import served_folders
+
+    return Router({name: load_predictor(folder) for name, folder in served_folders(cfg).items()}).predict(rows)
+
+
+def _assert_close(served: Any, local: Any, where: str = "outputs") -> None:
+    """`served` equals `local` in structure and values, floats within 1e-5 (JSON and float32 noise)."""
+    if isinstance(local, float):
+        assert served == pytest.approx(local, abs=1e-5), where
+    elif isinstance(local, dict):
+        assert isinstance(served, dict) and set(served) == set(local), (where, served, local)
+        for key in local:
+            _assert_close(served[key], local[key], f"{where}.{key}")
+    elif isinstance(local, list):
+        assert isinstance(served, list) and len(served) == len(local), (where, served, local)
+        for i, (s, v) in enumerate(zip(served, local)):
+            _assert_close(s, v, f"{where}[{i}]")
+    else:
+        assert served == local, (where, served, local)
+
+
 def _check_outputs(cfg: Config, rows: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+    """Each output has its task type's shape and equals the local predictor's (floats to 1e-5)."""
     assert len(outputs) == len(rows)
+    _assert_close(outputs, _local_outputs(cfg, rows))  # every type: labels, scores, values, tags, spans
     by_task = {row["task"]: out for row, out in zip(rows[:-2], outputs)}  # the last two rows are bad
     for name in ("classification", "pair_classification", "colours"):
         out = by_task[name]
@@ -131,6 +158,9 @@ def test_register_load_by_alias_and_predict_every_task_over_http(served: Config,
     name = cfg.register.name
     record = register(cfg)
     assert record["decision"] == "promoted" and record["version"] == 1 and record["reason"] == "no champion yet"
+    assert record["decided_on"] == "validation" and record["gate"]["split"] == "validation"
+    assert set(record["scores"]) == {"validation", "test"}
+    assert record["gate"]["candidate"]["tasks"] == record["scores"]["validation"]
     assert record["routes"] == {**{t: "multitask" for t in TEXT_TYPES}, "colours": "fusion"}
     assert json.loads(cfg.path("reports/register.json").read_text()) == record
 
@@ -138,8 +168,10 @@ def test_register_load_by_alias_and_predict_every_task_over_http(served: Config,
     client = MlflowClient()
     version = client.get_model_version_by_alias(name, "champion")
     assert version.version == "1" and set(version.aliases) == {"champion", "challenger"}
-    assert float(version.tags["unitask.score.colours"]) == record["scores"]["colours"]
-    assert version.description.startswith(f"# Model card: {name}") and "## Known limits" in version.description
+    assert float(version.tags["unitask.validation_score.colours"]) == record["scores"]["validation"]["colours"]
+    assert float(version.tags["unitask.test_score.colours"]) == record["scores"]["test"]["colours"]
+    assert version.tags["unitask.gate_split"] == "validation"
+    _check_card(cfg, version.description, record)
     run = client.get_run(record["run_id"])
     assert run.data.tags["unitask.gate.decision"] == "promoted" and run.data.metrics["gate.promoted"] == 1.0
     artifacts = {a.path for a in client.list_artifacts(record["run_id"])}
@@ -156,8 +188,30 @@ def test_register_load_by_alias_and_predict_every_task_over_http(served: Config,
     assert len(client.search_model_versions(f"name = '{name}'")) == 1
 
 
+def _check_card(cfg: Config, card: str, record: dict[str, Any]) -> None:
+    """The card's facts are this project's: config, saved tokenizer, saved weights, prepared data."""
+    from safetensors.torch import load_file
+
+    assert card.startswith(f"# Model card: {cfg.register.name}") and "## Known limits" in card
+    assert "English" not in card and "MiniLM" not in card  # the encoder here is a tiny random BERT
+    assert "randomly initialised from model.backbone_config" in card and "model_type bert, num_hidden_layers 2" in card
+    assert "- Casing: uncased (from the saved tokenizer" in card  # the packaged MiniLM tokenizer lowercases
+    assert "- Languages: en; unknown for " in card and "set tasks.<name>.language" in card
+    summary = json.loads(cfg.path(cfg.multitask.metrics).read_text())
+    weights = load_file(cfg.path(cfg.fusion.output) / "colours" / "model.safetensors")
+    fusion_params = sum(t.numel() for t in weights.values())
+    counted = f"- Parameters: multitask {summary['parameters']['encoder'] + summary['parameters']['heads']:,}, fusion {fusion_params:,}."
+    assert counted in card
+    assert "| classification | classification | multitask | local path data/raw/synthetic | en | 48 / 16 / 16 |" in card
+    colours = record["scores"]
+    assert f"| {colours['validation']['colours']:.4f} | {colours['test']['colours']:.4f} |" in card
+    assert "Decision on **validation** scores: **promoted to champion**" in card
+    assert "- test: nothing; its scores are reported" in card
+
+
 def _shift_comparison(cfg: Config, changes: dict[str, float]) -> None:
-    """Move the served models' main metric of some tasks (not QA) in evaluate's comparison, the gate's input."""
+    """Move the served models' main metric of some tasks (not QA) on validation in evaluate's comparison,
+    the gate's input, and the other way on test: the gate must follow validation alone."""
     from unitask.evaluation.metrics import MAIN_METRIC
 
     path = cfg.path(cfg.evaluate.output) / "comparison.json"
@@ -165,7 +219,8 @@ def _shift_comparison(cfg: Config, changes: dict[str, float]) -> None:
     for task, delta in changes.items():
         model = "fusion" if task == "colours" else "multitask"
         main = MAIN_METRIC[cfg.tasks[task].type]
-        table[task][model][main] += delta
+        table["validation"][task][model][main] += delta
+        table["test"][task][model][main] -= 3 * delta
     path.write_text(json.dumps(table))
 
 

@@ -15,7 +15,7 @@ from unitask.atomic import write_json
 from unitask.config import SPLITS, Config
 from unitask.errors import ConfigError
 from unitask.evaluation.metrics import classification_metrics, regression_metrics
-from unitask.evaluation.predictions import write_predictions
+from unitask.evaluation.predictions import SCORED_SPLITS, write_predictions
 from unitask.tasks.sequence import SequenceTask, label_outputs
 from unitask.tasks.text import read_split
 from unitask.tracking import flatten, stage_run
@@ -62,16 +62,16 @@ def baseline(cfg: Config, name: str) -> dict[str, Any]:
         "main_metric": task.main_metric,
         "features": len(vectorizer.vocabulary_),
     }
-    for split in ("validation", "test"):
-        summary[split] = score(targets[split], models[best].predict(x[split]))
-    if task.regression:
-        outputs = [{"value": float(v)} for v in models[best].predict(x["test"])]
-    else:
-        model = models[best]
-        probabilities = np.zeros((len(frames["test"]), task.num_labels()))
-        probabilities[:, model.classes_] = model.predict_proba(x["test"])  # classes seen in training
-        outputs = label_outputs(probabilities, task.labels() or [])
-    write_predictions(cfg, "baseline", name, task.gold(frames["test"]), outputs)
+    model = models[best]
+    for split in SCORED_SPLITS:
+        summary[split] = score(targets[split], model.predict(x[split]))
+        if task.regression:
+            outputs = [{"value": float(v)} for v in model.predict(x[split])]
+        else:
+            probabilities = np.zeros((len(frames[split]), task.num_labels()))
+            probabilities[:, model.classes_] = model.predict_proba(x[split])  # classes seen in training
+            outputs = label_outputs(probabilities, task.labels() or [])
+        write_predictions(cfg, "baseline", name, task.gold(frames[split]), outputs, split)
     write_json(cfg.path(cfg.paths.reports) / "baseline" / f"{name}.json", summary)
     with stage_run(cfg, "baseline", name, params={k: summary[k] for k in ("type", "model", "C", "features")}):
         import mlflow

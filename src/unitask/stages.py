@@ -27,7 +27,8 @@ from unitask.config import Config
 
 # the keys of a task that say what its data is (read by the data stages; its training settings,
 # tasks.<task>.finetune and .multitask, are not data)
-TASK_DATA_KEYS = ("type", "source", "read", "columns", "labels", "label_names", "label_range", "max_rows", "group")
+TASK_DATA_KEYS = ("type", "source", "read", "columns", "labels", "label_names", "label_range", "max_rows", "group",
+                  "language")
 
 
 def task_keys(cfg: Config, keys: tuple[str, ...], names: list[str] | None = None) -> list[str]:
@@ -297,7 +298,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         per_task=lambda c: c.finetune_tasks(),
         params=("seed", "model", "finetune", "pretrain.enabled", "tasks.{task}"),
         deps=("{c.paths.prepared}/{task}", "{c.paths.reports}/validate/{task}.json", "{c.pretrain.output}"),
-        outs=("{c.finetune.output}/{task}", PREDICTIONS + "/finetune/{task}.jsonl"),
+        outs=("{c.finetune.output}/{task}", PREDICTIONS + "/finetune/{task}.jsonl",
+              PREDICTIONS + "/finetune/validation/{task}.jsonl"),
         metrics=("{c.paths.reports}/finetune/{task}.json",),
     ),
     Stage(

@@ -149,6 +149,11 @@ class TaskConfig(Strict):
         default=None, description="regression: [min, max] of the target"
     )
     max_rows: int | None = Field(default=None, gt=0, description="cap rows (seeded sample)")
+    language: str | None = Field(
+        default=None,
+        pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$",
+        description="language of the text as a BCP 47 tag, e.g. en; null: unknown (the model card says so)",
+    )
     group: Grouping | None = Field(
         default=None, description="groups for per-group accuracy in the fusion report and `unitask evaluate`"
     )

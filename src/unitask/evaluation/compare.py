@@ -1,8 +1,10 @@
-"""Score every model's test predictions and compare them: one table of task x model x metric.
+"""Score every model's validation and test predictions and compare them: per split, one table of
+task x model x metric.
 
-The table is built from `reports/predictions/<model>/<task>.jsonl` only (no model is loaded), so the
-TF-IDF baseline, the fine-tunes, the multi-task model and the fusion models are scored by the same
-functions on the same rows.
+The tables are built from `reports/predictions/<model>/[validation/]<task>.jsonl` only (no model is
+loaded), so the TF-IDF baseline, the fine-tunes, the multi-task model and the fusion models are scored
+by the same functions on the same rows. Validation decides (the best model per task, the registry
+gate); test is reported only.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 from unitask.config import Config
 from unitask.errors import DataError
 from unitask.evaluation.metrics import MAIN_METRIC, OUTPUT_KEY, confusion, group_accuracy, per_class_report, task_metrics
-from unitask.evaluation.predictions import predictions_path, read_predictions
+from unitask.evaluation.predictions import SCORED_SPLITS, predictions_path, read_predictions
 
 # the command that writes a model's predictions, for the error when they are missing
 STAGE_OF = {
@@ -53,22 +55,25 @@ def model_tasks(cfg: Config, model: str) -> list[str]:
 
 
 def score(cfg: Config) -> dict[str, Any]:
-    """{"table": {task: {model: metrics}}, "tasks": {task: details}} for every model with predictions.
+    """{"table": test table, "validation": validation table, "tasks": {task: details}} for every model
+    with predictions; a table is {task: {model: metrics}}.
 
-    details: type, main metric, the best model on it, and per model the number of rows and, for
-    classification types, the per-class report, the labels, the confusion matrix and, where the
-    predictions carry a group (`tasks.<task>.group`), the accuracy per group."""
+    details: type, main metric, the best model on it by VALIDATION score, and per model the number of
+    test rows and, for classification types, the test per-class report, labels, confusion matrix and,
+    where the predictions carry a group (`tasks.<task>.group`), the accuracy per group."""
     off = turned_off(cfg)
     models = [m for m in cfg.evaluate.models if m not in off]
-    table: dict[str, dict[str, dict[str, float]]] = {}
+    tables: dict[str, dict[str, dict[str, dict[str, float]]]] = {split: {} for split in SCORED_SPLITS}
     details: dict[str, dict[str, Any]] = {}
     for model in models:
         for task in model_tasks(cfg, model):
             kind = cfg.tasks[task].type
-            gold, outputs = read_predictions(cfg, model, task)
-            table.setdefault(task, {})[model] = task_metrics(kind, gold, outputs)
+            read = {split: read_predictions(cfg, model, task, split) for split in SCORED_SPLITS}
+            for split, (gold, outputs) in read.items():
+                tables[split].setdefault(task, {})[model] = task_metrics(kind, gold, outputs)
             entry = details.setdefault(task, {"type": kind, "main_metric": MAIN_METRIC[kind], "models": {}})
-            info: dict[str, Any] = {"rows": len(gold)}
+            gold, outputs = read["test"]
+            info: dict[str, Any] = {"rows": len(gold), "validation_rows": len(read["validation"][0])}
             if kind in CLASSIFICATION_TYPES:
                 predicted = [o[OUTPUT_KEY[kind]] for o in outputs]
                 labels = list(cfg.tasks[task].labels or sorted({*map(str, gold), *map(str, predicted)}))
@@ -78,34 +83,47 @@ def score(cfg: Config) -> dict[str, Any]:
                 if all("group" in o for o in outputs):  # tasks.<task>.group, e.g. easy_vqa's question kinds
                     info["per_group"] = group_accuracy(gold, predicted, [str(o["group"]) for o in outputs])
             entry["models"][model] = info
+    validation = tables["validation"]
     for task, entry in details.items():
         main = entry["main_metric"]
-        entry["best"] = max(table[task], key=lambda m: table[task][m][main])
+        entry["best"] = max(validation[task], key=lambda m: validation[task][m][main])
+        entry["best_chosen_on"] = "validation"
     order = list(cfg.tasks)
     return {
         "models": models,
         "skipped": sorted(off & set(cfg.evaluate.models)),
-        "table": {t: table[t] for t in order if t in table},
+        "table": {t: tables["test"][t] for t in order if t in tables["test"]},
+        "validation": {t: validation[t] for t in order if t in validation},
         "tasks": {t: details[t] for t in order if t in details},
     }
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The comparison as Markdown: per task, a row per model, a column per metric; best main metric in bold."""
-    lines = ["# Model comparison (test splits)", ""]
+    """The comparison as Markdown: per task, a row per model and split, a column per metric; the model
+    with the best validation main metric in bold (validation decides, test is reported)."""
+    lines = [
+        "# Model comparison (validation and test splits)",
+        "",
+        "Validation scores choose (the best model, in bold; the registry gate); test scores are only reported.",
+        "",
+    ]
     if result["skipped"]:
         lines += [f"Not trained by this config, skipped: {', '.join(result['skipped'])}.", ""]
+    tables = {"validation": result["validation"], "test": result["table"]}
     for task, by_model in result["table"].items():
         entry = result["tasks"][task]
         main = entry["main_metric"]
         metrics = [main, *sorted({k for m in by_model.values() for k in m} - {main})]
         lines += [f"## {task} ({entry['type']}, main metric: {main})", ""]
-        lines += ["| model | rows | " + " | ".join(metrics) + " |", "|---|---:|" + "---:|" * len(metrics)]
-        for model, values in by_model.items():
-            cells = [f"{values[k]:.4f}" if k in values else "–" for k in metrics]
-            if model == entry["best"]:
-                cells[0] = f"**{cells[0]}**"
-            lines.append(f"| {model} | {entry['models'][model]['rows']} | " + " | ".join(cells) + " |")
+        lines += ["| model | split | rows | " + " | ".join(metrics) + " |", "|---|---|---:|" + "---:|" * len(metrics)]
+        for model in by_model:
+            info = entry["models"][model]
+            for split, rows in (("validation", info["validation_rows"]), ("test", info["rows"])):
+                values = tables[split][task][model]
+                cells = [f"{values[k]:.4f}" if k in values else "–" for k in metrics]
+                if model == entry["best"]:
+                    cells[0] = f"**{cells[0]}**"
+                lines.append(f"| {model} | {split} | {rows} | " + " | ".join(cells) + " |")
         lines.append("")
         grouped = {m: info["per_group"] for m, info in entry["models"].items() if "per_group" in info}
         if grouped:

@@ -88,32 +88,28 @@ def regression_metrics(gold: list[float], predicted: list[float]) -> dict[str, f
 
 
 def entity_spans(tags: list[str]) -> set[tuple[str, int, int]]:
-    """BIO tags -> {(type, start, end)}; an I- tag that does not continue an entity starts one (conlleval)."""
-    spans: set[tuple[str, int, int]] = set()
-    kind: str | None = None
-    start = 0
-    for i, tag in enumerate([*tags, "O"]):
-        prefix, _, name = tag.partition("-")
-        if kind is not None and (prefix != "I" or name != kind):
-            spans.add((kind, start, i))
-            kind = None
-        if prefix == "B" or (prefix == "I" and kind is None):
-            kind, start = name, i
-    return spans
+    """BIO tags -> {(type, start, end)} with `end` exclusive, as seqeval's default (conlleval) mode
+    chunks them: an I- tag that does not continue an entity of its type starts one."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    return {(kind, start, end + 1) for kind, start, end in get_entities(list(tags))}
 
 
 def entity_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
-    """Entity-level micro precision/recall/F1 (exact span and type, as conlleval and seqeval's
-    default mode score BIO tags) and token accuracy."""
-    true_spans = {(i, *s) for i, tags in enumerate(gold) for s in entity_spans(tags)}
-    pred_spans = {(i, *s) for i, tags in enumerate(predicted) for s in entity_spans(tags)}
-    hits = len(true_spans & pred_spans)
-    precision = hits / len(pred_spans) if pred_spans else 0.0
-    recall = hits / len(true_spans) if true_spans else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
-    pairs = [(g, p) for gs, ps in zip(gold, predicted) for g, p in zip(gs, ps)]
-    accuracy = sum(g == p for g, p in pairs) / len(pairs) if pairs else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "accuracy": accuracy}
+    """Entity-level micro precision/recall/F1 (seqeval's default mode: exact span and type, as
+    conlleval) and token accuracy; 0 where nothing is predicted or nothing is there to find."""
+    from seqeval.metrics import accuracy_score, precision_score, recall_score
+    from seqeval.metrics import f1_score as seqeval_f1
+
+    if not any(gold) and not any(predicted):
+        return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "accuracy": 0.0}
+    gold, predicted = [list(g) for g in gold], [list(p) for p in predicted]
+    return {
+        "precision": float(precision_score(gold, predicted, zero_division=0)),
+        "recall": float(recall_score(gold, predicted, zero_division=0)),
+        "f1": float(seqeval_f1(gold, predicted, zero_division=0)),
+        "accuracy": float(accuracy_score(gold, predicted)),
+    }
 
 
 def normalize_answer(text: str) -> str:
@@ -123,7 +119,9 @@ def normalize_answer(text: str) -> str:
 
 
 def squad_metrics(golds: list[list[str]], predictions: list[str]) -> dict[str, float]:
-    """Exact match and token F1 in percent, each the best over an example's gold answers."""
+    """Exact match and token F1 in percent, each the best over an example's gold answers: the official
+    SQuAD v1.1 arithmetic (tests/test_metrics.py checks it against torchmetrics' port of that script);
+    an example without gold answers counts as the answer ""."""
 
     def f1(gold: str, pred: str) -> float:
         g, p = normalize_answer(gold).split(), normalize_answer(pred).split()

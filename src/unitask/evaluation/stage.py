@@ -1,10 +1,12 @@
-"""`unitask evaluate`: score and compare every model on the test splits; tables, plots, one MLflow run.
+"""`unitask evaluate`: score and compare every model on the validation and test splits; tables, plots,
+one MLflow run. Validation scores decide (best model, registry gate); test scores are only reported.
 
 Writes under `evaluate.output` (default reports/evaluate), replacing it whole:
-- comparison.json: {task: {model: {metric: value}}}, the DVC metric (`dvc metrics show`, `dvc exp show`);
+- comparison.json: {"validation": table, "test": table}, each {task: {model: {metric: value}}}, the DVC
+  metric (`dvc metrics show`, `dvc exp show`);
 - comparison.md: the same as Markdown tables;
-- report.json: per task the type, main metric, best model, and per model the rows scored, the
-  per-class report and confusion matrix (classification types);
+- report.json: per task the type, main metric, best model (on validation), and per model the rows
+  scored, the test per-class report and confusion matrix (classification types);
 - plots/: data for `dvc plots show` (confusion/, by_model/, loss/, eval_loss/).
 The MLflow run `evaluate` holds the metrics, these files and PNG figures of the plots.
 """
@@ -32,14 +34,14 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         curves = training_curves(run.info.experiment_id) if cfg.evaluate.curves else {}
         table = markdown(result)
         with atomic_dir(cfg.path(cfg.evaluate.output)) as tmp:
-            write_json(tmp / "comparison.json", result["table"])
+            write_json(tmp / "comparison.json", {"validation": result["validation"], "test": result["table"]})
             (tmp / "comparison.md").write_text(table, encoding="utf-8")
             write_json(tmp / "report.json", {k: result[k] for k in ("models", "skipped", "tasks")} | {"curves": sorted(curves)})
             for folder in PLOT_FOLDERS:  # every declared DVC plot folder exists, even when empty
                 (tmp / "plots" / folder).mkdir(parents=True, exist_ok=True)
             write_plot_data(tmp / "plots", result, curves)
         output = cfg.path(cfg.evaluate.output)
-        mlflow.log_metrics(flatten("test", result["table"]))
+        mlflow.log_metrics(flatten("test", result["table"]) | flatten("validation", result["validation"]))
         for name in ("comparison.json", "comparison.md", "report.json"):
             mlflow.log_artifact(str(output / name))
         for name, fig in figures(result, curves).items():

@@ -1,4 +1,10 @@
-"""The model card logged with each registered version: what it is, its data, metrics, comparison, limits."""
+"""The model card logged with each registered version: what it is, its data, metrics, comparison, limits.
+
+Every fact comes from the config, the bundled model folders or the prepared data: the encoder (its
+id or config and the saved architecture), its casing (asked of the saved tokenizer), parameters
+(counted in the saved weights), languages (as the tasks declare them, else "unknown"), rows per
+split, and which split decided what.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unitask.config import Config
+from unitask.config import SPLITS, Config
 
 LIMITS = [
-    "Trained and tested on the splits described above only; scores on other domains, languages or "
-    "label sets are unknown. The text encoder is English and uncased (MiniLM by default).",
+    "Trained and scored on the splits described above only; scores on other domains, languages or "
+    "label sets are unknown.",
     "Inputs longer than `model.max_length` tokens are truncated: only their beginning is read.",
     "Labels outside each task's declared set are never predicted; a regression value may leave the "
     "training range.",
-    "Scores come from one seed on one test split; small test sets give wide confidence intervals.",
 ]
+CASING_PROBE = ("The Cat sat in PARIS", "the cat sat in paris")
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -28,11 +34,77 @@ def _source(cfg: Config, task: str) -> str:
     return f"{source.kind} " + ", ".join(f"{k} {v}" for k, v in detail.items() if v)
 
 
-def model_card(cfg: Config, name: str, routes: dict[str, str], scores: dict[str, float], decision: dict[str, Any]) -> str:
-    """Markdown: the model and its routing, data per task, served metrics, the comparison table from
-    `unitask evaluate`, the gate decision, and known limits (with the data gate's warnings)."""
-    reports = cfg.path(cfg.paths.reports)
-    encoder = f"config {cfg.model.backbone_config}" if cfg.model.backbone_config else cfg.model.backbone
+def split_rows(cfg: Config, task: str) -> dict[str, int | None]:
+    """{split: rows} of `task`'s prepared splits, counted in the Parquet files (None where one is missing)."""
+    import pyarrow.parquet as pq
+
+    folder = cfg.path(cfg.paths.prepared) / task
+    return {s: pq.ParquetFile(folder / f"{s}.parquet").metadata.num_rows if (folder / f"{s}.parquet").is_file() else None
+            for s in SPLITS}  # fmt: skip
+
+
+def parameters(folder: Path) -> int:
+    """Parameters stored in a model folder's safetensors files (every encoder and head it bundles)."""
+    from math import prod
+
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted(folder.rglob("*.safetensors")):
+        with safe_open(str(path), framework="numpy") as weights:
+            total += sum(prod(weights.get_slice(key).get_shape()) for key in weights.keys())
+    return total
+
+
+def casing(folder: Path) -> str:
+    """'cased' or 'uncased', asked of the tokenizer saved in `folder`: does it tell "The Cat" from "the cat"?"""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    upper, lower = (tokenizer.tokenize(text) for text in CASING_PROBE)
+    lowercase = getattr(tokenizer, "do_lower_case", None)
+    how = f"do_lower_case={lowercase}" if lowercase is not None else "its tokens of a mixed-case and a lower-case sentence"
+    return f"{'uncased' if upper == lower else 'cased'} (from the saved tokenizer: {how})"
+
+
+def encoder_facts(cfg: Config, folder: Path) -> str:
+    """The encoder as configured (hub id, local folder, package, or a random init from a config) and
+    as saved in the model folder (type, layers, hidden size, vocabulary)."""
+    saved = _json(folder / "config.json") or {}
+    if cfg.model.backbone_config:
+        origin = f"randomly initialised from model.backbone_config {json.dumps(cfg.model.backbone_config, sort_keys=True)}"
+    else:
+        origin = f"`{cfg.model.backbone}`"
+    shape = ", ".join(f"{k} {saved[k]}" for k in ("model_type", "num_hidden_layers", "hidden_size", "vocab_size") if k in saved)
+    pretrained = "yes, on the train splits" if cfg.pretrain.enabled else "no"
+    return f"{origin} ({shape or 'no saved config.json'}); continued pretraining: {pretrained}"
+
+
+def languages(cfg: Config, tasks: list[str]) -> str:
+    declared = {t: cfg.tasks[t].language for t in tasks}
+    known = sorted({lang for lang in declared.values() if lang})
+    unknown = [t for t, lang in declared.items() if not lang]
+    parts = [", ".join(known)] if known else []
+    if unknown:
+        parts.append(f"unknown for {', '.join(unknown)} (not declared: set tasks.<name>.language)")
+    return "; ".join(parts)
+
+
+def model_card(
+    cfg: Config,
+    name: str,
+    routes: dict[str, str],
+    scores: dict[str, dict[str, float]],
+    decision: dict[str, Any],
+    folders: dict[str, Path],
+    decided_on: str = "validation",
+) -> str:
+    """Markdown: the model and its facts, data per task with validation and test scores, what each
+    split decided, the comparison table from `unitask evaluate`, the gate decision, and known limits
+    (with the data gate's warnings). `folders`: the bundled model folders, by artifact name."""
+    text_folder = folders.get("multitask", next(iter(folders.values())))
+    mt = cfg.multitask
+    every = "epoch" if mt.eval_strategy == "epoch" else f"{mt.eval_steps} steps"
     lines = [
         f"# Model card: {name}",
         "",
@@ -40,28 +112,50 @@ def model_card(cfg: Config, name: str, routes: dict[str, str], scores: dict[str,
         "outputs by task type: `{label, scores}`, `{value}`, `{tags, entities}` or `{answer, start, end, score}`; "
         "a row that cannot be answered gets `{error}`.",
         "",
-        f"- Encoder: {encoder} (continued pretraining: {'yes' if cfg.pretrain.enabled else 'no'}), "
-        f"max_length {cfg.model.max_length}, seed {cfg.seed}.",
-        "- Bundled models: " + ", ".join(sorted(set(routes.values()))) + ".",
+        "## Model",
         "",
-        "## Data and test metrics",
+        f"- Text encoder: {encoder_facts(cfg, text_folder)}.",
+        f"- Casing: {casing(text_folder)}.",
+        f"- Languages: {languages(cfg, list(routes))}.",
+        "- Parameters: " + ", ".join(f"{artifact} {parameters(folder):,}" for artifact, folder in folders.items()) + ".",
+        f"- max_length {cfg.model.max_length} tokens, seed {cfg.seed}.",
         "",
-        "| task | type | answered by | source | train / validation / test rows | test main metric (0-1) |",
-        "|---|---|---|---|---|---:|",
+        "## Data and metrics",
+        "",
+        "| task | type | answered by | source | language | train / validation / test rows "
+        "| validation main metric (0-1) | test main metric (0-1) |",
+        "|---|---|---|---|---|---|---:|---:|",
     ]
     for task, model in routes.items():
-        rows = (_json(reports / "prepare" / f"{task}.json") or {}).get("rows", {})
-        counts = " / ".join(str(rows.get(s, "?")) for s in ("train", "validation", "test"))
-        kind = cfg.tasks[task].type
-        lines.append(f"| {task} | {kind} | {model} | {_source(cfg, task)} | {counts} | {scores[task]:.4f} |")
-    lines += ["", "## Registry gate", "", f"Decision: **{'promoted to champion' if decision['promote'] else 'not promoted'}** "
-              f"({decision['reason']}). Primary: `{cfg.register.gate.primary}`, max per-task regression "
-              f"{cfg.register.gate.max_task_regression}.", ""]
+        counts = " / ".join("?" if n is None else str(n) for n in split_rows(cfg, task).values())
+        row = [task, cfg.tasks[task].type, model, _source(cfg, task), cfg.tasks[task].language or "unknown", counts,
+               f"{scores['validation'][task]:.4f}", f"{scores['test'][task]:.4f}"]  # fmt: skip
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "## What each split decided",
+        "",
+        "- train: the weights (and, with continued pretraining, the encoder's masked-LM corpus).",
+        f"- validation: the checkpoint kept by each training stage that evaluates while training (multi-task: "
+        f"the best validation mean score, scored every {every}), the best model per task in "
+        f"`unitask evaluate`, hyperparameters when `unitask tune` searched them, and the registry gate below. "
+        f"Fusion trains a fixed number of steps: no checkpoint is chosen.",
+        "- test: nothing; its scores are reported here and in the version's tags only.",
+        "",
+        "## Registry gate",
+        "",
+        f"Decision on **{decided_on}** scores: **{'promoted to champion' if decision['promote'] else 'not promoted'}** "
+        f"({decision['reason']}). Primary: `{cfg.register.gate.primary}`, max per-task regression "
+        f"{cfg.register.gate.max_task_regression}.",
+        "",
+    ]
     comparison = cfg.path(cfg.evaluate.output) / "comparison.md"
     if comparison.is_file():
         body = comparison.read_text(encoding="utf-8").split("\n", 1)[1]
-        lines += ["## Comparison with the other models (test splits)", body.replace("\n## ", "\n### "), ""]
-    lines += ["## Known limits", "", *[f"- {limit}" for limit in LIMITS]]
+        lines += ["## Comparison with the other models (validation and test splits)", body.replace("\n## ", "\n### "), ""]
+    lines += ["## Known limits", "", *[f"- {limit}" for limit in LIMITS],
+              f"- Scores come from one training run (seed {cfg.seed}); small splits give wide confidence intervals."]  # fmt: skip
+    reports = cfg.path(cfg.paths.reports)
     for task in routes:
         failures = (_json(reports / "validate" / f"{task}.json") or {}).get("failures", {})
         for where, what in sorted(failures.items()):

@@ -1,9 +1,10 @@
 """The registry gate: does a new version beat the champion?
 
-Scores are per-task test main metrics on a 0-1 scale (extractive QA's percent / 100, so that one
-tolerance fits every task). The new version is promoted when there is no champion, or when its
-primary score beats the champion's by more than `min_improvement` and no task it shares with the
-champion drops by more than `max_task_regression`.
+Scores are per-task validation main metrics on a 0-1 scale (extractive QA's percent / 100, so that one
+tolerance fits every task): the gate selects on validation; test scores are only reported. The new
+version is promoted when there is no champion, or when its primary score beats the champion's by
+more than `min_improvement` and no task it shares with the champion drops by more than
+`max_task_regression`.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from unitask.errors import ConfigError
 from unitask.evaluation.metrics import MAIN_METRIC, unit_score
 
 
-def task_scores(table: dict[str, dict[str, dict[str, float]]], routes: dict[str, str], types: dict[str, str]) -> dict[str, float]:
-    """{task: main metric (0-1)} of the model each task is routed to, from evaluate's comparison table."""
+def task_scores(
+    table: dict[str, dict[str, dict[str, float]]], routes: dict[str, str], types: dict[str, str], split: str = "validation"
+) -> dict[str, float]:
+    """{task: main metric (0-1)} of the model each task is routed to, from one split's table of evaluate's
+    comparison (`split` names it in errors)."""
     scores = {}
     for task, model in routes.items():
         if model not in table.get(task, {}):
             raise ConfigError(
-                f"reports: no test metrics of model '{model}' for task '{task}' in the comparison",
+                f"reports: no {split} metrics of model '{model}' for task '{task}' in the comparison",
                 hint=f"run `unitask evaluate` with '{model}' in evaluate.models after training it",
             )
         main = MAIN_METRIC[types[task]]

@@ -65,7 +65,7 @@ def signature() -> Any:
 
 # what the bundled code imports at inference (unitask itself travels as code_paths)
 REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "datasets", "pandas", "numpy",
-                "pyarrow", "pillow", "pydantic", "pyyaml", "scikit-learn", "scipy")  # fmt: skip
+                "pyarrow", "pillow", "pydantic", "pyyaml", "scikit-learn", "scipy", "seqeval")  # fmt: skip
 
 
 def pip_requirements() -> list[str]:

@@ -1,6 +1,9 @@
 """`unitask register`: log the served model (one pyfunc over the multi-task and fusion models), register
 it, and move the aliases: every new version is `challenger`; `champion` only when the gate says so.
 
+The gate compares validation scores only (`DECIDING_SPLIT`); test scores are reported (register.json,
+version tags, the model card) and decide nothing.
+
 Works against any tracking URI (sqlite, a local `mlflow server`, the team server). Rerunning with the
 same model folders and metrics registers nothing new: the version that holds them is reported.
 """
@@ -24,7 +27,9 @@ from unitask.registry.gate import decide, task_scores
 from unitask.registry.pyfunc import Router, UnitaskModel, pip_requirements, priority, signature
 from unitask.tracking import configure, stage_run
 
-SCORE_TAG = "unitask.score."  # + task: the version's test main metric (0-1), what the gate compares
+DECIDING_SPLIT = "validation"  # the split whose scores the gate compares; test is only reported
+SCORE_TAG = "unitask.validation_score."  # + task: the version's validation main metric (0-1), what the gate compares
+TEST_TAG = "unitask.test_score."  # + task: its test main metric (0-1), reported only
 FINGERPRINT_TAG = "unitask.fingerprint"
 
 
@@ -44,13 +49,20 @@ def served_folders(cfg: Config) -> dict[str, Path]:
 
 
 def comparison_table(cfg: Config) -> dict[str, Any]:
+    """evaluate's comparison.json: {"validation": table, "test": table}, each {task: {model: metrics}}."""
     path = cfg.path(cfg.evaluate.output) / "comparison.json"
     if not path.is_file():
-        raise DataError(f"{path}: no comparison of the models' test metrics", hint="run `unitask evaluate` first")
-    return json.loads(path.read_text(encoding="utf-8"))
+        raise DataError(f"{path}: no comparison of the models' validation and test metrics", hint="run `unitask evaluate` first")
+    table = json.loads(path.read_text(encoding="utf-8"))
+    if not {"validation", "test"} <= set(table):
+        raise DataError(
+            f"{path}: no validation and test tables (an older evaluate's output)",
+            hint="rerun the training stages and `unitask evaluate` (dvc repro evaluate)",
+        )
+    return table
 
 
-def fingerprint(folders: dict[str, Path], scores: dict[str, float]) -> str:
+def fingerprint(folders: dict[str, Path], scores: dict[str, dict[str, float]]) -> str:
     """One hash of the bundled folders' bytes and the scores the gate saw."""
     parts = {name: sha256_path(folder) for name, folder in folders.items()} | {"scores": scores}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -71,7 +83,8 @@ def _same_version(client: Any, name: str, digest: str) -> Any | None:
 
 
 def _scores_of(version: Any | None) -> dict[str, float] | None:
-    """The per-task scores a registered version was gated with (its tags), or None without a version."""
+    """The per-task validation scores a registered version was gated with (its tags), or None without
+    a version (a version registered before the gate used validation has none: it counts as unscored)."""
     if version is None:
         return None
     return {k.removeprefix(SCORE_TAG): float(v) for k, v in version.tags.items() if k.startswith(SCORE_TAG)}
@@ -86,13 +99,15 @@ def _check_examples(cfg: Config, routes: dict[str, str], router: Router) -> list
     return examples
 
 
-def served_scores(cfg: Config) -> tuple[dict[str, Path], Router, dict[str, str], dict[str, float]]:
-    """The bundled model folders, their router, task -> folder routes, and each task's test score
-    (0-1) from evaluate's comparison: what the gate judges."""
+def served_scores(cfg: Config) -> tuple[dict[str, Path], Router, dict[str, str], dict[str, dict[str, float]]]:
+    """The bundled model folders, their router, task -> folder routes, and {split: {task: score (0-1)}}
+    from evaluate's comparison: validation (what the gate judges) and test (reported)."""
     folders = served_folders(cfg)
     router = Router({artifact: load_predictor(folder) for artifact, folder in folders.items()})
     routes = {task: router.routes[task] for task in cfg.tasks if task in router.routes}
-    return folders, router, routes, task_scores(comparison_table(cfg), routes, router.tasks)
+    table = comparison_table(cfg)
+    scores = {split: task_scores(table[split], routes, router.tasks, split) for split in ("validation", "test")}
+    return folders, router, routes, scores
 
 
 def gate_now(cfg: Config) -> dict[str, Any]:
@@ -100,9 +115,9 @@ def gate_now(cfg: Config) -> dict[str, Any]:
     registry is only read): whether `register` would promote it."""
     from mlflow.tracking import MlflowClient
 
-    scores = served_scores(cfg)[3]
+    scores = served_scores(cfg)[3][DECIDING_SPLIT]
     configure(cfg)
-    return decide(scores, _scores_of(_champion(MlflowClient(), cfg.register.name)), cfg.register.gate)
+    return decide(scores, _scores_of(_champion(MlflowClient(), cfg.register.name)), cfg.register.gate) | {"split": DECIDING_SPLIT}
 
 
 def register(cfg: Config) -> dict[str, Any]:
@@ -114,7 +129,7 @@ def register(cfg: Config) -> dict[str, Any]:
     digest = fingerprint(folders, scores)
     configure(cfg)
     client = MlflowClient()
-    record: dict[str, Any] = {"name": name, "routes": routes, "scores": scores}
+    record: dict[str, Any] = {"name": name, "routes": routes, "decided_on": DECIDING_SPLIT, "scores": scores}
     same = _same_version(client, name, digest)
     if same is not None:
         record |= {"version": int(same.version), "decision": "unchanged",
@@ -122,7 +137,7 @@ def register(cfg: Config) -> dict[str, Any]:
                    "reason": f"version {same.version} already holds these models and metrics"}  # fmt: skip
     else:
         champion = _champion(client, name)
-        gate = decide(scores, _scores_of(champion), cfg.register.gate)
+        gate = decide(scores[DECIDING_SPLIT], _scores_of(champion), cfg.register.gate)
         examples = _check_examples(cfg, routes, router)
         record |= {"champion_before": int(champion.version) if champion else None}
         record |= _new_version(cfg, client, folders, examples, gate, record, digest)
@@ -151,9 +166,11 @@ def _new_version(cfg: Config, client: Any, folders: dict[str, Path], examples: l
             registered_model_name=name,
         )
         version = str(info.registered_model_version)
-        card = model_card(cfg, name, record["routes"], scores, gate)
+        card = model_card(cfg, name, record["routes"], scores, gate, folders, DECIDING_SPLIT)
         tags = {FINGERPRINT_TAG: digest, "unitask.run_id": run.info.run_id, "unitask.primary": str(gate["candidate"]["primary"]),
-                **{SCORE_TAG + task: str(value) for task, value in scores.items()}}  # fmt: skip
+                "unitask.gate_split": DECIDING_SPLIT,
+                **{SCORE_TAG + task: str(value) for task, value in scores[DECIDING_SPLIT].items()},
+                **{TEST_TAG + task: str(value) for task, value in scores["test"].items()}}  # fmt: skip
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         client.update_model_version(name, version, description=card)
@@ -166,7 +183,7 @@ def _new_version(cfg: Config, client: Any, folders: dict[str, Path], examples: l
             "decision": decision,
             "reason": gate["reason"],
             "aliases": ["challenger", "champion"] if gate["promote"] else ["challenger"],
-            "gate": {k: gate[k] for k in ("candidate", "champion", "deltas", "regressions")},
+            "gate": {"split": DECIDING_SPLIT, **{k: gate[k] for k in ("candidate", "champion", "deltas", "regressions")}},
             "model_uri": info.model_uri,
             "run_id": run.info.run_id,
         }
@@ -175,7 +192,9 @@ def _new_version(cfg: Config, client: Any, folders: dict[str, Path], examples: l
         mlflow.log_metrics({
             "gate.promoted": float(gate["promote"]), "gate.primary.candidate": gate["candidate"]["primary"],
             **({"gate.primary.champion": champion_primary} if champion_primary is not None else {}),
-            **{f"gate.delta.{t}": d for t, d in gate["deltas"].items()}, **{f"score.{t}": v for t, v in scores.items()},
+            **{f"gate.delta.{t}": d for t, d in gate["deltas"].items()},
+            **{f"score.{t}": v for t, v in scores[DECIDING_SPLIT].items()},  # what the gate compared
+            **{f"test_score.{t}": v for t, v in scores["test"].items()},  # reported only
         })  # fmt: skip
         mlflow.log_dict(record | result, "gate.json")
         mlflow.log_text(card, "model_card.md")

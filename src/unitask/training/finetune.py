@@ -23,7 +23,7 @@ import pandas as pd
 from unitask.atomic import atomic_dir, write_json
 from unitask.augment.frame import EpochAugmented, mask_token
 from unitask.config import SPLITS, Config
-from unitask.evaluation.predictions import write_predictions
+from unitask.evaluation.predictions import SCORED_SPLITS, write_predictions
 from unitask.models.backbone import load_tokenizer
 from unitask.tasks.text import TextTask, read_split, task_scores, text_task
 from unitask.tracking import flatten, preflight, stage_run
@@ -158,7 +158,8 @@ def finetune(cfg: Config, name: str, resume: bool = False) -> dict[str, Any]:
                 "world_size": args.world_size,
             },
         }
-        for split in ("validation", "test"):
+        decoded: dict[str, list[dict[str, Any]]] = {}
+        for split in SCORED_SPLITS:
             trainer.compute_metrics = scorer(task, features[split], frames[split])
             output = trainer.predict(features[split], metric_key_prefix=split)
             summary[split] = {
@@ -166,9 +167,10 @@ def finetune(cfg: Config, name: str, resume: bool = False) -> dict[str, Any]:
                 for key, value in output.metrics.items()
                 if not key.endswith(TIMING_KEYS)
             }
+            decoded[split] = task.decode(output.predictions, features[split], frames[split])
         if main:
-            decoded = task.decode(output.predictions, features["test"], frames["test"])
-            write_predictions(cfg, "finetune", name, task.gold(frames["test"]), decoded)
+            for split in SCORED_SPLITS:
+                write_predictions(cfg, "finetune", name, task.gold(frames[split]), decoded[split], split)
             _write_outputs(cfg, name, task, trainer, tokenizer, summary)
             shutil.rmtree(checkpoints, ignore_errors=True)
     return summary

@@ -321,7 +321,8 @@ def train_model(
         if hasattr(model.fusion_module, "weights"):
             summary["modality_weights"] = model.fusion_module.weights()
         if main:
-            write_predictions(cfg, model_name, name, frames["test"]["label"].astype(str).tolist(), outputs["test"])
+            for split, decoded in outputs.items():
+                write_predictions(cfg, model_name, name, frames[split]["label"].astype(str).tolist(), decoded, split)
             mlflow.log_metrics(flatten("", {k: summary[k] for k in ("train", "validation", "test")}))  # by_group too
             if model_name == "fusion":
                 write_model(cfg, name, built, tokenizer, labels)

@@ -30,7 +30,7 @@ from unitask.atomic import atomic_dir, write_json
 from unitask.config import SPLITS, Config
 from unitask.errors import ConfigError, DataError
 from unitask.evaluation.metrics import task_metrics, unit_score
-from unitask.evaluation.predictions import write_predictions
+from unitask.evaluation.predictions import SCORED_SPLITS, write_predictions
 from unitask.models.backbone import load_tokenizer
 from unitask.models.multitask import HeadSpec, MultitaskModel, save_multitask
 from unitask.tasks.text import TextTask, read_split, text_task
@@ -363,18 +363,18 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
                 "heads": sum(p.numel() for p in model.heads.parameters()),
             },
         }
-        decoded: dict[str, list[dict[str, Any]]] = {}
-        for split in ("validation", "test"):
+        decoded: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for split in SCORED_SPLITS:
             summary[split] = {}
             for name, task in tasks.items():
-                decoded[name], summary[split][name] = trainer.task_outputs(name, split)
+                decoded[name, split], summary[split][name] = trainer.task_outputs(name, split)
             summary[split][MEAN] = sum(
                 unit_score(t.type, t.main_metric, summary[split][n][t.main_metric]) for n, t in tasks.items()
             ) / len(tasks)
         if main:
             summary["mlflow_run_id"] = run.info.run_id
-            for name, task in tasks.items():
-                write_predictions(cfg, "multitask", name, task.gold(frames[name]["test"]), decoded[name])
+            for (name, split), outputs in decoded.items():
+                write_predictions(cfg, "multitask", name, tasks[name].gold(frames[name][split]), outputs, split)
             _write_outputs(cfg, model, tokenizer, tasks, summary)
             shutil.rmtree(checkpoints, ignore_errors=True)
     return summary
