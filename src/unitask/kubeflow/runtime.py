@@ -395,7 +395,7 @@ def run_evaluate(
         gate = gate_now(cfg)
         evaluation.metadata.update({"models": result["models"], "skipped": result["skipped"], "gate": gate["reason"]})
         champion = (gate["champion"] or {}).get("primary")
-        log_metrics(metrics, {"test": result["table"], "multitask_vs_finetune": versus["mean"]})
+        log_metrics(metrics, {"validation": result["validation"], "test": result["table"], "multitask_vs_finetune": versus["mean"]})
         log_metrics(metrics, {"gate": {"promote": int(gate["promote"]), "candidate": gate["candidate"]["primary"],
                                        **({"champion": champion} if champion is not None else {})}})  # fmt: skip
         Path(comparison.path).parent.mkdir(parents=True, exist_ok=True)
