@@ -122,7 +122,7 @@ def test_a_model_without_predictions_names_the_stage_to_run(tmp_path: Path, caps
 
 
 def test_cli_prints_the_main_metric_of_each_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = _project(tmp_path, ["baseline", "fusion"])  # fusion.tasks is empty: fusion is skipped, not missing
+    cfg = _project(tmp_path, ["baseline", "fusion"], fusion={"tasks": [], "baselines": False})  # no fusion task: skipped, not missing
     _write(cfg, "baseline", wrong=1)
     assert main(["evaluate", "--params", str(tmp_path / "params.yaml")]) == 0
     out = capsys.readouterr().out.splitlines()

@@ -183,9 +183,9 @@ def test_fusion_refuses_a_text_task_and_an_empty_task_list(tmp_path, capsys):
     from unitask.cli import main
 
     params = vqa_project(tmp_path)
-    assert main(["fusion", "--params", str(params), "--set", "fusion.tasks=[]"]) == 2
-    assert "fusion.tasks: no task to train" in capsys.readouterr().err
+    assert main(["fusion", "--params", str(params), "--set", "fusion.tasks=[]"]) == 0  # an empty list: none, as in DVC and Kubeflow
+    assert "no text+image task to train" in capsys.readouterr().out
     assert main(["fusion", "--params", str(params), "--set", "fusion.tasks=[nope]"]) == 2
-    assert "fusion: tasks ['nope'] (in tasks or augment_per_task) are not declared" in capsys.readouterr().err
+    assert "fusion.tasks: ['nope'] are not declared under tasks" in capsys.readouterr().err
     assert main(["fusion", "--params", str(params), "--set", "fusion.method=cross_attention", "--set", "fusion.attention_heads=3"]) == 2
     assert "attention_heads (3) must divide fusion_dim (32)" in capsys.readouterr().err
