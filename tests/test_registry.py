@@ -144,6 +144,10 @@ def test_register_load_by_alias_and_predict_every_task_over_http(served: Config,
     assert run.data.tags["unitask.gate.decision"] == "promoted" and run.data.metrics["gate.promoted"] == 1.0
     artifacts = {a.path for a in client.list_artifacts(record["run_id"])}
     assert {"model_card.md", "gate.json"} <= artifacts
+    trained = {m.name: m.model_id for m in mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")}
+    bundles = {"multitask": trained["multitask"], "fusion": trained["fusion-colours"]}  # the LoggedModels it holds
+    assert {a: version.tags[f"unitask.bundles.{a}"] for a in bundles} == bundles
+    assert mlflow.get_logged_model(version.model_id).tags["unitask.bundles.fusion"] == bundles["fusion"]
 
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     assert model.metadata.get_input_schema().input_names() == ["task", "text", "text_pair", "image"]

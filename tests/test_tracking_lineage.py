@@ -55,7 +55,7 @@ def test_a_new_experiment_is_a_model_training_experiment_with_a_description(cfg)
     configure(cfg)
     experiment = client(cfg).get_experiment_by_name("unitask")
     assert experiment.tags[KIND_TAG] == KIND == "custom_model_development"
-    assert "validation/<task>/<metric>" in experiment.tags[NOTE_TAG]
+    assert "`validation/<task>/<metric>`" in experiment.tags[NOTE_TAG]
 
 
 def test_an_existing_experiment_gets_the_kind_it_lacks_but_keeps_one_set_by_hand(cfg):

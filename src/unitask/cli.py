@@ -226,6 +226,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reg.set_defaults(run=_register)
 
+    report = commands.add_parser(
+        "summary",
+        parents=[common],
+        help="what to read after a pipeline run: each model's main metric per task, the champion, where to look",
+        description="Print, per task, each model's test main metric side by side (evaluate.output/comparison.json), "
+        "the registry's champion decision (register.output), and where to look next: the MLflow UI on the "
+        "Model training view with the filter for the last pipeline run, comparison.md, `dvc plots show`.",
+    )
+    report.set_defaults(run=_summary)
+
+    repro = commands.add_parser(
+        "repro",
+        parents=[common],
+        help="`dvc repro` as one pipeline run in MLflow: the stages' runs nest under one parent",
+        description="Run `dvc repro` with UNITASK_PIPELINE_RUN set, under a parent MLflow run that carries the git "
+        "commit, the dirty flag and the config's hashes; the parent ends FINISHED, or FAILED with dvc. "
+        "Arguments after `--` go to dvc, e.g. `unitask repro -- finetune --force`.",
+    )
+    repro.add_argument("dvc_args", nargs=argparse.REMAINDER, help="arguments for `dvc repro`")
+    repro.set_defaults(run=_repro)
+
     kfp_group = commands.add_parser(
         "pipeline",
         help="Kubeflow Pipelines: compile, run locally, submit",
@@ -393,6 +414,23 @@ def _register(cfg: Config, args: argparse.Namespace) -> None:
 
     decision = register(cfg)
     print(f"{decision['name']}\tversion {decision['version']}\t{decision['decision']}: {decision['reason']}")
+
+
+def _summary(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.summary import summary
+
+    print(summary(cfg))
+
+
+def _repro(cfg: Config, args: argparse.Namespace) -> None:
+    import subprocess
+
+    from unitask.tracking import pipeline
+
+    with pipeline(cfg, "dvc"):
+        done = subprocess.run(["dvc", "repro", *[a for a in args.dvc_args if a != "--"]], cwd=cfg.root)
+        if done.returncode:
+            raise UnitaskError(f"dvc repro exited with {done.returncode}", hint="see dvc's message above")
 
 
 def _pipeline_compile(cfg: Config, args: argparse.Namespace) -> None:

@@ -22,7 +22,6 @@ How the runs of one pipeline invocation hang together:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import socket
@@ -30,6 +29,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -50,12 +50,12 @@ COMMIT_TAG, DIRTY_TAG = "mlflow.source.git.commit", "unitask.git.dirty"
 PARAMS_TAG, PARAMS_FILE_TAG = "unitask.config.sha256", "unitask.params_file.sha256"
 MODEL_DIGEST_TAG = "unitask.model.sha256"  # on a LoggedModel: its folder's sha256 (data.hashing.sha256_path)
 SPLIT_CONTEXT = {"train": "training", "validation": "validation", "test": "test"}
-DESCRIPTION = (
-    "unitask: one parent run per pipeline invocation (`pipeline:<driver>:<id>`, tag unitask.pipeline_run) "
+DESCRIPTION = (  # Markdown in the UI
+    "unitask: one parent run per pipeline invocation (`pipeline:<driver>:<id>`, tag `unitask.pipeline_run`) "
     "with a nested run per stage and task (prepare, validate, pretrain, baseline, finetune, multitask, fusion, "
-    "evaluate, register). Every model logs validation/<task>/<metric> and test/<task>/<metric>: select the runs "
-    "of one task's models and Compare. Trained models are LoggedModels (Models tab); the Dataset column gives "
-    "the DVC md5 of the data each run read, the Source column the git commit."
+    "evaluate, register). Every model logs `validation/<task>/<metric>` and `test/<task>/<metric>`: select the "
+    "runs of one task's models and Compare. Trained models are LoggedModels (Models); the Dataset column gives "
+    "the DVC md5 of the data each run read, the tag `mlflow.source.git.commit` the code."
 )
 _checked: dict[tuple[str, str, str | None], str] = {}  # (project root, uri, fallback_uri) -> the store in use
 
@@ -385,7 +385,9 @@ def log_datasets(cfg: Config, tasks: Iterable[str], splits: Iterable[str] = ("tr
             if not path.is_file():
                 continue
             digest = version or sha256_file(path)[:32]
-            dataset = mlflow.data.from_pandas(pd.read_parquet(path), source=str(path), name=f"{task}/{split}", digest=digest)
+            with warnings.catch_warnings():  # which local source class, integer columns: nothing to act on
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = mlflow.data.from_pandas(pd.read_parquet(path), source=str(path), name=f"{task}/{split}", digest=digest)
             logged[(task, split)] = dataset
             datasets.append(dataset)
             contexts.append(SPLIT_CONTEXT[split])

@@ -56,11 +56,18 @@ def prepare_task(cfg: Config, name: str) -> dict[str, Any]:
         for split_name, part in splits.items():
             part.to_parquet(tmp / f"{split_name}.parquet", index=False)
     summary = summarize(name, task, splits, dropped)
-    write_json(summary_path(cfg, name), summary)
+    distribution = {k: summary[k] for k in DISTRIBUTION if k in summary}
+    write_json(summary_path(cfg, name), {k: v for k, v in summary.items() if k not in DISTRIBUTION})
+    write_json(summary_path(cfg, name).with_suffix(".labels.json"), {"task": name, **distribution})
     return summary
 
 
+DISTRIBUTION = ("labels", "target")  # per-label counts, target statistics: in <task>.labels.json, not a DVC metric
+
+
 def summary_path(cfg: Config, name: str) -> Path:
+    """reports/prepare/<task>.json: rows and drops (the DVC metric); <task>.labels.json beside it holds
+    the label distribution per split."""
     return cfg.path(cfg.paths.reports) / "prepare" / f"{name}.json"
 
 

@@ -6,7 +6,8 @@ Writes under `evaluate.output` (default reports/evaluate), replacing it whole:
 - report.json: per task the type, main metric, best model, and per model the rows scored, the
   per-class report and confusion matrix (classification types);
 - plots/: data for `dvc plots show` (confusion/, by_model/, loss/, eval_loss/).
-The MLflow run `evaluate` holds the metrics, these files and PNG figures of the plots.
+The MLflow run `evaluate` holds the metrics (`test/<task>/<model>/<metric>`), the test splits as dataset
+inputs, these files and PNG figures of the plots.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from unitask.atomic import atomic_dir, write_json
 from unitask.config import Config
 from unitask.evaluation.compare import markdown, score
 from unitask.evaluation.plots import CURVES, figures, training_curves, write_plot_data
-from unitask.tracking import flatten, stage_run
+from unitask.tracking import log_datasets, stage_run, task_metric_keys
 
 PLOT_FOLDERS = ("confusion", "by_model", *CURVES)
 
@@ -39,7 +40,11 @@ def evaluate(cfg: Config) -> dict[str, Any]:
                 (tmp / "plots" / folder).mkdir(parents=True, exist_ok=True)
             write_plot_data(tmp / "plots", result, curves)
         output = cfg.path(cfg.evaluate.output)
-        mlflow.log_metrics(flatten("test", result["table"]))
+        log_datasets(cfg, result["table"], splits=("test",))
+        mlflow.log_metrics({
+            key: value for task, models in result["table"].items() for model, metrics in models.items()
+            for key, value in task_metric_keys("test", f"{task}/{model}", metrics).items()
+        })  # fmt: skip
         for name in ("comparison.json", "comparison.md", "report.json"):
             mlflow.log_artifact(str(output / name))
         for name, fig in figures(result, curves).items():

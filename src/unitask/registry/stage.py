@@ -22,9 +22,10 @@ from unitask.registry.card import model_card
 from unitask.registry.examples import as_frame, example_rows
 from unitask.registry.gate import decide, task_scores
 from unitask.registry.pyfunc import Router, UnitaskModel, pip_requirements, priority, signature
-from unitask.tracking import configure, stage_run
+from unitask.tracking import configure, logged_models_of, stage_run
 
 SCORE_TAG = "unitask.score."  # + task: the version's test main metric (0-1), what the gate compares
+BUNDLES_TAG = "unitask.bundles."  # + artifact: the ids of the training stages' LoggedModels it holds
 FINGERPRINT_TAG = "unitask.fingerprint"
 
 
@@ -139,7 +140,8 @@ def _new_version(cfg: Config, client: Any, folders: dict[str, Path], examples: l
     settings = cfg.register.gate
     params = {"name": name, "bundled": ",".join(folders), "gate.primary": settings.primary,
               "gate.max_task_regression": settings.max_task_regression, "gate.min_improvement": settings.min_improvement}
-    with stage_run(cfg, "register", params=params) as run:
+    bundles = {BUNDLES_TAG + artifact: ",".join(logged_models_of(folder)) for artifact, folder in folders.items()}
+    with stage_run(cfg, "register", params=params | bundles) as run:
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=UnitaskModel(),
@@ -153,8 +155,8 @@ def _new_version(cfg: Config, client: Any, folders: dict[str, Path], examples: l
         version = str(info.registered_model_version)
         card = model_card(cfg, name, record["routes"], scores, gate)
         tags = {FINGERPRINT_TAG: digest, "unitask.run_id": run.info.run_id, "unitask.primary": str(gate["candidate"]["primary"]),
-                **{SCORE_TAG + task: str(value) for task, value in scores.items()}}  # fmt: skip
-        for key, value in tags.items():
+                **{SCORE_TAG + task: str(value) for task, value in scores.items()}, **bundles}  # fmt: skip
+        mlflow.set_logged_model_tags(info.model_id, bundles)        for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         client.update_model_version(name, version, description=card)
         client.set_registered_model_alias(name, "challenger", version)

@@ -30,7 +30,7 @@ from unitask.models.backbone import load_tokenizer, resolve_backbone
 from unitask.models.fusion import FusionCollator, FusionSpec, ImageEncoder, LateFusion, TextEncoder, save_fusion
 from unitask.tasks.sequence import label_outputs, softmax
 from unitask.tasks.text import read_split
-from unitask.tracking import flatten, stage_run
+from unitask.tracking import flatten, log_datasets, log_task_metrics, log_trained_model, stage_run
 from unitask.training.model import build_encoder
 from unitask.training.trainer import MlflowMetrics, UnitaskTrainer, trainer_arguments
 
@@ -245,6 +245,7 @@ def train_model(
         }
         with stage_run(cfg, "fusion", name, params=params):
             mlflow.set_tags({"mlflow.runName": f"fusion:{name}:{model_name}", "unitask.model": model_name})
+            log_datasets(cfg, [name])
             started = time.perf_counter()
             result = trainer.train()
             seconds = time.perf_counter() - started
@@ -264,8 +265,12 @@ def train_model(
             if hasattr(model.fusion, "weights"):
                 summary["modality_weights"] = model.fusion.weights()
             write_predictions(cfg, model_name, name, frames["test"]["label"].astype(str).tolist(), outputs["test"])
-            mlflow.log_metrics(flatten("", {k: summary[k] for k in ("train", "validation", "test")}))
-            if model_name == "fusion":
+            mlflow.log_metrics(flatten("train", summary["train"]))
+            results = {split: {name: summary[split]} for split in ("validation", "test")}
+            if model_name != "fusion":  # the one-modality baselines save no model
+                for split, metrics in results.items():
+                    log_task_metrics(split, name, metrics[name])
+            else:
                 folder = cfg.path(settings.output) / name
                 manifest = {
                     "tasks": {name: "multimodal_classification"},
@@ -277,7 +282,7 @@ def train_model(
                 with atomic_dir(folder) as tmp:
                     save_fusion(Path(tmp), model, tokenizer, processor, manifest)
                 write_index(folder.parent)
-                mlflow.log_artifacts(str(folder), artifact_path="model")
+                log_trained_model(f"fusion-{name}", folder, results)
         return summary
 
 
