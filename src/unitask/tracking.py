@@ -368,32 +368,29 @@ def log_datasets(cfg: Config, tasks: Iterable[str], splits: Iterable[str] = ("tr
     """Log the prepared splits of `tasks` as dataset inputs of the active run: name `<task>/<split>`,
     digest DVC's md5 of the task's prepared folder (dvc.lock; else the split file's sha256, cut to 32
     hex digits), source the file, the row count in the profile, context training/validation/test.
-    `log_trained_model` links the metrics of the same run to them."""
+    `log_task_metrics` ties a model's metrics of the same run to them."""
     import mlflow
     import pandas as pd
 
     from unitask.data.hashing import sha256_file
 
-    run = mlflow.active_run()
-    logged = _datasets.setdefault(run.info.run_id, {})
+    logged = _datasets.setdefault(mlflow.active_run().info.run_id, {})
     datasets, contexts, tags = [], [], []
-    for task in tasks:
-        folder = cfg.path(cfg.paths.prepared) / task
-        version = dvc_md5(cfg, folder)
-        for split in splits:
-            path = folder / f"{split}.parquet"
-            if not path.is_file():
-                continue
-            digest = version or sha256_file(path)[:32]
-            with warnings.catch_warnings():  # which local source class, integer columns: nothing to act on
-                warnings.simplefilter("ignore", UserWarning)
-                dataset = mlflow.data.from_pandas(pd.read_parquet(path), source=str(path), name=f"{task}/{split}", digest=digest)
-            logged[(task, split)] = dataset
-            datasets.append(dataset)
-            contexts.append(SPLIT_CONTEXT[split])
-            tags.append({"unitask.digest": "dvc.lock md5" if version else "sha256 of the file"})
-    if datasets:
-        mlflow.log_inputs(datasets, contexts=contexts, tags_list=tags)
+    with warnings.catch_warnings():  # which local source class, integer columns in the schema: nothing to act on
+        warnings.simplefilter("ignore", UserWarning)
+        for task in tasks:
+            folder = cfg.path(cfg.paths.prepared) / task
+            version = dvc_md5(cfg, folder)
+            for split in (s for s in splits if (folder / f"{s}.parquet").is_file()):
+                path = folder / f"{split}.parquet"
+                digest = version or sha256_file(path)[:32]
+                frame = pd.read_parquet(path)
+                logged[(task, split)] = mlflow.data.from_pandas(frame, source=str(path), name=f"{task}/{split}", digest=digest)
+                datasets.append(logged[(task, split)])
+                contexts.append(SPLIT_CONTEXT[split])
+                tags.append({"unitask.digest": "dvc.lock md5" if version else "sha256 of the file"})
+        if datasets:
+            mlflow.log_inputs(datasets, contexts=contexts, tags_list=tags)
 
 
 def task_metric_keys(split: str, task: str, metrics: dict[str, Any]) -> dict[str, float]:
