@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the registry's champion decision (register.output), and where to look next: the MLflow UI on the "
         "Model training view with the filter for the last pipeline run, comparison.md, `dvc plots show`.",
     )
+    report.add_argument("--link", action="store_true", help="print only the experiment's link in the MLflow UI")
     report.set_defaults(run=_summary)
 
     repro = commands.add_parser(
@@ -417,9 +418,9 @@ def _register(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def _summary(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.summary import summary
+    from unitask.summary import link, summary
 
-    print(summary(cfg))
+    print(link(cfg) if args.link else summary(cfg))
 
 
 def _repro(cfg: Config, args: argparse.Namespace) -> None:

@@ -54,7 +54,15 @@ def last_pipeline(cfg: Config) -> tuple[str, str | None]:
     return experiment, runs[0].data.tags.get(PIPELINE_TAG) if runs else None
 
 
+def link(cfg: Config) -> str:
+    """The experiment's page in the UI of `make mlflow-ui`, on the Model training view."""
+    from unitask.tracking import configure, experiment_url
+
+    return experiment_url(UI, configure(cfg))
+
+
 def summary(cfg: Config) -> str:
+    """The report `unitask summary` prints."""
     from unitask.tracking import PIPELINE_TAG, experiment_url
 
     header, rows = comparison_rows(cfg)
