@@ -174,3 +174,26 @@ def test_the_dataset_digest_is_dvcs_md5_while_the_data_is_what_dvc_locked(cfg, t
     assert {d.dataset.digest for d in run.inputs.dataset_inputs} == {"0123456789abcdef0123456789abcdef"}
     (folder / "test.parquet").write_bytes((folder / "test.parquet").read_bytes() + b"x")  # changed since the lock
     assert dvc_md5(cfg, folder) is None
+
+
+def test_prepare_logs_its_raw_source_with_the_md5_of_data_dvc(tmp_path, monkeypatch):
+    monkeypatch.delenv(PIPELINE_ENV, raising=False)
+    rows = [{"text": f"example {i} is {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"} for i in range(60)]
+    (tmp_path / "data/raw/toy").mkdir(parents=True)
+    (tmp_path / "data/raw/toy/toy.csv").write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
+    from conftest import classification_task, write_project
+
+    cfg = load_config(write_project(tmp_path, {"toy": classification_task("toy.csv")}, tracking={"uri": "sqlite:///mlflow/mlflow.db"}))
+    raw = tmp_path / "data/raw"
+    files = [p for p in raw.rglob("*") if p.is_file()]
+    out = {"md5": "fedcba9876543210fedcba9876543210.dir", "size": sum(p.stat().st_size for p in files),
+           "nfiles": len(files), "hash": "md5", "path": "data/raw"}  # fmt: skip
+    (tmp_path / "data.dvc").write_text(yaml.safe_dump({"outs": [out]}))
+    from unitask.data.prepare import prepare
+
+    prepare(cfg, ["toy"])
+    (run,) = runs(cfg)
+    (source,) = run.inputs.dataset_inputs
+    tags = {t.key: t.value for t in source.tags}
+    assert (source.dataset.name, source.dataset.digest, tags["mlflow.data.context"]) == ("toy/raw", "fedcba9876543210fedcba9876543210", "source")
+    assert tags["unitask.rows"] == "60"

@@ -344,21 +344,46 @@ def flatten(prefix: str, value: Any) -> dict[str, float]:
 
 
 def dvc_md5(cfg: Config, folder: Path) -> str | None:
-    """DVC's md5 of `folder` as dvc.lock records it (an out of any stage), when the folder still holds the
-    file count and bytes the lock says; None without a lock entry or when the folder changed since."""
+    """DVC's md5 of `folder` as dvc.lock (an out of any stage) or a `.dvc` file at the project root
+    records it, when the folder still holds the file count and bytes recorded there; None without an
+    entry or when the folder changed since."""
     import yaml
 
-    lock = cfg.root / "dvc.lock"
-    if not lock.is_file() or not folder.is_dir():
+    if not folder.is_dir():
         return None
     relative = os.path.relpath(folder.resolve(), cfg.root.resolve())
-    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages") or {}
-    for out in (o for stage in stages.values() for o in stage.get("outs") or []):
+    outs: list[dict[str, Any]] = []
+    for record in [cfg.root / "dvc.lock", *sorted(cfg.root.glob("*.dvc"))]:
+        data = yaml.safe_load(record.read_text(encoding="utf-8")) if record.is_file() else None
+        if isinstance(data, dict):
+            outs += data.get("outs") or []
+            outs += [o for stage in (data.get("stages") or {}).values() for o in stage.get("outs") or []]
+    for out in outs:
         if out.get("path") == relative and out.get("md5"):
             files = [p for p in folder.rglob("*") if p.is_file()]
             if out.get("nfiles") == len(files) and out.get("size") == sum(p.stat().st_size for p in files):
                 return str(out["md5"]).removesuffix(".dir")
     return None
+
+
+def log_source(cfg: Config, task: str, rows: int) -> None:
+    """Log task `task`'s raw data (paths.raw/<task>, `rows` rows read) as a dataset input `<task>/raw`
+    of the active run (context `source`): digest DVC's md5 of paths.raw (data.dvc) while it matches,
+    else the sha256 of the task's raw folder."""
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from unitask.data.hashing import sha256_path
+
+    folder = cfg.path(cfg.paths.raw) / task
+    version = dvc_md5(cfg, cfg.path(cfg.paths.raw))
+    digest = version or sha256_path(folder)[:32]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = MetaDataset(source=mlflow.data.dataset_source_registry.resolve_dataset_source(str(folder)),
+                              name=f"{task}/raw", digest=digest)  # fmt: skip
+        mlflow.log_input(dataset, context="source", tags={"unitask.rows": str(rows),
+                         "unitask.digest": f"dvc md5 of {cfg.paths.raw}" if version else "sha256 of the folder"})  # fmt: skip
 
 
 _datasets: dict[str, dict[tuple[str, str], Any]] = {}  # run id -> {(task, split): the dataset it logged}

@@ -18,7 +18,7 @@ from unitask.data.fetch import raw_entry
 from unitask.data.readers import read_table
 from unitask.errors import ConfigError, DataError
 from unitask.tasks import TASK_TYPES, TEXT_ROLES, example_keys
-from unitask.tracking import flatten, stage_run
+from unitask.tracking import flatten, log_source, stage_run
 
 
 def prepare(cfg: Config, tasks: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -35,6 +35,7 @@ def prepare(cfg: Config, tasks: list[str] | None = None) -> dict[str, dict[str, 
             summaries[name] = summary = prepare_task(cfg, name)
             mlflow.log_metrics(flatten("", {"rows": summary["rows"], "dropped": summary["dropped"]}))
             mlflow.log_dict(summary, "summary.json")
+            log_source(cfg, name, sum(summary["rows"].values()) + sum(summary["dropped"].values()))
     return summaries
 
 
