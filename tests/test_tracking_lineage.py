@@ -25,6 +25,7 @@ from unitask.tracking import (
     PIPELINE_TAG,
     configure,
     dvc_md5,
+    log_trained_model,
     pipeline,
     pipeline_parent,
     pipeline_run,
@@ -197,3 +198,18 @@ def test_prepare_logs_its_raw_source_with_the_md5_of_data_dvc(tmp_path, monkeypa
     tags = {t.key: t.value for t in source.tags}
     assert (source.dataset.name, source.dataset.digest, tags["mlflow.data.context"]) == ("toy/raw", "fedcba9876543210fedcba9876543210", "source")
     assert tags["unitask.rows"] == "60"
+
+
+def test_a_model_folder_leads_back_to_the_logged_models_holding_its_files(cfg, tmp_path):
+    from unitask.tracking import logged_models_of
+
+    output = tmp_path / "fusion"  # a folder per task, as fusion.output holds them
+    ids = {}
+    for task in ("a", "b"):
+        (output / task).mkdir(parents=True)
+        (output / task / "weights.bin").write_bytes(task.encode())
+        with stage_run(cfg, "fusion", task):
+            ids[task] = log_trained_model(f"fusion-{task}", output / task, {"test": {task: {"macro_f1": 0.5}}})
+    assert logged_models_of(output) == [ids["a"], ids["b"]]
+    (output / "b" / "weights.bin").write_bytes(b"retrained, not logged")
+    assert logged_models_of(output) == [ids["a"]]

@@ -482,6 +482,7 @@ def logged_models_of(folder: Path) -> list[str]:
     """Ids of the READY LoggedModels holding exactly the files of `folder` or of one of its subfolders
     (a fusion output holds a model per task), newest first per folder."""
     import mlflow
+    from mlflow.entities import LoggedModelStatus
 
     from unitask.data.hashing import sha256_path
 
@@ -491,9 +492,9 @@ def logged_models_of(folder: Path) -> list[str]:
     for candidate in candidates:
         found = mlflow.search_logged_models(
             experiment_ids=experiments,
-            filter_string=f"tags.`{MODEL_DIGEST_TAG}` = '{sha256_path(candidate)}' AND status = 'READY'",
-            order_by=[{"field_name": "creation_time", "ascending": False}],
+            filter_string=f"tags.`{MODEL_DIGEST_TAG}` = '{sha256_path(candidate)}'",
+            order_by=[{"field_name": "creation_timestamp", "ascending": False}],
             output_format="list",
         )
-        ids.extend(m.model_id for m in found[:1])
+        ids.extend([m.model_id for m in found if m.status == LoggedModelStatus.READY][:1])
     return ids
