@@ -228,8 +228,10 @@ def config_hashes(cfg: Config) -> dict[str, str]:
 
 def pipeline_run(run_id: str, driver: str) -> None:
     """Nest this process's stage runs under pipeline run `run_id` of `driver` (kubeflow, dvc, ...): what a
-    Kubeflow component calls first, with kfp's `dsl.PIPELINE_JOB_ID_PLACEHOLDER` as `run_id`."""
-    os.environ[PIPELINE_ENV], os.environ[DRIVER_ENV] = run_id, driver
+    Kubeflow component calls first, with kfp's `dsl.PIPELINE_JOB_ID_PLACEHOLDER` as `run_id`. A pipeline
+    run already set in the environment (a driver around it: `unitask pipeline run-local`) is kept."""
+    if not os.environ.get(PIPELINE_ENV):
+        os.environ[PIPELINE_ENV], os.environ[DRIVER_ENV] = run_id, driver
 
 
 def _parent_tags(cfg: Config, run_id: str, driver: str) -> dict[str, str]:
@@ -275,14 +277,17 @@ def _end_parent(parent: str, status: str) -> None:
 
 @contextmanager
 def pipeline(cfg: Config, driver: str, run_id: str | None = None) -> Iterator[str]:
-    """A pipeline invocation by `driver` (`unitask repro` around `dvc repro`): sets UNITASK_PIPELINE_RUN
-    for the stages it starts, creates their parent run up front, ends it FINISHED, or FAILED / KILLED
-    with the body. Yields the parent's run id."""
+    """A pipeline invocation by `driver` (`unitask repro` around `dvc repro`, `unitask pipeline run-local`):
+    sets UNITASK_PIPELINE_RUN (and the git state) for the stages it starts, creates their parent run up
+    front, ends it FINISHED, or FAILED / KILLED with the body. Yields the parent's run id."""
     import mlflow
 
     pipeline_id = run_id or f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
-    previous = {k: os.environ.get(k) for k in (PIPELINE_ENV, DRIVER_ENV)}
-    pipeline_run(pipeline_id, driver)
+    previous = {k: os.environ.get(k) for k in (PIPELINE_ENV, DRIVER_ENV, "UNITASK_GIT_COMMIT", "UNITASK_GIT_DIRTY")}
+    os.environ[PIPELINE_ENV], os.environ[DRIVER_ENV] = pipeline_id, driver
+    git = git_state(cfg.root)  # for stages that run outside the checkout (kfp's local workspaces)
+    if COMMIT_TAG in git:
+        os.environ["UNITASK_GIT_COMMIT"], os.environ["UNITASK_GIT_DIRTY"] = git[COMMIT_TAG], git[DIRTY_TAG]
     status = "FAILED"
     try:
         parent, _ = pipeline_parent(cfg, configure(cfg), owner=True)
