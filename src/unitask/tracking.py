@@ -167,7 +167,8 @@ def experiment_url(server: str, experiment_id: str) -> str:
 def stage_run(cfg: Config, stage: str, task: str | None = None, params: dict[str, Any] | None = None) -> Iterator[Any]:
     """An MLflow run for one stage (and task): FINISHED, FAILED if the body raises, KILLED when
     interrupted or terminated. Runs of the same stage and task left RUNNING by a killed process end
-    as KILLED first."""
+    as KILLED first. Tagged with the git state; nested under the pipeline run's parent when
+    UNITASK_PIPELINE_RUN is set (see the module's docstring)."""
     import mlflow
 
     experiment = configure(cfg)
