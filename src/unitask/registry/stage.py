@@ -156,7 +156,8 @@ def _new_version(cfg: Config, client: Any, folders: dict[str, Path], examples: l
         card = model_card(cfg, name, record["routes"], scores, gate)
         tags = {FINGERPRINT_TAG: digest, "unitask.run_id": run.info.run_id, "unitask.primary": str(gate["candidate"]["primary"]),
                 **{SCORE_TAG + task: str(value) for task, value in scores.items()}, **bundles}  # fmt: skip
-        mlflow.set_logged_model_tags(info.model_id, bundles)        for key, value in tags.items():
+        mlflow.set_logged_model_tags(info.model_id, bundles)
+        for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         client.update_model_version(name, version, description=card)
         client.set_registered_model_alias(name, "challenger", version)
