@@ -3,8 +3,8 @@
 kfp embeds each function's source in the compiled pipeline and runs it in the image
 `kubeflow.image:kubeflow.tag` (components/Dockerfile), so every body imports inside and makes one
 call to `unitask.kubeflow.runtime`, where the work is done and tested. Inputs are the params.yaml
-sections the stage reads (as dicts) and the artifacts of the stages before it; outputs are typed
-artifacts. `build(image)` turns the functions into components for one image.
+config (`params`: the validated params.yaml as one YAML string, and `seed`) and the artifacts of the
+stages before it; outputs are typed artifacts. `build(image)` turns the functions into components for one image.
 
 Training stages also output `reports`, a Dataset holding what the stage wrote under paths.reports
 (test predictions, metrics files) at its path in the project, which evaluate merges. A new stage is
@@ -17,25 +17,28 @@ from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
-def plan(finetune: dict, tasks: dict) -> list:
+def plan(params: str, seed: int) -> list:
     """The tasks to fine-tune (finetune.tasks, or every text task): the ParallelFor's items."""
     from unitask.kubeflow.runtime import run_plan
 
-    return run_plan({"finetune": finetune, "tasks": tasks})
+    return run_plan(params, seed)
 
 
-def prepare(seed: int, tracking: dict, prepare: dict, tasks: dict, dataset: Output[Dataset], metrics: Output[Metrics]):
+def prepare(
+    params: str,
+    seed: int,
+    dataset: Output[Dataset],
+    metrics: Output[Metrics],
+):
     """Fetch every task's source and write seeded train/validation/test splits."""
     from unitask.kubeflow.runtime import run_prepare
 
-    run_prepare({"seed": seed, "tracking": tracking, "prepare": prepare, "tasks": tasks}, dataset, metrics)
+    run_prepare(params, seed, dataset, metrics)
 
 
 def validate(
-    tracking: dict,
-    model: dict,
-    validate: dict,
-    tasks: dict,
+    params: str,
+    seed: int,
     dataset: Input[Dataset],
     metrics: Output[Metrics],
     report: Output[HTML],
@@ -44,16 +47,12 @@ def validate(
     """The data gate: great-expectations suites per task; a failed `error` check fails the run."""
     from unitask.kubeflow.runtime import run_validate
 
-    sections = {"tracking": tracking, "model": model, "validate": validate, "tasks": tasks}
-    run_validate(sections, dataset, metrics, report, data_docs)
+    run_validate(params, seed, dataset, metrics, report, data_docs)
 
 
 def pretrain(
+    params: str,
     seed: int,
-    tracking: dict,
-    model: dict,
-    pretrain: dict,
-    tasks: dict,
     dataset: Input[Dataset],
     encoder: Output[Model],
     metrics: Output[Metrics],
@@ -61,25 +60,26 @@ def pretrain(
     """Continued pretraining (masked-LM or causal-LM) of the encoder on the train splits."""
     from unitask.kubeflow.runtime import run_pretrain
 
-    sections = {"seed": seed, "tracking": tracking, "model": model, "pretrain": pretrain, "tasks": tasks}
-    run_pretrain(sections, dataset, encoder, metrics)
+    run_pretrain(params, seed, dataset, encoder, metrics)
 
 
-def baseline(seed: int, tracking: dict, tasks: dict, dataset: Input[Dataset], reports: Output[Dataset], metrics: Output[Metrics]):
+def baseline(
+    params: str,
+    seed: int,
+    dataset: Input[Dataset],
+    reports: Output[Dataset],
+    metrics: Output[Metrics],
+):
     """TF-IDF + linear model per text classification/regression task: the bar the encoders must beat."""
     from unitask.kubeflow.runtime import run_baseline
 
-    run_baseline({"seed": seed, "tracking": tracking, "tasks": tasks}, dataset, reports, metrics)
+    run_baseline(params, seed, dataset, reports, metrics)
 
 
 def finetune(
     task: str,
+    params: str,
     seed: int,
-    tracking: dict,
-    model: dict,
-    pretrain: dict,
-    finetune: dict,
-    tasks: dict,
     dataset: Input[Dataset],
     encoder: Input[Model],
     finetuned: Output[Model],
@@ -91,18 +91,12 @@ def finetune(
     and (classification tasks) the test confusion matrix."""
     from unitask.kubeflow.runtime import run_finetune
 
-    sections = {"seed": seed, "tracking": tracking, "model": model, "pretrain": pretrain, "finetune": finetune, "tasks": tasks}
-    run_finetune(task, sections, dataset, encoder, finetuned, reports, metrics, confusion)
+    run_finetune(task, params, seed, dataset, encoder, finetuned, reports, metrics, confusion)
 
 
 def multitask(
+    params: str,
     seed: int,
-    tracking: dict,
-    model: dict,
-    pretrain: dict,
-    finetune: dict,
-    multitask: dict,
-    tasks: dict,
     dataset: Input[Dataset],
     encoder: Input[Model],
     multitask_model: Output[Model],
@@ -112,18 +106,12 @@ def multitask(
     """One encoder with a head per text task, trained jointly; per-task metrics and test predictions."""
     from unitask.kubeflow.runtime import run_multitask
 
-    sections = {"seed": seed, "tracking": tracking, "model": model, "pretrain": pretrain, "finetune": finetune,
-                "multitask": multitask, "tasks": tasks}  # fmt: skip
-    run_multitask(sections, dataset, encoder, multitask_model, reports, metrics)
+    run_multitask(params, seed, dataset, encoder, multitask_model, reports, metrics)
 
 
 def fusion(
+    params: str,
     seed: int,
-    tracking: dict,
-    model: dict,
-    pretrain: dict,
-    fusion: dict,
-    tasks: dict,
     dataset: Input[Dataset],
     encoder: Input[Model],
     fusion_model: Output[Model],
@@ -133,17 +121,12 @@ def fusion(
     """A late-fusion text+image model per task in fusion.tasks (and the text-only and image-only baselines)."""
     from unitask.kubeflow.runtime import run_fusion
 
-    sections = {"seed": seed, "tracking": tracking, "model": model, "pretrain": pretrain, "fusion": fusion, "tasks": tasks}
-    run_fusion(sections, dataset, encoder, fusion_model, reports, metrics)
+    run_fusion(params, seed, dataset, encoder, fusion_model, reports, metrics)
 
 
 def evaluate(
-    tracking: dict,
-    multitask: dict,
-    fusion: dict,
-    evaluate: dict,
-    register: dict,
-    tasks: dict,
+    params: str,
+    seed: int,
     baseline_reports: Input[Dataset],
     finetune_reports: Input[List[Dataset]],
     multitask_reports: Input[Dataset],
@@ -158,19 +141,13 @@ def evaluate(
     fine-tunes); return the gate: whether the served model would replace the registry's champion."""
     from unitask.kubeflow.runtime import run_evaluate
 
-    sections = {"tracking": tracking, "multitask": multitask, "fusion": fusion, "evaluate": evaluate,
-                "register": register, "tasks": tasks}  # fmt: skip
     reports = [baseline_reports, *finetune_reports, multitask_reports, fusion_reports]
-    return run_evaluate(sections, reports, multitask_model, fusion_model, evaluation, metrics, comparison)
+    return run_evaluate(params, seed, reports, multitask_model, fusion_model, evaluation, metrics, comparison)
 
 
 def register(
-    tracking: dict,
-    multitask: dict,
-    fusion: dict,
-    evaluate: dict,
-    register: dict,
-    tasks: dict,
+    params: str,
+    seed: int,
     dataset: Input[Dataset],
     multitask_model: Input[Model],
     fusion_model: Input[Model],
@@ -181,9 +158,7 @@ def register(
     """Register one MLflow pyfunc over the multi-task and fusion models; move the aliases by the gate."""
     from unitask.kubeflow.runtime import run_register
 
-    sections = {"tracking": tracking, "multitask": multitask, "fusion": fusion, "evaluate": evaluate,
-                "register": register, "tasks": tasks}  # fmt: skip
-    run_register(sections, dataset, multitask_model, fusion_model, evaluation, metrics, card)
+    run_register(params, seed, dataset, multitask_model, fusion_model, evaluation, metrics, card)
 
 
 STAGES = {

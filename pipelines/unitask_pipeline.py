@@ -7,9 +7,8 @@ cluster runs them side by side; evaluate collects every model's test predictions
 loop's through dsl.Collected) and returns the registry gate; register runs only when it says the
 served model beats the champion.
 
-Pipeline parameters mirror params.yaml: `seed` and one dict per section a stage reads (`tracking`,
-`model`, `prepare`, `validate`, `pretrain`, `finetune`, `multitask`, `fusion`, `evaluate`,
-`register`, `tasks`), their defaults taken from the config the pipeline is built from. The
+Pipeline parameters: `params`, the validated config as one YAML string (what params.yaml and --set
+gave; every pod loads exactly it), and `seed`, the scalar people change per run in the UI. The
 `kubeflow` section shapes the pods: image, CPU/memory requests, GPUs with node selector and
 tolerations, retries, caching, and the Kubernetes secrets that carry the MLflow URI and S3
 credentials (by name: no secret value is ever compiled in).
@@ -26,12 +25,18 @@ def place(task: Any, stage: str, kf: Any, display_name: str) -> Any:
     """Resources, placement, retries, caching and secrets of one task, from `kubeflow`."""
     settings = getattr(kf.stages, stage)
     task.set_display_name(display_name)
-    task.set_cpu_request(settings.cpu).set_memory_request(settings.memory)
-    if settings.cpu_limit:
+    if settings.distributed:
+        # this step only launches the TrainJob/PyTorchJob (whose nodes get the resources) and waits on it;
+        # the workspace volume carries inputs to the nodes and their outputs back
+        task.set_cpu_request("500m").set_memory_request("2Gi")
+        kubernetes.mount_pvc(task, pvc_name=kf.jobs.workspace_pvc, mount_path=kf.jobs.mount_path)
+    else:
+        task.set_cpu_request(settings.cpu).set_memory_request(settings.memory)
+    if settings.cpu_limit and not settings.distributed:
         task.set_cpu_limit(settings.cpu_limit)
-    if settings.memory_limit:
+    if settings.memory_limit and not settings.distributed:
         task.set_memory_limit(settings.memory_limit)
-    if settings.gpus:
+    if settings.gpus and not settings.distributed:
         task.set_accelerator_type(kf.accelerator_type).set_accelerator_limit(settings.gpus)
         for key, value in kf.node_selector.items():
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
@@ -60,66 +65,44 @@ def build_pipeline(cfg: Any, ops: dict, arguments: dict, parallelism: int | None
     (default kubeflow.finetune_parallelism)."""
     kf = cfg.kubeflow
     loop_parallelism = kf.finetune_parallelism if parallelism is None else parallelism
-    a = arguments
 
     @dsl.pipeline(
         name=kf.pipeline_name,
         description="unitask: prepare -> validate -> pretrain -> finetune (one task per ParallelFor iteration) "
         "-> multitask -> fusion -> evaluate -> register (when the gate passes)",
     )
-    def unitask(
-        seed: int = a["seed"],
-        tracking: dict = a["tracking"],
-        model: dict = a["model"],
-        prepare: dict = a["prepare"],
-        validate: dict = a["validate"],
-        pretrain: dict = a["pretrain"],
-        finetune: dict = a["finetune"],
-        multitask: dict = a["multitask"],
-        fusion: dict = a["fusion"],
-        evaluate: dict = a["evaluate"],
-        register: dict = a["register"],
-        tasks: dict = a["tasks"],
-    ):
-        plan = ops["plan"](finetune=finetune, tasks=tasks)
+    def unitask(params: str = arguments["params"], seed: int = arguments["seed"]):
+        config = {"params": params, "seed": seed}
+        plan = ops["plan"](**config)
         plan.set_display_name("plan").set_cpu_request("500m").set_memory_request("1Gi")
         plan.set_caching_options(enable_caching=kf.stages.prepare.caching)
 
-        data = ops["prepare"](seed=seed, tracking=tracking, prepare=prepare, tasks=tasks)
+        data = ops["prepare"](**config)
         place(data, "prepare", kf, "fetch + prepare")
         dataset = data.outputs["dataset"]
 
-        gate = ops["validate"](tracking=tracking, model=model, validate=validate, tasks=tasks, dataset=dataset)
+        gate = ops["validate"](**config, dataset=dataset)
         place(gate, "validate", kf, "validate (gate)")
 
-        pretrained = ops["pretrain"](seed=seed, tracking=tracking, model=model, pretrain=pretrain, tasks=tasks, dataset=dataset)
+        pretrained = ops["pretrain"](**config, dataset=dataset)
         place(pretrained.after(gate), "pretrain", kf, "pretrain")
         encoder = pretrained.outputs["encoder"]
 
-        base = ops["baseline"](seed=seed, tracking=tracking, tasks=tasks, dataset=dataset)
+        base = ops["baseline"](**config, dataset=dataset)
         place(base.after(gate), "baseline", kf, "TF-IDF baseline")
 
         with dsl.ParallelFor(plan.outputs["Output"], parallelism=loop_parallelism) as task:
-            tuned = ops["finetune"](
-                task=task, seed=seed, tracking=tracking, model=model, pretrain=pretrain, finetune=finetune,
-                tasks=tasks, dataset=dataset, encoder=encoder,
-            )
+            tuned = ops["finetune"](task=task, **config, dataset=dataset, encoder=encoder)
             place(tuned.after(gate), "finetune", kf, "finetune")
 
-        joint = ops["multitask"](
-            seed=seed, tracking=tracking, model=model, pretrain=pretrain, finetune=finetune, multitask=multitask,
-            tasks=tasks, dataset=dataset, encoder=encoder,
-        )
+        joint = ops["multitask"](**config, dataset=dataset, encoder=encoder)
         place(joint.after(gate), "multitask", kf, "multitask")
 
-        fused = ops["fusion"](
-            seed=seed, tracking=tracking, model=model, pretrain=pretrain, fusion=fusion, tasks=tasks,
-            dataset=dataset, encoder=encoder,
-        )
+        fused = ops["fusion"](**config, dataset=dataset, encoder=encoder)
         place(fused.after(gate), "fusion", kf, "fusion")
 
         scored = ops["evaluate"](
-            tracking=tracking, multitask=multitask, fusion=fusion, evaluate=evaluate, register=register, tasks=tasks,
+            **config,
             baseline_reports=base.outputs["reports"],
             finetune_reports=dsl.Collected(tuned.outputs["reports"]),
             multitask_reports=joint.outputs["reports"],
@@ -133,8 +116,7 @@ def build_pipeline(cfg: Any, ops: dict, arguments: dict, parallelism: int | None
         # condition, but not a NamedTuple field
         with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - a pipeline condition
             registered = ops["register"](
-                tracking=tracking, multitask=multitask, fusion=fusion, evaluate=evaluate, register=register,
-                tasks=tasks, dataset=dataset, multitask_model=joint.outputs["multitask_model"],
+                **config, dataset=dataset, multitask_model=joint.outputs["multitask_model"],
                 fusion_model=fused.outputs["fusion_model"], evaluation=scored.outputs["evaluation"],
             )
             place(registered, "register", kf, "register")

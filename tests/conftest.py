@@ -177,6 +177,19 @@ def single_thread_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def torchrun(*args: str, procs: int = 2, module: str | None = "unitask.cli", check: bool = True,
+             timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` (`unitask ARGS`; with module None, the script ARGS[0]) under
+    `torchrun --standalone --nproc_per_node=PROCS` (DDP; gloo on the CPU), one torch thread per
+    process. With `check`, fails the test with the end of stderr unless every process exits 0."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+               *(("-m", module) if module else ()), *args]
+    done = subprocess.run(command, env=single_thread_env(), capture_output=True, text=True, timeout=timeout, check=False)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 # ---- a real MLflow tracking server, shared by the tests that need one ---------------------------
 
 

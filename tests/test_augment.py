@@ -3,6 +3,8 @@ pure, and fine-tuning augments training rows only."""
 
 from __future__ import annotations
 
+import json
+
 import random
 from pathlib import Path
 
@@ -115,7 +117,7 @@ def test_finetune_augments_train_rows_only(tmp_path: Path) -> None:
     from unitask.training.finetune import build_trainer
 
     augment = {"rows": 1.0, "deletion": 0.2, "swap": 0.2, "mask": 0.2}
-    cfg = load_config(text_project(tmp_path, "token_classification", finetune={"per_task": {"toy": {"augment": augment}}}))
+    cfg = load_config(text_project(tmp_path, "token_classification"), [f"tasks.toy.finetune={json.dumps({'augment': augment})}"])
     fit = build_trainer(cfg, "toy", tmp_path / "ckpt", [])
     train, tokenizer = fit.trainer.train_dataset, fit.tokenizer
     assert isinstance(train, EpochAugmented)

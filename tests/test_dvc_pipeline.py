@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from unitask.config import load_config
 
 BIN = Path(sys.executable).parent
 COPY = ["params.yaml", "dvc.yaml", "data.dvc", ".dvcignore", "src"]
@@ -45,6 +46,7 @@ def clone(tmp_path_factory) -> Path:
         (shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, root / name))
     params = _merge(yaml.safe_load((root / "params.yaml").read_text()), yaml.safe_load((REPO / "tests/smoke.yaml").read_text()))
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run([str(BIN / "unitask"), "dvc"], root)  # dvc.yaml for the smoke tasks and settings
     _run(["git", "init", "-q"], root)
     _run([str(BIN / "dvc"), "init", "-q"], root)
     _run([str(BIN / "unitask"), "data", "fetch"], root)
@@ -56,29 +58,30 @@ def test_repro_runs_the_chain_then_is_a_no_op(clone):
     assert (clone / "data.dvc").read_text() == (REPO / "data.dvc").read_text()
     _run([str(BIN / "unitask"), "repro"], clone)  # `dvc repro` as one pipeline run in MLflow, as `make demo` runs it
     params = yaml.safe_load((clone / "params.yaml").read_text())
+    cfg = load_config(clone / "params.yaml")
     for task in params["tasks"]:
         summary = json.loads((clone / "reports/prepare" / f"{task}.json").read_text())
         assert sum(summary["rows"].values()) <= 240
         assert json.loads((clone / "reports/validate" / f"{task}.json").read_text())["status"] != "failed"
     assert (clone / "models/pretrained/model.safetensors").is_file()
-    for task in params["finetune"]["tasks"]:
+    for task in cfg.finetune_tasks():
         assert (clone / "models/finetune" / task / "model.safetensors").is_file()
         assert "test" in json.loads((clone / "reports/finetune" / f"{task}.json").read_text())
     multitask = json.loads((clone / "reports/multitask.json").read_text())
-    assert multitask["tasks"] == params["multitask"]["tasks"] and "mean_score" in multitask["test"]
+    assert multitask["tasks"] == cfg.multitask_tasks() and "mean_score" in multitask["test"]
     assert (clone / "models/multitask/unitask-model.json").is_file()
     comparison = json.loads((clone / "reports/multitask_comparison.json").read_text())
-    assert comparison["mean"]["tasks"] == len(params["multitask"]["tasks"])
+    assert comparison["mean"]["tasks"] == len(cfg.multitask_tasks())
     # one saved model answers every default text task
     # ... and with the fusion model, `unitask predict` answers a mixed batch of every default task
     image = pd.read_parquet(clone / "data/prepared/easy_vqa/test.parquet")["image"].iloc[0]
-    rows = [{"task": task, "text": "WIN a prize now in London"} for task in params["multitask"]["tasks"]]
+    rows = [{"task": task, "text": "WIN a prize now in London"} for task in cfg.multitask_tasks()]
     rows.append({"task": "easy_vqa", "text": "what color is the shape?", "image": image})
     (clone / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     predicted = _run([str(BIN / "unitask"), "predict", "--input", "rows.jsonl"], clone)
     answers = [json.loads(line) for line in predicted.splitlines() if line.startswith("{")]
     assert len(answers) == len(rows) and not any("error" in a for a in answers), answers
-    assert answers[params["multitask"]["tasks"].index("sms_spam")]["label"] in ("ham", "spam")
+    assert answers[cfg.multitask_tasks().index("sms_spam")]["label"] in ("ham", "spam")
     assert answers[-1]["label"] in params["tasks"]["easy_vqa"]["labels"]
     _evaluated_and_registered(clone, params)
     second = _run([str(BIN / "dvc"), "repro"], clone)
@@ -94,11 +97,10 @@ def _evaluated_and_registered(clone: Path, params: dict[str, Any]) -> None:
     """evaluate compared every model; register made version 1 champion, which answers every task."""
     import mlflow
 
-    from unitask.config import load_config
     from unitask.registry.examples import example_rows
 
     comparison = json.loads((clone / "reports/evaluate/comparison.json").read_text())
-    for task in params["finetune"]["tasks"]:
+    for task in load_config(clone / "params.yaml").finetune_tasks():
         assert {"finetune", "multitask"} <= set(comparison[task]), comparison[task]
     record = json.loads((clone / "reports/register.json").read_text())
     assert record["decision"] == "promoted" and record["version"] == 1, record
@@ -210,7 +212,61 @@ def test_a_changed_task_reruns_only_its_data_stages(clone):
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["tasks"]["sms_spam"]["max_rows"] = 120
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stale = subprocess.run([str(BIN / "dvc"), "repro"], cwd=clone, capture_output=True, text=True, env=_env())
+    assert stale.returncode != 0 and "dvc.yaml: out of date" in stale.stdout + stale.stderr  # a new task key
+    _run([str(BIN / "unitask"), "dvc"], clone)
     out = _run([str(BIN / "dvc"), "repro"], clone)
     assert "Running stage 'prepare@sms_spam'" in out and "Running stage 'validate@sms_spam'" in out
     assert "Running stage 'prepare@bbc_topic'" not in out and "Running stage 'validate@bbc_topic'" not in out
     assert "Running stage 'finetune@sms_spam'" in out
+
+
+def _status(clone: Path) -> set[str]:
+    return set(json.loads(_run([str(BIN / "dvc"), "status", "--json"], clone)))
+
+
+def test_a_touched_module_reruns_exactly_the_stages_that_import_it(clone):
+    """Code deps come from the imports: a comment in a module makes `dvc status` list exactly the
+    stages whose function imports it (checked against the modules a real import of each stage loads)."""
+
+    from unitask.codedeps import imports
+    from unitask.stages import STAGES
+
+    _run([str(BIN / "dvc"), "repro"], clone)
+    assert _status(clone) == set()
+    cfg = load_config(clone / "params.yaml")
+    for module in ("unitask.augment.text", "unitask.training.finetune", "unitask.tasks.text"):
+        path = clone / "src" / Path(*module.split(".")).with_suffix(".py")
+        importers = set()
+        for stage in STAGES.values():
+            if module in imports(stage.module):
+                tasks = stage.per_task(cfg) if stage.per_task else [None]
+                importers.update(f"{stage.name}@{t}" if t else stage.name for t in tasks)
+        loaded = subprocess.run(  # what importing the stage's module loads at once (a subset: stages import late too)
+            [sys.executable, "-c", "import sys, importlib; importlib.import_module(sys.argv[1]); print(sorted(sys.modules))",
+             STAGES["finetune"].module], capture_output=True, text=True, check=True,
+        ).stdout
+        if module in loaded:
+            assert module in imports(STAGES["finetune"].module)
+        original = path.read_text()
+        path.write_text(original + "# touched\n")
+        try:
+            assert _status(clone) == importers and importers, (module, importers)
+        finally:
+            path.write_text(original)
+        assert _status(clone) == set()
+
+
+def test_a_tasks_own_settings_rerun_only_that_task(clone):
+    """tasks.<task>.finetune belongs to one task: only that task's stages rerun (its data stages read the
+    task's declaration, and come out the same), no other task's, and no multi-task model."""
+    _run([str(BIN / "dvc"), "repro"], clone)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    original = (clone / "params.yaml").read_text()
+    params["tasks"]["wnut_ner"]["finetune"] = {"epochs": 3}
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        _run([str(BIN / "unitask"), "dvc", "--check"], clone)  # the same keys: dvc.yaml is still current
+        assert _status(clone) == {"prepare@wnut_ner", "validate@wnut_ner", "finetune@wnut_ner"}
+    finally:
+        (clone / "params.yaml").write_text(original)

@@ -12,7 +12,7 @@ from conftest import logged_model_files, text_project
 from unitask.config import load_config
 from unitask.evaluation.metrics import task_metrics
 from unitask.evaluation.predictions import read_predictions
-from unitask.tasks.text import features_dataset
+from unitask.tasks.features import features_dataset
 from unitask.tracking import tracking_uri
 from unitask.training.finetune import finetune
 

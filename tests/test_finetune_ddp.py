@@ -4,12 +4,10 @@ process with the same global batch, and only rank 0 writes outputs and the MLflo
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_BERT, single_thread_env, text_project
+from conftest import TINY_BERT, text_project, torchrun
 
 from unitask.config import load_config
 from unitask.tracking import tracking_uri
@@ -39,10 +37,7 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
     one, _, one_losses = outputs(one_params)
 
     params = text_project(tmp_path / "ddp", "classification", model=MODEL, finetune={"batch_size": GLOBAL_BATCH // 2})
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "unitask.cli", "finetune", "--task", "toy", "--params", str(params)]
-    done = subprocess.run(command, env=single_thread_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = torchrun("finetune", "--task", "toy", "--params", str(params))
     assert done.stdout.count("toy\tvalidation macro_f1") == 1  # only rank 0 reports
     two, two_params, two_losses = outputs(params)  # exactly one MLflow run: rank 0's
 

@@ -69,10 +69,12 @@ def test_per_task_settings(tmp_path: Path) -> None:
     from unitask.errors import ConfigError
 
     params = text_project(tmp_path, "classification")
-    cfg = load_config(params, ["finetune.per_task={toy: {epochs: 3, learning_rate: 0.01}}"])
-    assert cfg.finetune.for_task("toy").epochs == 3 and cfg.finetune.for_task("toy").learning_rate == 0.01
-    assert cfg.finetune.for_task("other").epochs == cfg.finetune.epochs
-    with pytest.raises(ConfigError, match=r"per_task: toy: \['epochz'\] cannot be set per task"):
-        load_config(params, ["finetune.per_task={toy: {epochz: 3}}"])
-    with pytest.raises(ConfigError, match=r"tasks \['nope'\] \(in tasks or per_task\) are not declared"):
-        load_config(params, ["finetune.per_task={nope: {epochs: 3}}"])
+    cfg = load_config(params, ["tasks.toy.finetune={epochs: 3, learning_rate: 0.01}"])
+    assert cfg.finetune_for("toy").epochs == 3 and cfg.finetune_for("toy").learning_rate == 0.01
+    assert cfg.finetune.epochs != 3  # the section itself is unchanged
+    with pytest.raises(ConfigError, match=r"tasks.toy.finetune: \['epochz'\] cannot be set per task"):
+        load_config(params, ["tasks.toy.finetune={epochz: 3}"])
+    with pytest.raises(ConfigError, match=r"tasks.toy.finetune: epochs: Input should be greater than 0"):
+        load_config(params, ["tasks.toy.finetune={epochs: -1}"])
+    with pytest.raises(ConfigError, match=r"finetune.tasks: \['nope'\] are not declared under tasks"):
+        load_config(params, ["finetune.tasks=[nope]"])

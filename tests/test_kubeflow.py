@@ -15,7 +15,6 @@ import yaml
 
 from conftest import REPO, TINY_BERT, classification_task, keyword_rows, write_project
 from unitask.cli import main
-from unitask.kubeflow.runtime import from_parameter, integral, to_parameter
 
 SECRET_URI = "postgresql://mlflow:pl4nted-Mlflow-S3cret@db.internal/mlflow"
 SECRET_KEY = "pl4nted-Aws-S3cret-Key"
@@ -163,13 +162,58 @@ def test_compiled_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
         assert {e["envVar"] for e in secrets["team-s3"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
     inputs = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(inputs) == {"seed", "tracking", "model", "prepare", "validate", "pretrain", "finetune", "multitask", "fusion",
-                           "evaluate", "register", "tasks"}  # fmt: skip
-    assert inputs["seed"]["defaultValue"] == 7 and inputs["tasks"]["parameterType"] == "STRUCT"
-    assert set(inputs["tasks"]["defaultValue"]) == {"alpha", "beta"}
-    assert inputs["prepare"]["defaultValue"] == {"max_rows": 7}  # --set reaches the defaults
-    assert inputs["finetune"]["defaultValue"]["_null"] == ["early_stopping_patience"]  # null survives
-    assert inputs["tracking"]["defaultValue"] == {"uri": "sqlite:///mlflow/mlflow.db"}  # as written, never the env's
+    assert set(inputs) == {"params", "seed"} and inputs["seed"]["defaultValue"] == 7
+    written = yaml.safe_load(inputs["params"]["defaultValue"])
+    assert set(written["tasks"]) == {"alpha", "beta"} and written["prepare"] == {"max_rows": 7}  # --set reaches it
+    assert written["finetune"]["early_stopping_patience"] is None and written["finetune"]["max_steps"] == 3  # an int
+    assert written["tracking"] == {"uri": "sqlite:///mlflow/mlflow.db"}  # as written, never the env's
+    assert "kubeflow" not in written  # it shapes the pods, no stage reads it
+    for name, component in spec["components"].items():  # every component takes the config, nothing else
+        if name.startswith("comp-") and "executorLabel" in component:
+            assert {"params", "seed"} <= set(component["inputDefinitions"]["parameters"]), name
+
+
+def test_every_pod_loads_the_config_compiled_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Config a pod loads from the compiled `params` equals the Config the pipeline was compiled
+    from, for every component (all but the keys that shape pods or the workspace's own layout)."""
+    from unitask.config import load_config
+    from unitask.kubeflow.runtime import load_params
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = tiny_project(tmp_path, {"alpha": keyword_rows(20)}, finetune={"epochs": 32, "early_stopping_patience": None})
+    out = tmp_path / "compiled.yaml"
+    assert main(["pipeline", "compile", "--params", str(params), "--output", str(out), "--set", "seed=11"]) == 0
+    spec, _, _ = compiled(out)
+    compiled_in = load_config(params, ["seed=11"])
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    executors = [n for n, c in spec["components"].items() if "executorLabel" in c]
+    assert len(executors) == 10
+    for name in executors:
+        pod = load_params(defaults["params"]["defaultValue"], int(defaults["seed"]["defaultValue"]), tmp_path / name)
+        assert pod.model_dump(exclude={"kubeflow", "paths"}) == compiled_in.model_dump(exclude={"kubeflow", "paths"}), name
+        assert pod.finetune.epochs == 32 and isinstance(pod.finetune.epochs, float)
+    # a planted change is caught: the comparison is not vacuous
+    changed = load_params(defaults["params"]["defaultValue"].replace('"epochs": 32', '"epochs": 31'), 11, tmp_path / "x")
+    assert changed.model_dump(exclude={"kubeflow", "paths"}) != compiled_in.model_dump(exclude={"kubeflow", "paths"})
+
+
+def test_pods_contain_paths(tmp_path: Path) -> None:
+    """A pod may read its workspace and its input artifacts only: a path elsewhere is refused."""
+    from types import SimpleNamespace
+
+    from unitask.errors import ConfigError
+    from unitask.kubeflow.runtime import load_params
+
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    text = yaml.safe_dump({"tasks": {"t": classification_task("data/x.csv")}})
+    cfg = load_params(text, 1, tmp_path / "ws", (SimpleNamespace(path=str(artifact)),))
+    assert cfg.path(str(artifact / "file")) and cfg.path("data/x.csv")
+    with pytest.raises(ConfigError, match="outside the project"):
+        cfg.path("/etc/passwd")
+    escaped = yaml.safe_dump({"tasks": {"t": classification_task("/etc/passwd")}})
+    with pytest.raises(ConfigError, match="outside the project"):
+        load_params(escaped, 1, tmp_path / "ws2")
 
 
 def test_default_params_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,7 +225,7 @@ def test_default_params_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert_no_secrets(text)
     assert spec["pipelineInfo"]["name"] == "unitask"
     assert k8s["exec-finetune"]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
-    assert "easy_vqa" in spec["root"]["inputDefinitions"]["parameters"]["tasks"]["defaultValue"]
+    assert "easy_vqa" in yaml.safe_load(spec["root"]["inputDefinitions"]["parameters"]["params"]["defaultValue"])["tasks"]
 
 
 def test_kubeflow_config_overrides_keep_stage_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -197,19 +241,6 @@ def test_kubeflow_config_overrides_keep_stage_defaults(tmp_path: Path, capsys: p
     assert main(["pipeline", "compile", "--params", str(params), "--set", "kubeflow.mlflow_secret.keys={uri: TRACKING}"]) == 2
     assert "kubeflow.mlflow_secret: keys must map one secret key to MLFLOW_TRACKING_URI" in capsys.readouterr().err
     assert not (tmp_path / "pipelines").exists()
-
-
-def test_parameters_round_trip() -> None:
-    """Nulls, ints and key order survive the trip through protobuf Values (no null; every number a
-    double; a Struct's keys in any order)."""
-    section = {"a": None, "b": {"c": None, "d": 32}, "e": [1, 2.5], "f": "x"}
-    encoded = to_parameter(section)
-    assert encoded == {"b": {"d": 32, "_null": ["c"]}, "e": [1, 2.5], "f": "x", "_null": ["a"]}
-    as_doubles = json.loads(json.dumps(encoded).replace("32", "32.0").replace("[1,", "[1.0,"))
-    assert integral(from_parameter(as_doubles)) == section
-    tasks = {"zeta": {"y": 1, "x": None}, "alpha": {}}
-    shuffled = json.loads(json.dumps(dict(reversed(list(to_parameter(tasks).items())))))
-    assert list(from_parameter(shuffled)) == ["zeta", "alpha"] and list(from_parameter(shuffled)["zeta"]) == ["y", "x"]
 
 
 # ---- local runs ------------------------------------------------------------------------------
@@ -277,7 +308,11 @@ def test_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyte
         assert [c["displayName"] for c in matrix["annotationSpecs"]] == ["neg", "pos"]
         assert sum(map(sum, (row["row"] for row in matrix["rows"]))) == 5  # the test split's rows
     assert set(tuned) == {"alpha", "beta"}
-    assert 0 <= tuned["alpha"]["alpha.test.accuracy"] <= 1
+    for task, scores in tuned.items():  # the metrics the fine-tune itself reported
+        report = json.loads((reports_of(next(i for i in run.glob("for-loop-*-iteration-*")
+                                               if (reports_of(i / "finetune") / "finetune" / f"{task}.json").is_file()) / "finetune")
+                             / "finetune" / f"{task}.json").read_text())
+        assert scores[f"{task}.test.accuracy"] == pytest.approx(report["test"]["accuracy"])
 
     multitask = executor_output(run / "multitask")["artifacts"]
     assert multitask["multitask_model"]["artifacts"][0]["metadata"]["tasks"] == ["alpha", "beta"]
@@ -388,7 +423,7 @@ def test_submit_to_stub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     assert posts["experiments"]["display_name"] == "nightly"
     run = posts["runs"]
     assert run["experiment_id"] == "exp-1" and run["display_name"].startswith("unitask-")
-    assert run["runtime_config"]["parameters"]["prepare"] == {"max_rows": 5}
+    assert yaml.safe_load(run["runtime_config"]["parameters"]["params"])["prepare"] == {"max_rows": 5}
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "unitask"
     tasks = run["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]
     assert all(not t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())  # --no-cache

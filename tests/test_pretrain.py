@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -177,7 +178,7 @@ def test_clm_on_a_tiny_gpt2(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("case", "code", "needle"),
     [
-        ("no_weights", 2, "needs config.json and weights"),
+        ("no_weights", 2, "a model folder without weights"),
         ("too_long", 2, "beyond the model's maximum of 64"),
         ("empty_corpus", 1, "has 0 non-empty texts"),
         ("mlm_on_gpt2", 2, "has no masked-LM head"),
@@ -206,34 +207,45 @@ def test_bad_input_is_a_clear_error(
     assert not (tmp_path / "models" / "pretrained").exists()
 
 
-def test_resume_continues_from_the_last_checkpoint(
-    tmp_path: Path, tiny_backbone: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from transformers import Trainer
+@pytest.mark.usefixtures("single_thread")
+def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path, tiny_backbone: Path) -> None:
+    """`unitask pretrain` SIGKILLed mid-epoch after a checkpoint and run again with --resume ends with
+    the metrics of an uninterrupted run (same batches, same masks; tolerance rel 1e-5), and skips a
+    newer checkpoint that a kill during saving left half-written."""
+    from killing import kill_and_resume
 
-    import unitask.training.pretrain as stage
-    from unitask.errors import UnitaskError
+    from unitask.config import load_config
 
-    def crash(*args: object) -> None:
-        raise UnitaskError("crash after training")
+    settings = {"save_steps": 7}
+    for run in ("straight", "killed"):
+        (tmp_path / run).mkdir()
+    assert main(["pretrain", "--params", str(make_project(tmp_path / "straight", str(tiny_backbone), **settings))]) == 0
+    straight = _metrics(tmp_path / "straight" / "params.yaml")
+    params = make_project(tmp_path / "killed", str(tiny_backbone), **settings)
 
-    params = make_project(tmp_path, str(tiny_backbone), max_steps=4, save_steps=2)
-    monkeypatch.setattr(stage, "save_encoder", crash)
-    assert main(["pretrain", "--params", str(params)]) == 1
-    assert [p.name for p in (tmp_path / "models" / "checkpoints" / "pretrain").iterdir()] == ["checkpoint-4"]
-    monkeypatch.undo()
-    resumed_from = []
-    train = Trainer.train
+    def plant_partial(checkpoints: Path) -> None:
+        (last,) = [p for p in checkpoints.iterdir() if (p / "trainer_state.json").is_file()]  # save_total_limit 1
+        epoch = json.loads((last / "trainer_state.json").read_text())["epoch"]
+        assert epoch != int(epoch), f"{last.name} is at the end of an epoch"
+        partial = checkpoints / "checkpoint-59"
+        shutil.copytree(last, partial)
+        (partial / "trainer_state.json").unlink()  # Trainer writes it last
+        weights = partial / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
 
-    def spy(self: Trainer, resume_from_checkpoint: str | None = None, **kwargs: object) -> object:
-        resumed_from.append(resume_from_checkpoint)
-        return train(self, resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train", spy)
-    assert main(["pretrain", "--params", str(params), "--resume", "--set", "pretrain.max_steps=6"]) == 0
-    assert [Path(p).name for p in resumed_from] == ["checkpoint-4"]
-    assert _metrics(params)["steps"] == 6
-    assert not (tmp_path / "models" / "checkpoints" / "pretrain").exists()
+    killed = kill_and_resume(
+        ["pretrain", "--params", str(params)],
+        checkpoints=tmp_path / "killed" / "models" / "checkpoints" / "pretrain",
+        kill_after="checkpoint-28",
+        tracking_uri=tracking_uri(load_config(params)),
+        before_resume=plant_partial,
+    )
+    assert killed.resumed_from in ("checkpoint-28", "checkpoint-35")
+    resumed = _metrics(params)
+    assert resumed["steps"] == straight["steps"] == 60
+    assert resumed["heldout"] == pytest.approx(straight["heldout"], rel=1e-5)
+    assert resumed["heldout"]["loss_after"] < resumed["heldout"]["loss_before"]
+    assert not (tmp_path / "killed" / "models" / "checkpoints" / "pretrain").exists()
 
 
 def test_disabled_pretraining_trains_nothing_and_leaves_a_note(tmp_path: Path) -> None:

@@ -60,14 +60,8 @@ def _run(args: list[str], cwd: Path, ok: bool = True) -> subprocess.CompletedPro
 
 
 def _only(params: dict[str, Any], task: str) -> None:
-    """Keep one task: in `tasks`, and in every section's task list and per-task settings."""
+    """Keep one task: replacing `tasks:` is all it takes (stage task lists default to every declared task)."""
     params["tasks"] = {task: params["tasks"][task]}
-    for section in params.values():
-        if isinstance(section, dict) and isinstance(section.get("tasks"), list):
-            section["tasks"] = [t for t in section["tasks"] if t == task]
-        for key in ("per_task", "augment_per_task", "weights", "rates"):
-            if isinstance(section, dict) and isinstance(section.get(key), dict):
-                section[key] = {t: v for t, v in section[key].items() if t == task}
 
 
 @pytest.fixture(scope="module")
@@ -254,8 +248,8 @@ def test_the_k8s_manifests_reference_secrets_and_hold_no_credentials():
     refs = {name: e["valueFrom"]["secretKeyRef"] for name, e in env.items() if "valueFrom" in e}
     assert refs == {
         "PGPASSWORD": {"name": "unitask-mlflow-db", "key": "password"},
-        "AWS_ACCESS_KEY_ID": {"name": "unitask-mlflow-s3", "key": "AWS_ACCESS_KEY_ID"},
-        "AWS_SECRET_ACCESS_KEY": {"name": "unitask-mlflow-s3", "key": "AWS_SECRET_ACCESS_KEY"},
+        "AWS_ACCESS_KEY_ID": {"name": "unitask-s3", "key": "AWS_ACCESS_KEY_ID"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "unitask-s3", "key": "AWS_SECRET_ACCESS_KEY"},
     }
     assert env["MLFLOW_BACKEND_STORE_URI"]["value"] == "postgresql+psycopg://$(PGUSER):$(PGPASSWORD)@$(PGHOST):$(PGPORT)/$(PGDATABASE)"
     assert {"PGHOST", "PGUSER", "PGDATABASE", "MLFLOW_ARTIFACTS_DESTINATION"} <= set(config["data"])
@@ -314,7 +308,7 @@ def test_the_k8s_deployment_runs_the_server_as_the_kubelet_would_set_it_up(stack
               "MLFLOW_S3_ENDPOINT_URL": stack.s3_url}  # fmt: skip
     config["MLFLOW_SERVER_ALLOWED_HOSTS"] += f",127.0.0.1:{port}"
     password = stack.database_password()
-    secret_values = {("unitask-mlflow-db", "password"): password, **{("unitask-mlflow-s3", k): v for k, v in stack.s3_keys.items()}}
+    secret_values = {("unitask-mlflow-db", "password"): password, **{("unitask-s3", k): v for k, v in stack.s3_keys.items()}}
     (container,) = documents["Deployment"]["spec"]["template"]["spec"]["containers"]
     env = dict(config)
     for item in container["env"]:  # in order, as the kubelet expands $(VAR) from the variables before it

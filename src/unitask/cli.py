@@ -4,13 +4,13 @@ stage function; errors the user can fix print as one short message and a non-zer
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from collections.abc import Callable, Sequence
 
 from unitask.config import Config, load_config
 from unitask.errors import UnitaskError
+from unitask.stages import STAGES, task_filter
 
 EPILOG = "Run `unitask COMMAND --help` for a command's options. Docs: README.md."
 
@@ -28,12 +28,6 @@ def _common() -> argparse.ArgumentParser:
     )
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return common
-
-
-def _tasks_option(parser: argparse.ArgumentParser, verb: str) -> None:
-    parser.add_argument(
-        "--task", dest="tasks", action="append", metavar="NAME", help=f"{verb} only this task (repeatable; default: all)"
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,67 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Copy each task's declared source (local path, installed package, Hugging Face hub, "
         "s3://) into data/raw/<task>/, checking its sha256 when the config declares one.",
     )
-    _tasks_option(fetch, "fetch")
+    only = task_filter("fetch")
+    fetch.add_argument(*only.flags, **only.kwargs)
     fetch.add_argument("--force", action="store_true", help="fetch again even when data/raw is up to date")
     fetch.set_defaults(run=_fetch)
 
-    prep = commands.add_parser(
-        "prepare",
-        parents=[common],
-        help="make deterministic train/validation/test splits",
-        description="Read data/raw/<task>, map columns to roles, drop empty and duplicate examples, and "
-        "write seeded, stratified, disjoint splits to data/prepared/<task>/*.parquet with a summary "
-        "in reports/prepare/<task>.json.",
-    )
-    _tasks_option(prep, "prepare")
-    prep.set_defaults(run=_prepare)
-
-    check = commands.add_parser(
-        "validate",
-        parents=[common],
-        help="check the prepared splits with great-expectations: the gate before training",
-        description="Build a great-expectations suite from each task's declaration (roles, labels, "
-        "label_range) and run it on data/prepared/<task>/{train,validation,test}: columns, empty text, "
-        "label sets and ranges, tags vs tokens and BIO order, answer spans, images (exist, decode, mode, "
-        "size), duplicates, train/validation/test leakage, class balance, and the share of rows longer "
-        "than model.max_length. Writes reports/validate/<task>.json, Data Docs HTML in "
-        "reports/data_docs/<task>/, and an MLflow run. Exits non-zero when a check of severity `error` "
-        "fails, naming task, split, column, check and up to 5 rows by id; validate.severity sets "
-        "checks to `warn`.",
-    )
-    _tasks_option(check, "validate")
-    check.set_defaults(run=_validate)
-
-    pre = commands.add_parser(
-        "pretrain",
-        parents=[common],
-        help="continued pretraining of the encoder on unlabeled text (masked-LM or causal-LM)",
-        description="Train model.backbone further on unlabeled text: by default the train split of every "
-        "declared task (never validation or test text), or pretrain.corpus. Masked-LM for encoders, "
-        "causal-LM for decoders (pretrain.objective). Reports held-out perplexity before and after in "
-        "reports/pretrain.json and MLflow, and saves the encoder (safetensors) with its tokenizer to "
-        "pretrain.output, where fine-tuning starts when pretrain.enabled is true.",
-    )
-    pre.add_argument(
-        "--resume", action="store_true", help="continue from the last checkpoint in pretrain.checkpoints"
-    )
-    pre.set_defaults(run=_pretrain)
-
-    tune = commands.add_parser(
-        "finetune",
-        parents=[common],
-        help="train a task head on the (pre)trained encoder",
-        description="Train one text task's head on the encoder (pretrain.output when pretrain.enabled, "
-        "else model.backbone) with transformers' Trainer: dynamic padding, length-grouped batches, bf16 "
-        "where supported, early stopping on the validation metric. Writes finetune.output/<task> "
-        "(safetensors, tokenizer, labels.json), reports/finetune/<task>.json and an MLflow run. "
-        "Runs under `torchrun --nproc_per_node=N -m unitask.cli finetune ...` as DDP.",
-    )
-    tune.add_argument("--task", required=True, metavar="NAME", help="the task to fine-tune")
-    tune.add_argument(
-        "--resume", action="store_true", help="continue from the last checkpoint in finetune.checkpoints/<task>"
-    )
-    tune.set_defaults(run=_finetune)
+    for stage in STAGES.values():
+        sub = commands.add_parser(stage.command, parents=[common], help=stage.summary, description=stage.description)
+        for option in stage.options:
+            sub.add_argument(*option.flags, **option.kwargs)
+        sub.set_defaults(run=stage.cli)
 
     search = commands.add_parser(
         "tune",
@@ -131,26 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--stage", default="finetune", choices=["finetune"], help="the stage to tune (default: %(default)s)")
     search.add_argument("--task", required=True, metavar="NAME", help="the task to tune")
     search.set_defaults(run=_tune)
-
-    multi = commands.add_parser(
-        "multitask",
-        parents=[common],
-        help="train one shared encoder with a head per text task (multi-task learning)",
-        description="Train one encoder with a head per text task (multitask.tasks; default: every declared "
-        "text task) jointly: each batch holds one task's examples, drawn by multitask.sampler "
-        "(proportional, temperature with size_cap, uniform, round_robin); the task losses are weighted by "
-        "multitask.weighting (equal, static, uncertainty, dwa). Every task is scored on validation at each "
-        "evaluation and the checkpoint with the best mean of the task metrics is kept. Writes "
-        "multitask.output (one model for every task: `unitask predict` answers from it), "
-        "reports/multitask.json, test predictions in reports/predictions/multitask/ and an MLflow run. "
-        "--compare trains nothing: it compares the model with the single-task fine-tunes (metrics, training "
-        "time, examples seen) in multitask.comparison (JSON and a Markdown table) and the MLflow run.",
-    )
-    multi.add_argument("--resume", action="store_true", help="continue from the last checkpoint in multitask.checkpoints")
-    multi.add_argument(
-        "--compare", action="store_true", help="only write the comparison with the single-task fine-tunes (trains nothing)"
-    )
-    multi.set_defaults(run=_multitask)
 
     ask = commands.add_parser(
         "predict",
@@ -171,60 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--input", metavar="FILE", help="JSON lines of rows to answer instead (- reads standard input)")
     ask.add_argument("--model", metavar="DIR", help="one saved model folder instead of the defaults above")
     ask.set_defaults(run=_predict)
-
-    fuse = commands.add_parser(
-        "fusion",
-        parents=[common],
-        help="train text+image models (and text-only / image-only baselines) for multimodal tasks",
-        description="For each multimodal task (default: fusion.tasks) train a late-fusion model: the text "
-        "encoder (as fine-tuning uses), an image encoder (fusion.image_encoder from the hub or a folder, "
-        "else a small ViT from fusion.image_config trained from scratch), a fusion module (fusion.method: "
-        "concat, gated, weighted, cross_attention) and a classifier head, with optional auxiliary unimodal "
-        "losses (fusion.loss_weights) and training-only image augmentation (fusion.augment). With "
-        "fusion.baselines, a text-only and an image-only model get the same budget. Writes "
-        "fusion.output/<task> (safetensors, tokenizer, image processor, unitask-model.json; `unitask "
-        "predict` loads it), reports/fusion/<task>.json (all models side by side), test predictions in "
-        "reports/predictions/{fusion,fusion_text,fusion_image}/<task>.jsonl, and one MLflow run per model.",
-    )
-    _tasks_option(fuse, "train")
-    fuse.set_defaults(run=_fusion)
-
-    base = commands.add_parser(
-        "baseline",
-        parents=[common],
-        help="TF-IDF + linear model baselines for text classification and regression",
-        description="Fit TF-IDF (word 1-2 grams) + logistic regression or ridge on each task's train split, "
-        "pick the strength on validation, and write validation and test metrics to "
-        "reports/baseline/<task>.json and MLflow.",
-    )
-    _tasks_option(base, "score")
-    base.set_defaults(run=_baseline)
-
-    score = commands.add_parser(
-        "evaluate",
-        parents=[common],
-        help="score and compare every model on the test splits: tables, plots, an MLflow run",
-        description="Score reports/predictions/<model>/<task>.jsonl of each model in evaluate.models (TF-IDF "
-        "baseline, fine-tunes, multi-task, fusion and its text-only/image-only baselines) with the metrics "
-        "of each task type, without loading any model. Writes evaluate.output (default reports/evaluate): "
-        "comparison.json (a DVC metric), comparison.md, report.json (per-class reports, confusion matrices) "
-        "and plots/ for `dvc plots show` (confusion matrices, metric by model, training curves from the "
-        "training stages' MLflow runs); the MLflow run `evaluate` holds them with PNG figures.",
-    )
-    score.set_defaults(run=_evaluate)
-
-    reg = commands.add_parser(
-        "register",
-        parents=[common],
-        help="register the served model (multi-task + fusion) in MLflow; gate the champion alias",
-        description="Log one MLflow pyfunc that answers every task (multitask.output, plus fusion.output when "
-        "register.include_fusion) with a signature, an input example and a model card, and register it as "
-        "register.name. The new version gets the alias `challenger`; `champion` moves to it only when it "
-        "beats the current champion on register.gate.primary and no task's main metric drops by more "
-        "than register.gate.max_task_regression. The decision and its numbers go to register.output and "
-        "the MLflow run `register`. Rerunning with unchanged models and metrics registers nothing new.",
-    )
-    reg.set_defaults(run=_register)
 
     report = commands.add_parser(
         "summary",
@@ -293,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="run every task again, whatever kubeflow.stages.<stage>.caching says",
     )
     kfp_submit.set_defaults(run=_pipeline_submit)
+
+    dvc = commands.add_parser(
+        "dvc",
+        parents=[common],
+        help="write dvc.yaml from the stage declarations and this config",
+        description="Generate dvc.yaml: one DVC stage per declared stage (a foreach over the tasks for per-task "
+        "stages), its params the config keys it reads, its deps its data and the unitask modules its function "
+        "imports, its outs, metrics and plots. Run it after editing tasks or a stage; stages run by `dvc repro` "
+        "refuse a dvc.yaml that is out of date.",
+    )
+    dvc.add_argument("--check", action="store_true", help="write nothing; exit 2 when dvc.yaml is out of date")
+    dvc.set_defaults(run=_dvc)
     return parser
 
 
@@ -301,44 +182,6 @@ def _fetch(cfg: Config, args: argparse.Namespace) -> None:
 
     for name, digest in fetch(cfg, args.tasks, force=args.force).items():
         print(f"{name}\tsha256:{digest}")
-
-
-def _prepare(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.data.prepare import prepare
-
-    for name, summary in prepare(cfg, args.tasks).items():
-        print(f"{name}\t" + json.dumps(summary["rows"]))
-
-
-def _validate(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.validation import validate
-
-    for name, summary in validate(cfg, args.tasks).items():
-        counts = summary["expectations"]
-        warned = f", {counts['failed_warn']} warned" if counts["failed_warn"] else ""
-        print(f"{name}\t{summary['status']}\t{summary['rows_checked']} rows, {counts['evaluated']} expectations{warned}")
-
-
-def _pretrain(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.training.pretrain import pretrain
-
-    result = pretrain(cfg, resume=args.resume)
-    if cfg.pretrain.enabled:
-        held = result["heldout"]
-        print(f"held-out perplexity\t{held['perplexity_before']:.2f} -> {held['perplexity_after']:.2f}")
-        print(f"encoder\t{cfg.path(cfg.pretrain.output)}")
-
-
-def _finetune(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.training.finetune import finetune
-    from unitask.training.trainer import is_main_process
-    from unitask.tuning.katib import metric_line
-
-    summary = finetune(cfg, args.task, resume=args.resume)
-    if is_main_process():
-        metric = summary["main_metric"]
-        print(f"{args.task}\tvalidation {metric} {summary['validation'][metric]:.4f}\ttest {metric} {summary['test'][metric]:.4f}")
-        print(metric_line(metric, summary["validation"][metric]))  # for Katib's metrics collector
 
 
 def _tune(cfg: Config, args: argparse.Namespace) -> None:
@@ -351,70 +194,20 @@ def _tune(cfg: Config, args: argparse.Namespace) -> None:
     print(f"params\t{summary['params_file']}\nkatib\t{summary['katib_file']}")
 
 
-def _fusion(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.training.fusion import fusion, fusion_tasks
-
-    for name in args.tasks or fusion_tasks(cfg):
-        summary = fusion(cfg, name)
-        metric = summary["main_metric"]
-        cells = "\t".join(f"{m} {r['test'][metric]:.4f}" for m, r in summary["models"].items())
-        print(f"{name}\ttest {metric}\t{cells}")
-
-
-def _multitask(cfg: Config, args: argparse.Namespace) -> None:
-    if args.compare:
-        from unitask.evaluation.multitask_comparison import compare_multitask
-
-        result = compare_multitask(cfg)
-        for name, row in result["tasks"].items():
-            single = "–" if row["single_task"] is None else f"{row['single_task']:.4f}"
-            print(f"{name}\t{row['metric']}\tsingle-task {single}\tmulti-task {row['multitask']:.4f}")
-        mean, compute = result["mean"], result["compute"]
-        print(f"mean\tsingle-task {mean['single_task']:.4f}\tmulti-task {mean['multitask']:.4f}")
-        print(f"seconds\tsingle-task {compute['single_task']['seconds']:.0f}\tmulti-task {compute['multitask']['seconds']:.0f}")
-        print(f"comparison\t{cfg.path(cfg.multitask.comparison)}")
-        return
-    from unitask.training.multitask import multitask
-    from unitask.training.trainer import is_main_process
-
-    summary = multitask(cfg, resume=args.resume)
-    if is_main_process():
-        for name, metric in summary["main_metrics"].items():
-            print(f"{name}\tvalidation {metric} {summary['validation'][name][metric]:.4f}"
-                  f"\ttest {metric} {summary['test'][name][metric]:.4f}")
-        print(f"mean\tvalidation {summary['validation']['mean_score']:.4f}\ttest {summary['test']['mean_score']:.4f}")
-        print(f"model\t{cfg.path(cfg.multitask.output)}")
-
-
 def _predict(cfg: Config, args: argparse.Namespace) -> None:
     from unitask.inference.command import predict_command
 
     predict_command(cfg, args)
 
 
-def _baseline(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.baselines import baseline, baseline_tasks
+def _dvc(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask import dvcfile
 
-    for name in args.tasks or baseline_tasks(cfg):
-        summary = baseline(cfg, name)
-        metric = summary["main_metric"]
-        print(f"{name}\tvalidation {metric} {summary['validation'][metric]:.4f}\ttest {metric} {summary['test'][metric]:.4f}")
-
-def _evaluate(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.evaluation.stage import evaluate
-
-    result = evaluate(cfg)
-    for task, entry in result["tasks"].items():
-        main = entry["main_metric"]
-        cells = "\t".join(f"{m} {v[main]:.4f}" for m, v in result["table"][task].items())
-        print(f"{task}\t{main}\t{cells}")
-
-
-def _register(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.registry import register
-
-    decision = register(cfg)
-    print(f"{decision['name']}\tversion {decision['version']}\t{decision['decision']}: {decision['reason']}")
+    if args.check:
+        dvcfile.check(cfg)
+        print(f"up to date\t{dvcfile.dvc_file(cfg)}")
+    else:
+        print(f"wrote\t{dvcfile.write(cfg)}")
 
 
 def _summary(cfg: Config, args: argparse.Namespace) -> None:
@@ -467,6 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         cfg = load_config(args.params, args.overrides)
+        if args.command.replace("-", "_") in STAGES:
+            from unitask.dvcfile import check_under_dvc
+
+            check_under_dvc(cfg, args.params)
         run(cfg, args)
     except UnitaskError as exc:
         if args.debug:

@@ -50,8 +50,8 @@ class Fusion(TrainSettings):
     """`unitask fusion --task NAME`: a late-fusion model per text+image task, and a text-only and an
     image-only baseline trained with the same budget."""
 
-    tasks: list[str] = Field(
-        default_factory=list, description="multimodal tasks the DVC `fusion` stage trains (a foreach list)"
+    tasks: list[str] | None = Field(
+        default=None, description="text+image tasks to train; unset: every declared multimodal_classification task"
     )
     method: FusionMethod = Field(
         default="gated",

@@ -34,7 +34,28 @@ class KubeflowStage(Strict):
     )
     retries: int = Field(default=2, ge=0, description="retries after a failure (pod eviction, spot preemption, network)")
     caching: bool = Field(default=True, description="reuse a previous run's outputs when the inputs are the same")
+    nodes: int = Field(
+        default=1, ge=1,
+        description="training stages: nodes of the distributed job (kubeflow.job_kind); each gets cpu, memory and gpus",
+    )
+    procs_per_node: int = Field(
+        default=1, ge=1,
+        description="training stages: torchrun processes per node; with gpus > 0 each process has its own GPU "
+        "(a node gets max(gpus, procs_per_node))",
+    )
 
+    @property
+    def distributed(self) -> bool:
+        """Runs as a TrainJob/PyTorchJob of nodes x procs_per_node processes instead of in the step's pod."""
+        return self.nodes * self.procs_per_node > 1
+
+    @property
+    def gpus_per_node(self) -> int:
+        """The accelerators of one pod (one node of a job): one per process, at least `gpus`."""
+        return max(self.gpus, self.procs_per_node) if self.gpus else 0
+
+
+TRAINING_STAGES = ("pretrain", "finetune", "multitask", "fusion")  # the stages that run under torchrun
 
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "prepare": {"cpu": "2", "memory": "8Gi"},
@@ -80,6 +101,23 @@ class KubeflowStages(Strict):
         return merged
 
 
+class DistributedJobs(Strict):
+    """How a training stage with nodes x procs_per_node > 1 runs: a job of `kubeflow.job_kind` that the
+    pipeline step creates, waits for, and whose outputs it reads from the shared workspace volume."""
+
+    runtime: str = Field(default="torch-distributed", description="TrainJob: the (Cluster)TrainingRuntime's name")
+    runtime_kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = "ClusterTrainingRuntime"
+    workspace_pvc: str = Field(
+        default="unitask-workspace",
+        description="a ReadWriteMany PersistentVolumeClaim mounted by the step and every node: the job's params.yaml, "
+        "inputs and outputs (components/k8s/workspace-pvc.yaml)",
+    )
+    mount_path: str = Field(default="/workspace", description="where the workspace volume is mounted")
+    service_account: str | None = Field(default=None, description="the job pods' service account; null: the namespace's default")
+    timeout: float = Field(default=48 * 3600.0, gt=0, description="seconds the step waits for the job before deleting it")
+    poll_seconds: float = Field(default=15.0, gt=0, description="seconds between two reads of the job's conditions")
+
+
 class SecretEnv(Strict):
     """A Kubernetes Secret exposed to every pod as environment variables (never written in the YAML)."""
 
@@ -121,6 +159,11 @@ class Kubeflow(Strict):
     )
     finetune_parallelism: int = Field(default=0, ge=0, description="tasks fine-tuned at once; 0: all")
     stages: KubeflowStages = KubeflowStages()
+    job_kind: Literal["trainjob", "pytorchjob"] = Field(
+        default="trainjob",
+        description="distributed stages run as a Kubeflow Trainer v2 TrainJob, or (Training Operator v1 only) a PyTorchJob",
+    )
+    jobs: DistributedJobs = DistributedJobs()
     retry: Retry = Retry()
     mlflow_secret: SecretEnv | None = Field(
         default_factory=lambda: SecretEnv(**SECRET_DEFAULTS["mlflow_secret"]),
@@ -151,4 +194,12 @@ class Kubeflow(Strict):
     def _mlflow_env(self) -> Kubeflow:
         if self.mlflow_secret is not None and "MLFLOW_TRACKING_URI" not in self.mlflow_secret.keys.values():
             raise ValueError("mlflow_secret: keys must map one secret key to MLFLOW_TRACKING_URI")
+        return self
+
+    @model_validator(mode="after")
+    def _distributed(self) -> Kubeflow:
+        for name in STAGE_DEFAULTS:
+            stage = getattr(self.stages, name)
+            if stage.distributed and name not in TRAINING_STAGES:
+                raise ValueError(f"stages.{name}: nodes and procs_per_node apply to {', '.join(TRAINING_STAGES)} only")
         return self

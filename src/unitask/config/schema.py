@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import Field, PrivateAttr, model_validator
@@ -47,50 +48,63 @@ class Config(Strict):
         bad = [n for n in self.tasks if not TASK_NAME.match(n)]
         if bad:
             raise ValueError(f"tasks: names {bad} must match {TASK_NAME.pattern}")
-        unknown = [n for n in [*self.finetune.tasks, *self.finetune.per_task] if n not in self.tasks]
-        if unknown:
-            raise ValueError(f"finetune: tasks {unknown} (in tasks or per_task) are not declared under tasks")
-        not_text = [n for n in self.finetune.tasks if self.tasks[n].type == "multimodal_classification"]
-        if not_text:
-            raise ValueError(f"finetune: tasks {not_text} are not text tasks (fusion trains those)")
         return self
 
     @model_validator(mode="after")
-    def _fusion_tasks(self) -> Config:
-        names = [*self.fusion.tasks, *self.fusion.augment_per_task]
-        unknown = [n for n in names if n not in self.tasks]
-        if unknown:
-            raise ValueError(f"fusion: tasks {unknown} (in tasks or augment_per_task) are not declared under tasks")
-        not_multimodal = [n for n in self.fusion.tasks if self.tasks[n].type != "multimodal_classification"]
-        if not_multimodal:
-            raise ValueError(f"fusion: tasks {not_multimodal} are not multimodal_classification tasks")
+    def _stage_task_lists(self) -> Config:
+        """Every stage's task list names declared tasks of a type the stage trains: all problems at once."""
+        problems = []
+        for key, listed, eligible, kind in (
+            ("finetune.tasks", self.finetune.tasks, _is_text, "text"),
+            ("multitask.tasks", self.multitask.tasks, _is_text, "text"),
+            ("fusion.tasks", self.fusion.tasks, _is_multimodal, "multimodal_classification"),
+            ("pretrain.tasks", self.pretrain.tasks, lambda t: True, "any"),
+            ("fusion.augment_per_task", list(self.fusion.augment_per_task), _is_multimodal, "multimodal_classification"),
+        ):
+            names = list(listed or [])
+            unknown = [n for n in names if n not in self.tasks]
+            wrong = [n for n in names if n in self.tasks and not eligible(self.tasks[n])]
+            if unknown:
+                problems.append(f"{key}: {unknown} are not declared under tasks")
+            if wrong:
+                problems.append(f"{key}: {wrong} are not {kind} tasks")
+            if len(set(names)) != len(names):
+                problems.append(f"{key}: the list has duplicates")
+        for name, task in self.tasks.items():
+            try:
+                self.finetune.for_task(task.finetune)
+            except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                problems.append(f"tasks.{name}.finetune: {_first_error(exc)}")
+        if self.multitask.sampler == "round_robin":
+            rated = [n for n, t in self.tasks.items() if t.multitask.rate != 1.0]
+            if rated:
+                problems.append(f"tasks {rated}: multitask.rate: round_robin takes the tasks in turn, so rates cannot change it")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
-    @model_validator(mode="after")
-    def _pretrain_tasks(self) -> Config:
-        unknown = [n for n in self.pretrain.tasks or [] if n not in self.tasks]
-        if unknown:
-            raise ValueError(f"pretrain.tasks: {unknown} are not declared under tasks")
-        return self
+    def stage_tasks(self, listed: list[str] | None, eligible: Callable[[TaskConfig], bool]) -> list[str]:
+        """The one rule every stage follows for which tasks it runs: its list when set (empty: none),
+        else every declared task of a type it trains, in declaration order."""
+        if listed is not None:
+            return list(listed)
+        return [n for n, t in self.tasks.items() if eligible(t)]
 
-    @model_validator(mode="after")
-    def _multitask_tasks(self) -> Config:
-        mt = self.multitask
-        unknown = [n for n in [*(mt.tasks or []), *mt.weights, *mt.rates] if n not in self.tasks]
-        if unknown:
-            raise ValueError(f"multitask: tasks {unknown} (in tasks, weights or rates) are not declared under tasks")
-        not_text = [n for n in mt.tasks or [] if self.tasks[n].type == "multimodal_classification"]
-        if not_text:
-            raise ValueError(f"multitask.tasks: {not_text} are not text tasks (fusion trains those)")
-        if mt.tasks is not None and len(set(mt.tasks)) != len(mt.tasks):
-            raise ValueError("multitask.tasks: the list has duplicates")
-        return self
+    def finetune_tasks(self) -> list[str]:
+        """The tasks `unitask finetune` trains, one model each."""
+        return self.stage_tasks(self.finetune.tasks, _is_text)
 
     def multitask_tasks(self) -> list[str]:
-        """The tasks `unitask multitask` trains: `multitask.tasks`, or every declared text task."""
-        if self.multitask.tasks is not None:
-            return list(self.multitask.tasks)
-        return [n for n, t in self.tasks.items() if t.type != "multimodal_classification"]
+        """The tasks `unitask multitask` trains together."""
+        return self.stage_tasks(self.multitask.tasks, _is_text)
+
+    def fusion_tasks(self) -> list[str]:
+        """The text+image tasks `unitask fusion` trains."""
+        return self.stage_tasks(self.fusion.tasks, _is_multimodal)
+
+    def finetune_for(self, name: str) -> Finetune:
+        """The finetune section with task `name`'s own changes (`tasks.<name>.finetune`) applied."""
+        return self.finetune.for_task(self.task(name).finetune)
 
     @property
     def root(self) -> Path:
@@ -121,3 +135,20 @@ class Config(Strict):
                 hint="pick one of the declared tasks or declare it in params.yaml",
             )
         return self.tasks[name]
+
+
+def _is_text(task: TaskConfig) -> bool:
+    return task.is_text
+
+
+def _is_multimodal(task: TaskConfig) -> bool:
+    return not task.is_text
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return str(exc)
+    err = errors()[0]
+    where = ".".join(map(str, err["loc"]))
+    return f"{where}: {err['msg']}" if where else err["msg"]

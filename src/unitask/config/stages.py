@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from unitask.config.augment import Augment
 from unitask.config.base import ProjectPath, Strict
@@ -144,6 +145,12 @@ class TrainSettings(Strict):
 class Pretrain(TrainSettings):
     """Continued pretraining of the encoder on unlabeled text (masked-LM or causal-LM)."""
 
+    # the budget of the offline default (~4 CPU-minutes); the MLM head starts fresh, so a higher rate
+    max_steps: int | None = Field(default=100, gt=0, description="cap optimizer steps (overrides epochs)")
+    learning_rate: float = Field(default=1e-4, gt=0)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    logging_steps: int = Field(default=10, gt=0)
+
     enabled: bool = Field(default=True, description="fine-tuning starts from `output` when true")
     output: ProjectPath = Field(default="models/pretrained", description="folder of the pretrained encoder")
     objective: Literal["mlm", "clm"] = Field(
@@ -154,13 +161,13 @@ class Pretrain(TrainSettings):
     )
     corpus: Corpus | None = Field(default=None, description="train on this corpus instead of task text")
     max_texts: int | None = Field(
-        default=None, gt=0, description="cap the corpus (seeded sample, an even share per task)"
+        default=3200, gt=0, description="cap the corpus (seeded sample, an even share per task); null: all"
     )
     heldout_fraction: float = Field(
         default=0.05, gt=0, lt=0.5, description="seeded share of the corpus held out for perplexity"
     )
     mlm_probability: float = Field(default=0.15, gt=0, lt=1, description="mlm: share of tokens masked")
-    save_steps: int = Field(default=100, gt=0, description="checkpoint every N steps, for --resume")
+    save_steps: int = Field(default=50, gt=0, description="checkpoint every N steps, for --resume")
     checkpoints: ProjectPath = Field(default="models/checkpoints/pretrain", description="checkpoints, for --resume")
     metrics: ProjectPath = Field(default="reports/pretrain.json", description="perplexity before/after, corpus size")
 
@@ -168,8 +175,12 @@ class Pretrain(TrainSettings):
 class Finetune(TrainSettings):
     """One task head trained on the encoder (`encoder_path`), per text task, with transformers' Trainer."""
 
-    tasks: list[str] = Field(
-        default_factory=list, description="text tasks the DVC `finetune` stage trains (a foreach list)"
+    epochs: float = Field(default=2.0, gt=0)
+    eval_batch_size: int = Field(default=64, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
+
+    tasks: list[str] | None = Field(
+        default=None, description="text tasks to fine-tune, one model each; unset: every declared text task"
     )
     eval_strategy: Literal["epoch", "steps"] = Field(
         default="epoch", description="when to evaluate, checkpoint and check early stopping"
@@ -190,29 +201,14 @@ class Finetune(TrainSettings):
     head_l1: float = Field(default=0.0, ge=0, description="L1 penalty on the head's parameters (those outside the encoder), added to the loss")
     output: ProjectPath = Field(default="models/finetune", description="model folder per task: <output>/<task>")
     checkpoints: ProjectPath = Field(default="models/checkpoints/finetune", description="<checkpoints>/<task>, for --resume")
-    per_task: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="task -> keys of this section that differ for it, e.g. {wnut_ner: {epochs: 6}}"
-    )
-
-    @model_validator(mode="after")
-    def _per_task_keys(self) -> Finetune:
-        for name, changes in self.per_task.items():
-            bad = sorted(set(changes) - set(type(self).model_fields) | set(changes) & {"tasks", "per_task"})
-            if bad:
-                raise ValueError(f"per_task: {name}: {bad} cannot be set per task")
-            try:
-                self.for_task(name)
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                raise ValueError(f"per_task: {name}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-        return self
-
-    def for_task(self, name: str) -> Finetune:
-        """This section with `per_task[name]` applied (validated)."""
-        changes = self.per_task.get(name)
+    def for_task(self, changes: dict[str, Any]) -> Finetune:
+        """This section with one task's changes (`tasks.<task>.finetune`) applied, validated."""
         if not changes:
             return self
-        return Finetune.model_validate({**self.model_dump(exclude={"per_task"}), **changes})
+        bad = sorted(set(changes) - set(type(self).model_fields) | set(changes) & {"tasks"})
+        if bad:
+            raise ValueError(f"{bad} cannot be set per task")
+        return Finetune.model_validate({**self.model_dump(exclude_unset=True), **changes})
 
 
 SamplerName = Literal["proportional", "temperature", "uniform", "round_robin"]
@@ -223,11 +219,15 @@ class Multitask(TrainSettings):
     """One shared encoder with a head per text task, trained jointly: each batch holds one task's
     examples, the task drawn by `sampler`; the task losses are weighted by `weighting`."""
 
+    epochs: float = Field(default=2.0, gt=0)
+    eval_batch_size: int = Field(default=64, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
+
     tasks: list[str] | None = Field(
         default=None, description="text tasks trained together (a head each); unset: every declared text task"
     )
     sampler: SamplerName = Field(
-        default="temperature",
+        default="proportional",
         description="which task each batch comes from: proportional (to train rows), temperature "
         "(rows capped at size_cap, to the power 1/temperature), uniform, or round_robin (in turn)",
     )
@@ -235,24 +235,16 @@ class Multitask(TrainSettings):
     size_cap: int | None = Field(
         default=None, gt=0, description="temperature: rows counted per task at most (T5/jiant's cap); null: no cap"
     )
-    rates: dict[str, float] = Field(
-        default_factory=dict,
-        description="task -> multiplier of its share of batches (renormalized; not with round_robin), for a task "
-        "that needs more passes than its size earns it; a task left out: 1",
-    )
     steps_per_epoch: int | None = Field(
-        default=None, gt=0, description="batches per epoch; null: one pass's worth, sum over tasks of ceil(rows / batch_size)"
+        default=None, gt=0, description="batches per epoch; null: one pass's worth, sum over tasks of ceil(rows / (batch_size x processes))"
     )
     weighting: WeightingName = Field(
-        default="equal",
-        description="task loss weights: equal; static (`weights`); uncertainty (Kendall et al. 2018, learned "
+        default="uncertainty",
+        description="task loss weights: equal; static (each task's `multitask.weight`); uncertainty (Kendall et al. 2018, learned "
         "log-variances); dwa (Dynamic Weight Average, Liu et al. 2019, from the last two epochs' losses)",
     )
-    weights: dict[str, float] = Field(
-        default_factory=dict, description="static: task -> loss weight (> 0); a task left out weighs 1"
-    )
     weighting_lr: float | None = Field(
-        default=None, gt=0, description="uncertainty: learning rate of the log-variances; null: learning_rate"
+        default=0.01, gt=0, description="uncertainty: learning rate of the log-variances; null: learning_rate"
     )
     dwa_temperature: float = Field(default=2.0, gt=0, description="dwa: softness of the weights")
     eval_strategy: Literal["epoch", "steps"] = Field(
@@ -270,12 +262,7 @@ class Multitask(TrainSettings):
         description="`unitask multitask --compare`: against the single-task fine-tunes (a .md table beside it)",
     )
 
-    @model_validator(mode="after")
-    def _positive_weights(self) -> Multitask:
-        for field in ("weights", "rates"):
-            bad = sorted(name for name, value in getattr(self, field).items() if not value > 0)
-            if bad:
-                raise ValueError(f"{field}: {bad} must be above 0")
-        if self.rates and self.sampler == "round_robin":
-            raise ValueError("rates: round_robin takes the tasks in turn, so rates cannot change it; use another sampler")
-        return self
+    @property
+    def comparison_table(self) -> str:
+        """The Markdown table written beside `comparison`."""
+        return str(PurePosixPath(self.comparison).with_suffix(".md"))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 import typing
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from unitask.config.base import ProjectPath, Strict
 from unitask.tasks import ROLES, TASK_TYPES
@@ -75,6 +76,16 @@ class ReadSpec(Strict):
         default=None, description="template for the image column, e.g. '{split}/images/{id}.png'"
     )
 
+    @field_validator("encoding", "fallback_encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"unknown encoding {value!r}; e.g. utf-8, cp1252, latin-1, utf-16") from None
+        return value
+
     @model_validator(mode="after")
     def _pattern_needs_regex(self) -> ReadSpec:
         if self.format == "regex":
@@ -87,6 +98,17 @@ class ReadSpec(Strict):
             if not compiled.groupindex:
                 raise ValueError("pattern needs named groups, e.g. (?P<text>.+)")
         return self
+
+
+class TaskMultitask(Strict):
+    """How the multi-task model treats this task."""
+
+    rate: float = Field(
+        default=1.0, gt=0,
+        description="multiplier of this task's share of batches (renormalized; not with round_robin), for a task "
+        "that needs more passes than its size earns it",
+    )
+    weight: float = Field(default=1.0, gt=0, description="its loss weight under multitask.weighting: static")
 
 
 class TaskConfig(Strict):
@@ -104,6 +126,19 @@ class TaskConfig(Strict):
         default=None, description="regression: [min, max] of the target"
     )
     max_rows: int | None = Field(default=None, gt=0, description="cap rows (seeded sample)")
+    # settings of this task in the training stages: they live with the task, so that replacing `tasks:`
+    # is all a new project needs, and DVC reruns only this task's stages when they change
+    finetune: dict[str, Any] = Field(
+        default_factory=dict, description="finetune keys that differ for this task, e.g. {epochs: 5}"
+    )
+    multitask: TaskMultitask = Field(
+        default_factory=lambda: TaskMultitask(), description="this task in the multi-task model: rate, weight"
+    )
+
+    @property
+    def is_text(self) -> bool:
+        """A text task (every type but text+image): fine-tuning, multi-task and the LLM train it."""
+        return TASK_TYPES[self.type].is_text
 
     @model_validator(mode="after")
     def _fits_task_type(self) -> TaskConfig:

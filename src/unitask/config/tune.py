@@ -62,7 +62,13 @@ class Tune(Strict):
         description="finetune keys every trial (and the Katib trials) train with, e.g. {max_train_rows: 1000}",
     )
     space: dict[Tunable, SearchRange] = Field(
-        default_factory=lambda: {"learning_rate": SearchRange(low=1e-5, high=3e-4, log=True)},
+        default_factory=lambda: {
+            "learning_rate": SearchRange(low=1e-5, high=3e-4, log=True),
+            "batch_size": SearchRange(choices=[16, 32]),
+            "epochs": SearchRange(choices=[1, 2, 3]),
+            "warmup_ratio": SearchRange(low=0.0, high=0.2),
+            "weight_decay": SearchRange(low=0.0, high=0.1),
+        },
         min_length=1,
         description="finetune key -> its search range or choices",
     )

@@ -33,9 +33,9 @@ def prepare(cfg: Config, tasks: list[str] | None = None) -> dict[str, dict[str, 
     for name in tqdm(names, desc="prepare", unit="task"):
         with stage_run(cfg, "prepare", name, params):
             summaries[name] = summary = prepare_task(cfg, name)
-            mlflow.log_metrics(flatten("", {"rows": summary["rows"], "dropped": summary["dropped"]}))
+            mlflow.log_metrics(flatten("", {k: summary[k] for k in ("input_rows", "rows", "dropped")}))
             mlflow.log_dict(summary, "summary.json")
-            log_source(cfg, name, sum(summary["rows"].values()) + sum(summary["dropped"].values()))
+            log_source(cfg, name, summary["input_rows"])
     return summaries
 
 
@@ -56,7 +56,7 @@ def prepare_task(cfg: Config, name: str) -> dict[str, Any]:
     with atomic_dir(out) as tmp:
         for split_name, part in splits.items():
             part.to_parquet(tmp / f"{split_name}.parquet", index=False)
-    summary = summarize(name, task, splits, dropped)
+    summary = summarize(name, task, splits, dropped, input_rows=len(table))
     distribution = {k: summary[k] for k in DISTRIBUTION if k in summary}
     write_json(summary_path(cfg, name), {k: v for k, v in summary.items() if k not in DISTRIBUTION})
     write_json(summary_path(cfg, name).with_suffix(".labels.json"), {"task": name, **distribution})
@@ -85,7 +85,7 @@ def canonical(cfg: Config, name: str, task: TaskConfig, table: pd.DataFrame, ent
                 f"tasks.{name}.columns.{role}: no column '{column}' in the raw data; it has {list(table.columns)}",
                 hint="map the role to one of those columns (or set read.names for files without a header)",
             )
-        frame[role] = table[column].to_numpy()
+        frame[role] = _typed(name, task, role, table[column])
     spec = TASK_TYPES[task.type]
     if spec.label_kind == "categorical":
         labels = frame["label"].astype(str).str.strip()
@@ -95,9 +95,63 @@ def canonical(cfg: Config, name: str, task: TaskConfig, table: pd.DataFrame, ent
         _check_label_set(name, task, frame, frame["tags"].map(set))
     elif spec.label_kind == "numeric":
         frame["label"] = _numeric(name, task, frame["label"])
-    elif spec.label_kind == "span":
-        frame["answers"] = [json.loads(a) if isinstance(a, str) else a for a in frame["answers"]]
     return frame
+
+
+def _typed(name: str, task: TaskConfig, role: str, values: pd.Series) -> np.ndarray:
+    """The raw column of `role` with each value of the type the role needs, or a DataError naming the
+    raw rows that have another: text (numbers become their text; nulls stay, to be dropped as empty),
+    lists of strings for tokens and tags, and answers objects (or their JSON text) for extractive QA."""
+    convert = {"tokens": _strings, "tags": _strings, "answers": _answers}.get(role)
+    if convert is None and role not in TEXT_ROLES:
+        return values.to_numpy()
+    convert = convert or _text
+    out, bad = [], []
+    for i, value in enumerate(values):
+        try:
+            out.append(convert(value))
+        except (TypeError, ValueError):
+            bad.append(i)
+    if bad:
+        expected = {"tokens": "lists of strings", "tags": "lists of strings", "answers": ANSWERS}.get(role, "text")
+        shown = "; ".join(f"row {i}: {str(values.iloc[i])[:60]!r}" for i in bad[:5])
+        raise DataError(
+            f"tasks.{name}.columns.{role}: column '{task.columns[role]}' holds values that are not {expected} "
+            f"in {len(bad)} raw rows, e.g. {shown}",
+            hint=f"fix those rows, or map columns.{role} to a column of {expected}",
+        )
+    result = np.empty(len(out), dtype=object)
+    result[:] = out
+    return result
+
+
+ANSWERS = "answers objects {text: [str], answer_start: [int]}"
+
+
+def _text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, (str, int, float, np.number)) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, (list, tuple, np.ndarray)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise TypeError(type(value).__name__)
+
+
+def _answers(value: Any) -> dict[str, list[Any]]:
+    if isinstance(value, str):
+        value = json.loads(value)
+    if isinstance(value, dict) and set(value) >= {"text", "answer_start"}:
+        texts, starts = _strings(value["text"]), value["answer_start"]
+        if isinstance(starts, (list, tuple, np.ndarray)) and len(starts) == len(texts) and all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in starts
+        ):
+            return {"text": texts, "answer_start": [int(s) for s in starts]}
+    raise TypeError(type(value).__name__)
 
 
 def _image_paths(cfg: Config, name: str, template: str, table: pd.DataFrame, entry: Path) -> list[str]:
@@ -131,11 +185,11 @@ def _check_label_set(name: str, task: TaskConfig, frame: pd.DataFrame, per_row: 
 
 
 def _numeric(name: str, task: TaskConfig, values: pd.Series) -> pd.Series:
-    numbers = pd.to_numeric(values, errors="coerce")
+    numbers = pd.to_numeric(values, errors="coerce").replace([np.inf, -np.inf], np.nan)
     bad = values[numbers.isna() & values.notna()]
     if len(bad):
         raise DataError(
-            f"tasks.{name}.columns.label: {len(bad)} targets are not numbers, "
+            f"tasks.{name}.columns.label: {len(bad)} targets are not finite numbers, "
             f"e.g. rows {list(bad.index[:5])}: {list(bad.head(5))}",
             hint="fix those rows, or map columns.label to the numeric column",
         )
@@ -225,12 +279,18 @@ def _take(frame: pd.DataFrame, n: int, strata: pd.Series | None, seed: int) -> p
     return frame.sample(n=n, random_state=seed)
 
 
-def summarize(name: str, task: TaskConfig, splits: dict[str, pd.DataFrame], dropped: dict[str, int]) -> dict[str, Any]:
+def summarize(
+    name: str, task: TaskConfig, splits: dict[str, pd.DataFrame], dropped: dict[str, int], input_rows: int
+) -> dict[str, Any]:
+    """What prepare made of the raw table: every one of its `input_rows` rows is in a split (`rows`)
+    or `dropped`, counted by reason (empty input, duplicate of another row, over the row cap)."""
     kind = TASK_TYPES[task.type].label_kind
+    rows = {s: len(part) for s, part in splits.items()}
     summary: dict[str, Any] = {
         "task": name,
         "type": task.type,
-        "rows": {s: len(part) for s, part in splits.items()},
+        "input_rows": input_rows,
+        "rows": rows,
         "dropped": dropped,
     }
     if kind == "categorical":

@@ -5,6 +5,7 @@ Text stays text: CSV cells are read as strings (no 'NA' -> NaN guessing); labels
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import re
@@ -48,21 +49,32 @@ def _read(path: Path, spec: ReadSpec) -> pd.DataFrame:
 
 
 def _text(path: Path, spec: ReadSpec) -> str:
-    """A file's text in `read.encoding`, else in `read.fallback_encoding` when one is set."""
+    """A file's text in `read.encoding`, else in `read.fallback_encoding` when one is set. A UTF-8
+    byte-order mark (spreadsheet exports write one) is dropped, not read as part of the first cell."""
     data = path.read_bytes()
-    try:
-        return data.decode(spec.encoding)
-    except UnicodeDecodeError as exc:
-        if spec.fallback_encoding:
-            return data.decode(spec.fallback_encoding)
-        raise DataError(
-            f"{path}: not {spec.encoding} text ({exc.reason} at byte {exc.start})",
-            hint="set read.encoding (or read.fallback_encoding) to the file's encoding",
-        ) from None
+    encodings = [spec.encoding] + ([spec.fallback_encoding] if spec.fallback_encoding else [])
+    for encoding in encodings:
+        try:
+            return data.decode(_without_bom(encoding))
+        except UnicodeDecodeError as exc:
+            error = exc
+    raise DataError(
+        f"{path}: not {' or '.join(encodings)} text ({error.reason} at byte {error.start})",
+        hint="set read.encoding (or read.fallback_encoding) to the file's encoding",
+    ) from None
+
+
+def _without_bom(encoding: str) -> str:
+    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
 
 
 def _lines(path: Path, spec: ReadSpec) -> list[str]:
-    return _text(path, spec).splitlines()
+    """The file's lines, ended by LF, CRLF or CR only (`str.splitlines` also splits at U+2028, U+0085
+    and other characters that are text inside a JSON string or a sentence)."""
+    return LINE_END.split(_text(path, spec))
+
+
+LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 def _csv(path: Path, spec: ReadSpec) -> pd.DataFrame:

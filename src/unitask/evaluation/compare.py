@@ -31,8 +31,12 @@ def turned_off(cfg: Config) -> set[str]:
     off: set[str] = set()
     if not cfg.fusion.baselines:
         off |= {"fusion_text", "fusion_image"}
-    if not cfg.fusion.tasks:  # no text+image task to train
+    if not cfg.fusion_tasks():  # no text+image task to train
         off |= {"fusion", "fusion_text", "fusion_image"}
+    if not cfg.finetune_tasks():  # an empty task list: the stage trains nothing
+        off.add("finetune")
+    if not cfg.multitask_tasks():
+        off.add("multitask")
     return off
 
 

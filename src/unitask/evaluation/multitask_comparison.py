@@ -78,7 +78,7 @@ def compare_multitask(cfg: Config) -> dict[str, Any]:
     }
     path = cfg.path(cfg.multitask.comparison)
     write_json(path, result)
-    table = path.with_suffix(".md")
+    table = cfg.path(cfg.multitask.comparison_table)
     with atomic_file(table) as tmp:
         tmp.write_text(markdown(result), encoding="utf-8")
     _log(cfg, multi.get("mlflow_run_id"), result, [path, table])

@@ -8,6 +8,7 @@ unitask checkout this package runs from.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import warnings
 from datetime import datetime, timezone
@@ -18,7 +19,6 @@ from typing import Any
 from unitask import tracking
 from unitask.config import Config
 from unitask.errors import ConfigError, UnitaskError
-from unitask.kubeflow.runtime import SECTIONS, to_parameter
 
 COMPONENTS = Path("components") / "stages.py"
 PIPELINE = Path("pipelines") / "unitask_pipeline.py"
@@ -50,19 +50,23 @@ def _load(path: Path, name: str) -> ModuleType:
 
 
 def pipeline_arguments(cfg: Config, local: bool = False) -> dict[str, Any]:
-    """The value of each pipeline parameter: the sections as written in params.yaml (plus --set).
+    """The pipeline's parameters: `params`, the whole validated config as one YAML (JSON) string (as written in params.yaml,
+    plus --set), and `seed`, the one scalar people change per run in the Kubeflow UI.
 
-    `local`: relative paths are made absolute under the project root (local sources, a local
-    backbone or corpus, a sqlite tracking store), since the components run in a workspace elsewhere.
-    On a cluster, sources must be reachable from the pods (package, hub, s3, or an absolute mount).
-    """
+    `local`: relative paths are made absolute under the project root (local sources, a local backbone
+    or corpus, a sqlite tracking store), since the components run in a workspace elsewhere, and the
+    project root joins `paths.roots` so the pods may read there. On a cluster, sources must be reachable
+    from the pods (package, hub, s3, or a mount listed in paths.roots)."""
     written = cfg.model_dump(mode="json", exclude_unset=True)
-    args: dict[str, Any] = {name: written.get(name) or {} for name in SECTIONS}
-    args["seed"] = cfg.seed
-    args["tasks"] = written["tasks"]
+    written.pop("seed", None)  # the `seed` parameter
+    paths = written.setdefault("paths", {})
+    for key in ("raw", "prepared", "reports"):  # the workspace's layout: where the artifacts are linked
+        paths.pop(key, None)
     if local:
-        _absolute_paths(cfg, args)
-    return {name: to_parameter(value, name) for name, value in args.items()}
+        _absolute_paths(cfg, written)
+    # JSON, YAML's one-line form: kfp copies a parameter's default into the compiled file's header comment,
+    # where a multi-line string would end the comment and break the YAML
+    return {"params": json.dumps(written), "seed": cfg.seed}
 
 
 def _absolute_paths(cfg: Config, args: dict[str, Any]) -> None:
@@ -72,17 +76,19 @@ def _absolute_paths(cfg: Config, args: dict[str, Any]) -> None:
     for task in args["tasks"].values():
         if task["source"]["kind"] == "local":
             task["source"]["path"] = str(cfg.path(task["source"]["path"]))
-    corpus = args["pretrain"].get("corpus")
+    corpus = args.get("pretrain", {}).get("corpus")
     if corpus and corpus["source"]["kind"] == "local":
         corpus["source"]["path"] = str(cfg.path(corpus["source"]["path"]))
     backbone = cfg.model.backbone
     if not backbone.startswith(PACKAGE_PREFIX) and (backbone.startswith((".", "/")) or (cfg.root / backbone).exists()):
-        args["model"]["backbone"] = str(cfg.path(backbone))
+        args.setdefault("model", {})["backbone"] = str(cfg.path(backbone))
     args["tracking"] = {
-        **args["tracking"],
+        **args.get("tracking", {}),
         "uri": tracking_uri(cfg),
         "artifact_location": str(cfg.path(cfg.tracking.artifact_location)),
     }
+    paths = args["paths"]
+    paths["roots"] = [str(cfg.root.resolve()), *(str(cfg.path(r)) for r in cfg.paths.roots)]
 
 
 def build(cfg: Config, local: bool = False, parallelism: int | None = None) -> Any:

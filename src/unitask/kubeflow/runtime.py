@@ -1,8 +1,8 @@
 """What the Kubeflow components run inside their pods (or, locally, in kfp's subprocesses).
 
-Each `run_*` function takes the pipeline's section parameters (`seed`, `tracking`, `model`, `prepare`,
-...: the sections of params.yaml), builds a workspace, a temporary project root with a params.yaml
-made of those sections, links the input artifacts where the stage expects its files, calls the
+Each `run_*` function takes the pipeline's parameters (`params`: the validated config as YAML, as
+`unitask.kubeflow.project.pipeline_arguments` compiled it; `seed`), builds a workspace, a temporary
+project root holding that params.yaml, links the input artifacts where the stage expects its files, calls the
 stage function, and copies what the stage wrote into the output artifacts. Artifacts are duck-typed:
 anything with `.path` and `.metadata` (and `.log_metric` for metrics), as kfp passes them.
 
@@ -30,6 +30,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,11 +38,6 @@ import yaml
 
 from unitask.config import Config, load_config
 from unitask.errors import UnitaskError
-
-# The pipeline parameters: one per params.yaml section that a stage reads. `paths` is not one of
-# them (artifacts take its place) and `kubeflow` only shapes the compiled pipeline.
-SECTIONS = ("seed", "tracking", "model", "prepare", "validate", "pretrain", "finetune", "multitask", "fusion",
-            "evaluate", "register", "tasks")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,76 +59,52 @@ def stage_errors(func: F) -> F:
 # ---- the workspace ---------------------------------------------------------------------------
 
 
-def integral(value: Any) -> Any:
-    """Pipeline parameters travel as protobuf Values, where every number is a double: 32 comes
-    back as 32.0. Turn integral floats back into ints (config fields typed float accept ints)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [integral(v) for v in value]
-    return value
+def load_params(params: str, seed: int, root: Path, inputs: tuple[Any, ...] = ()) -> Config:
+    """Write `root/params.yaml` from the pipeline's `params` YAML and load it as the CLI would, with `seed`.
 
-
-NULLS = "_null"  # no config key starts with "_"
-ORDER = "_order"
-
-
-def to_parameter(value: Any, where: str = "") -> Any:
-    """Pipeline parameters are protobuf Structs: they cannot hold null, and a dict's keys come back in
-    any order (task order matters: it orders pretraining's corpus and the multi-task heads). A dict's
-    null keys move to its `_null` list, and its key order, unless sorted, to its `_order` list."""
-    if isinstance(value, dict):
-        out = {k: to_parameter(v, f"{where}.{k}" if where else k) for k, v in value.items() if v is not None}
-        nulls = [k for k, v in value.items() if v is None]
-        if nulls:
-            out[NULLS] = nulls
-        if list(value) != sorted(value):
-            out[ORDER] = list(value)
-        return out
-    if isinstance(value, list):
-        if any(v is None for v in value):
-            raise UnitaskError(f"{where}: a list with null items cannot be a Kubeflow pipeline parameter")
-        return [to_parameter(v, where) for v in value]
-    return value
-
-
-def from_parameter(value: Any) -> Any:
-    """The inverse of `to_parameter`."""
-    if isinstance(value, dict):
-        nulls = value.get(NULLS, [])
-        keys = value.get(ORDER) or sorted([*(k for k in value if k not in (NULLS, ORDER)), *nulls])
-        return {k: None if k in nulls else from_parameter(value[k]) for k in keys}
-    if isinstance(value, list):
-        return [from_parameter(v) for v in value]
-    return value
-
-
-def load_sections(sections: dict[str, Any], root: Path) -> Config:
-    """Write `root/params.yaml` from the section parameters and load it like the CLI would.
-
-    The workspace is a scratch root: its inputs live where kfp puts the artifacts (linked in) and, in
-    a local run, in the project (absolute paths), so `paths.roots` allows every folder."""
-    params = {name: integral(from_parameter(value)) for name, value in sections.items() if value is not None}
-    params["paths"] = {"roots": [root.anchor]}
+    Paths stay contained: besides the config's own `paths.roots` (a local run adds the project), a stage
+    may read only the workspace and the input artifacts linked into it."""
+    raw = yaml.safe_load(params) or {}
+    paths = raw.setdefault("paths", {})
+    paths["roots"] = [*paths.get("roots", []), *(str(Path(a.path).resolve()) for a in inputs if a is not None)]
     uri = os.environ.get("MLFLOW_TRACKING_URI")  # from the Kubernetes secret: wins over tracking.uri
     if uri:
-        params["tracking"] = {**(params.get("tracking") or {}), "uri": uri}
+        raw["tracking"] = {**(raw.get("tracking") or {}), "uri": uri}
     root.mkdir(parents=True, exist_ok=True)
     path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    return load_config(path)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return load_config(path, [f"seed={seed}"])
 
 
 @contextmanager
-def workspace(sections: dict[str, Any]) -> Iterator[Config]:
-    """A temporary project root holding the params.yaml of `sections`; removed afterwards."""
+def workspace(params: str, seed: int, *inputs: Any, stage: str | None = None) -> Iterator[Config]:
+    """A temporary project root holding the config; `inputs` are the artifacts the stage reads.
+    Removed afterwards. A training `stage` that kubeflow.stages sets to several processes gets its root
+    on the shared workspace volume (kubeflow.jobs.mount_path), where the job's nodes find it."""
     root = Path(tempfile.mkdtemp(prefix="unitask-kfp-"))
     try:
-        yield load_sections(sections, root)
+        cfg = load_params(params, seed, root, inputs)
+        if stage is not None and getattr(cfg.kubeflow.stages, stage).distributed:
+            shutil.rmtree(root)
+            root = Path(tempfile.mkdtemp(prefix="unitask-kfp-", dir=cfg.kubeflow.jobs.mount_path))
+            cfg = load_params(params, seed, root, inputs)
+        yield cfg
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def train(cfg: Config, stage: str, args: list[str], here: Callable[[], Any], summary: Path) -> Any:
+    """Run a training stage: in this pod (`here()`), or, when kubeflow.stages.<stage> asks for nodes x
+    procs_per_node > 1, as a Kubeflow Trainer TrainJob (or PyTorchJob) that runs `torchrun -m unitask.cli
+    ARGS` on the workspace volume; this step waits on it and fails when it fails. Returns the stage's
+    summary (the job's: read from `summary`, the file the stage writes)."""
+    if not getattr(cfg.kubeflow.stages, stage).distributed:
+        return here()
+    from unitask.kubeflow.jobs import job_name, materialize_links, run_job
+
+    materialize_links(cfg.root)  # the nodes cannot see this pod's artifact folders
+    run_job(cfg, stage, [*args, "--params", str(cfg.root / "params.yaml")], job_name(stage, "/".join([cfg.root.name, *args])))
+    return json.loads(summary.read_text(encoding="utf-8"))
 
 
 def link(source: str | Path, dest: Path) -> None:
@@ -160,7 +132,7 @@ def link_dataset(cfg: Config, dataset: Any) -> None:
 def link_models(cfg: Config, multitask: Any, fusion: Any) -> None:
     """The multi-task and (with fusion.tasks) fusion model folders where evaluate and register read them."""
     link(multitask.path, cfg.path(cfg.multitask.output))
-    if cfg.fusion.tasks:
+    if cfg.fusion_tasks():
         link(fusion.path, cfg.path(cfg.fusion.output))
 
 
@@ -215,28 +187,20 @@ def log_metrics(metrics: Any, values: dict[str, Any]) -> None:
 # ---- the stages ------------------------------------------------------------------------------
 
 
-def finetune_tasks(cfg: Config) -> list[str]:
-    """The tasks the pipeline fine-tunes: `finetune.tasks`, or else every text task."""
-    return list(cfg.finetune.tasks) or [n for n, t in cfg.tasks.items() if t.type != "multimodal_classification"]
-
-
 @stage_errors
-def run_plan(sections: dict[str, Any]) -> list[str]:
+def run_plan(params: str, seed: int) -> list[str]:
     """The list the pipeline's fine-tuning loop runs over (the config is checked on the way)."""
-    with workspace(sections) as cfg:
-        names = finetune_tasks(cfg)
-    if not names:
-        raise UnitaskError("finetune: no text task to fine-tune", hint="declare a text task or set finetune.tasks")
-    return names
+    with workspace(params, seed) as cfg:
+        return cfg.finetune_tasks()
 
 
 @stage_errors
-def run_prepare(sections: dict[str, Any], dataset: Any, metrics: Any) -> None:
+def run_prepare(params: str, seed: int, dataset: Any, metrics: Any) -> None:
     """Fetch every task's source, prepare its splits, and output them as one Dataset."""
     from unitask.data.fetch import fetch
     from unitask.data.prepare import prepare
 
-    with workspace(sections) as cfg:
+    with workspace(params, seed) as cfg:
         hashes = fetch(cfg)
         summaries = prepare(cfg)
         out = Path(dataset.path)
@@ -251,24 +215,35 @@ def run_prepare(sections: dict[str, Any], dataset: Any, metrics: Any) -> None:
 
 
 @stage_errors
-def run_validate(sections: dict[str, Any], dataset: Any, metrics: Any, report: Any, data_docs: Any) -> None:
-    """The gate: validate every task; a failed `error` check fails the component and the run."""
-    from unitask.validation import validate
+def run_validate(params: str, seed: int, dataset: Any, metrics: Any, report: Any, data_docs: Any) -> None:
+    """The gate: validate every task. Metrics, the report and Data Docs are written either way, so a
+    failed gate shows which task and check failed (`passed` 0); then a failed `error` check fails the
+    component and the run."""
+    from unitask.validation import InputError, ValidationFailed, validate
     from unitask.validation.stage import docs_dir
 
-    with workspace(sections) as cfg:
+    with workspace(params, seed, dataset) as cfg:
         link_dataset(cfg, dataset)
-        summaries = validate(cfg)
-        export(docs_dir(cfg), data_docs.path)
+        failure: UnitaskError | None = None
+        try:
+            summaries = validate(cfg)
+        except (ValidationFailed, InputError) as exc:
+            failure = exc
+            written = cfg.path(cfg.paths.reports) / "validate"
+            summaries = {n: json.loads((written / f"{n}.json").read_text()) for n in cfg.tasks if (written / f"{n}.json").is_file()}
+        if docs_dir(cfg).is_dir():
+            export(docs_dir(cfg), data_docs.path)
         for name, summary in summaries.items():
             log_metrics(
                 metrics,
-                {name: {"passed": 1, "warned": int(summary["status"] == "warned"),
+                {name: {"passed": int(summary["status"] != "failed"), "warned": int(summary["status"] == "warned"),
                         "rows_checked": summary["rows_checked"], "expectations": summary["expectations"]}},
             )
         Path(report.path).parent.mkdir(parents=True, exist_ok=True)
         Path(report.path).write_text(validation_html(summaries), encoding="utf-8")
         data_docs.metadata["tasks"] = {n: f"{n}/index.html" for n in summaries if cfg.validate.data_docs}
+        if failure is not None:
+            raise failure
 
 
 def validation_html(summaries: dict[str, dict[str, Any]]) -> str:
@@ -294,14 +269,14 @@ def validation_html(summaries: dict[str, dict[str, Any]]) -> str:
 
 
 @stage_errors
-def run_pretrain(sections: dict[str, Any], dataset: Any, encoder: Any, metrics: Any) -> None:
+def run_pretrain(params: str, seed: int, dataset: Any, encoder: Any, metrics: Any) -> None:
     """Continued pretraining on the validated data; outputs the encoder (or, when disabled, the note
     `pretrain` leaves instead)."""
     from unitask.training.pretrain import pretrain
 
-    with workspace(sections) as cfg:
+    with workspace(params, seed, dataset, stage="pretrain") as cfg:
         link_dataset(cfg, dataset)
-        result = pretrain(cfg)
+        result = train(cfg, "pretrain", ["pretrain"], lambda: pretrain(cfg), cfg.path(cfg.pretrain.metrics))
         export(cfg.path(cfg.pretrain.output), encoder.path)
         encoder.metadata["pretrained"] = cfg.pretrain.enabled
         if not cfg.pretrain.enabled:
@@ -312,11 +287,11 @@ def run_pretrain(sections: dict[str, Any], dataset: Any, encoder: Any, metrics: 
 
 
 @stage_errors
-def run_baseline(sections: dict[str, Any], dataset: Any, reports: Any, metrics: Any) -> None:
+def run_baseline(params: str, seed: int, dataset: Any, reports: Any, metrics: Any) -> None:
     """TF-IDF baselines of every text classification/regression task (`unitask baseline`)."""
     from unitask.baselines import baseline, baseline_tasks
 
-    with workspace(sections) as cfg:
+    with workspace(params, seed, dataset) as cfg:
         link_dataset(cfg, dataset)
         summaries = {name: baseline(cfg, name) for name in baseline_tasks(cfg)}
         export_paths(cfg, [cfg.paths.reports], reports)
@@ -325,15 +300,16 @@ def run_baseline(sections: dict[str, Any], dataset: Any, reports: Any, metrics: 
 
 @stage_errors
 def run_finetune(
-    task: str, sections: dict[str, Any], dataset: Any, encoder: Any, model: Any, reports: Any, metrics: Any, confusion: Any
+    task: str, params: str, seed: int, dataset: Any, encoder: Any, model: Any, reports: Any, metrics: Any, confusion: Any
 ) -> None:
     """Fine-tune one task on the pretrained encoder (or the backbone when pretraining is off)."""
     from unitask.training.finetune import finetune
 
-    with workspace(sections) as cfg:
+    with workspace(params, seed, dataset, encoder, stage="finetune") as cfg:
         link_dataset(cfg, dataset)
         link_encoder(cfg, encoder)
-        summary = finetune(cfg, task)
+        report = cfg.path(cfg.paths.reports) / "finetune" / f"{task}.json"
+        summary = train(cfg, "finetune", ["finetune", "--task", task], lambda: finetune(cfg, task), report)
         export(cfg.path(cfg.finetune.output) / task, model.path)
         export_paths(cfg, [cfg.paths.reports], reports)
         model.metadata.update({"task": task, "type": summary["type"], "main_metric": summary["main_metric"]})
@@ -360,14 +336,14 @@ def log_confusion(cfg: Config, model: str, task: str, confusion: Any) -> None:
 
 
 @stage_errors
-def run_multitask(sections: dict[str, Any], dataset: Any, encoder: Any, model: Any, reports: Any, metrics: Any) -> None:
+def run_multitask(params: str, seed: int, dataset: Any, encoder: Any, model: Any, reports: Any, metrics: Any) -> None:
     """Train the multi-task model (one encoder, a head per text task) on the pretrained encoder."""
     from unitask.training.multitask import multitask
 
-    with workspace(sections) as cfg:
+    with workspace(params, seed, dataset, encoder, stage="multitask") as cfg:
         link_dataset(cfg, dataset)
         link_encoder(cfg, encoder)
-        summary = multitask(cfg)
+        summary = train(cfg, "multitask", ["multitask"], lambda: multitask(cfg), cfg.path(cfg.multitask.metrics))
         export(cfg.path(cfg.multitask.output), model.path)
         export_paths(cfg, [cfg.paths.reports], reports)
         model.metadata.update({"tasks": summary["tasks"], "encoder": summary["encoder"],
@@ -377,14 +353,18 @@ def run_multitask(sections: dict[str, Any], dataset: Any, encoder: Any, model: A
 
 
 @stage_errors
-def run_fusion(sections: dict[str, Any], dataset: Any, encoder: Any, model: Any, reports: Any, metrics: Any) -> None:
+def run_fusion(params: str, seed: int, dataset: Any, encoder: Any, model: Any, reports: Any, metrics: Any) -> None:
     """Train the fusion models of every task in fusion.tasks; with none, empty outputs."""
     from unitask.training.fusion import fusion
 
-    with workspace(sections) as cfg:
+    with workspace(params, seed, dataset, encoder, stage="fusion") as cfg:
         link_dataset(cfg, dataset)
         link_encoder(cfg, encoder)
-        summaries = {name: fusion(cfg, name) for name in cfg.fusion.tasks}
+        reports = cfg.path(cfg.paths.reports) / "fusion"
+        summaries = {
+            name: train(cfg, "fusion", ["fusion", "--task", name], partial(fusion, cfg, name), reports / f"{name}.json")
+            for name in cfg.fusion_tasks()
+        }
         Path(model.path).mkdir(parents=True, exist_ok=True)
         if summaries:
             export(cfg.path(cfg.fusion.output), model.path)
@@ -398,7 +378,7 @@ def run_fusion(sections: dict[str, Any], dataset: Any, encoder: Any, model: Any,
 
 @stage_errors
 def run_evaluate(
-    sections: dict[str, Any], reports: list[Any], multitask: Any, fusion: Any, evaluation: Any, metrics: Any, comparison: Any
+    params: str, seed: int, reports: list[Any], multitask: Any, fusion: Any, evaluation: Any, metrics: Any, comparison: Any
 ) -> bool:
     """Compare the multi-task model with the fine-tunes, score every model's test predictions, and
     return the registry gate: whether the served model would replace the champion."""
@@ -406,13 +386,12 @@ def run_evaluate(
     from unitask.evaluation.stage import evaluate
     from unitask.registry.stage import gate_now
 
-    with workspace(sections) as cfg:
+    with workspace(params, seed, *reports, multitask, fusion) as cfg:
         import_reports(cfg, reports)
         link_models(cfg, multitask, fusion)
         versus = compare_multitask(cfg)
         result = evaluate(cfg)
-        table = cfg.path(cfg.multitask.comparison)
-        export_paths(cfg, [cfg.evaluate.output, str(table), str(table.with_suffix(".md"))], evaluation)
+        export_paths(cfg, [cfg.evaluate.output, cfg.multitask.comparison, cfg.multitask.comparison_table], evaluation)
         gate = gate_now(cfg)
         evaluation.metadata.update({"models": result["models"], "skipped": result["skipped"], "gate": gate["reason"]})
         champion = (gate["champion"] or {}).get("primary")
@@ -453,14 +432,14 @@ def comparison_html(result: dict[str, Any], gate: dict[str, Any]) -> str:
 
 @stage_errors
 def run_register(
-    sections: dict[str, Any], dataset: Any, multitask: Any, fusion: Any, evaluation: Any, metrics: Any, card: Any
+    params: str, seed: int, dataset: Any, multitask: Any, fusion: Any, evaluation: Any, metrics: Any, card: Any
 ) -> None:
     """Register the served model (multi-task + fusion) in MLflow; the model card as Markdown."""
     from mlflow.tracking import MlflowClient
 
     from unitask.registry import register
 
-    with workspace(sections) as cfg:
+    with workspace(params, seed, dataset, multitask, fusion, evaluation) as cfg:
         link_dataset(cfg, dataset)
         link_models(cfg, multitask, fusion)
         import_reports(cfg, [evaluation])

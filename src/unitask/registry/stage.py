@@ -33,7 +33,7 @@ def served_folders(cfg: Config) -> dict[str, Path]:
     """{artifact name: model folder} the pyfunc bundles, in routing priority: the multi-task model, then
     (with register.include_fusion and tasks in fusion.tasks) the fusion model."""
     folders = {"multitask": cfg.path(cfg.multitask.output)}
-    if cfg.register.include_fusion and cfg.fusion.tasks:
+    if cfg.register.include_fusion and cfg.fusion_tasks():
         folders["fusion"] = cfg.path(cfg.fusion.output)
     for name, folder in folders.items():
         if not (folder / MANIFEST).is_file():

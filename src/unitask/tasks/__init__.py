@@ -25,6 +25,12 @@ class TaskType:
     label_role: str  # the role that holds the target
 
     @property
+    def is_text(self) -> bool:
+        """True for the text-only types (every type but text+image): what fine-tuning, multi-task
+        training and the LLM train."""
+        return "image" not in self.roles
+
+    @property
     def has_label_set(self) -> bool:
         """True when `labels` in the config lists the allowed label (or tag) values."""
         return self.label_kind in ("categorical", "tags")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unitask.errors import ConfigError
-from unitask.tasks.text import features_dataset
+from unitask.tasks.features import features_dataset
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -44,21 +44,6 @@ class TextTask(Protocol):
         {"label", "scores"}, {"value"}, {"tags", "entities"} or {"answer", "start", "end", "score"}."""
 
 
-def features_dataset(columns: dict[str, list[Any]]) -> Dataset:
-    """The encoded columns as a Dataset, like `Dataset.from_dict` but with a random fingerprint:
-    from_dict hashes the whole table for one, 6 ms for a one-row table against 0.5 ms here (a third of
-    a one-row request to the served model; BENCHMARKS.md, "Serving"), and fingerprints only name
-    datasets' cache files, which unitask never writes."""
-    from datasets import Dataset, Features
-    from datasets.fingerprint import generate_random_fingerprint
-    from datasets.info import DatasetInfo
-    from datasets.table import InMemoryTable
-
-    table = InMemoryTable.from_pydict(dict(columns))
-    info = DatasetInfo(features=Features.from_arrow_schema(table.schema))
-    return Dataset(table, info=info, fingerprint=generate_random_fingerprint())
-
-
 def task_scores(task: TextTask, predictions: Any, features: Dataset, frame: pd.DataFrame) -> dict[str, float]:
     """The task type's metrics for raw model predictions over `features`."""
     from unitask.evaluation.metrics import task_metrics
@@ -80,7 +65,7 @@ def text_task(cfg: Config, name: str) -> TextTask:
     if task.type == "extractive_qa":
         from unitask.tasks.extractive_qa import ExtractiveQATask
 
-        settings = cfg.finetune.for_task(name)
+        settings = cfg.finetune_for(name)
         return ExtractiveQATask(name, task, settings.doc_stride, settings.max_answer_length)
     raise ConfigError(
         f"tasks.{name}: type '{task.type}' is not a text task",

@@ -8,7 +8,7 @@ import numpy as np
 
 from unitask.errors import DataError
 from unitask.evaluation.metrics import entity_spans
-from unitask.tasks.text import features_dataset
+from unitask.tasks.features import features_dataset
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -32,7 +31,9 @@ from unitask.training.trainer import (
     MlflowMetrics,
     UnitaskTrainer,
     is_main_process,
+    resume_point,
     selection_arguments,
+    train_from,
     trainer_arguments,
 )
 
@@ -45,25 +46,11 @@ def scorer(task: TextTask, features: Any, frame: pd.DataFrame) -> Callable[[Any]
     return lambda output: task_scores(task, output.predictions, features, frame)
 
 
-def resume_point(folder: Path, resume: bool) -> str | None:
-    """The last complete checkpoint (its trainer_state.json is written last) to resume from; a run
-    killed while saving leaves a partial one, which is skipped. Without `resume`, old ones are cleared."""
-    if not resume:
-        if is_main_process():
-            shutil.rmtree(folder, ignore_errors=True)
-        return None
-    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    if not complete:
-        print(f"unitask: no checkpoint in {folder}; training from the start", file=sys.stderr)
-        return None
-    return str(max(complete, key=lambda p: int(p.name.rpartition("-")[2])))
-
-
 def training_arguments(cfg: Config, task: TextTask, output_dir: Path, quiet: bool = False) -> Any:
     """`quiet`: no progress bars or printed logs (MLflow still gets them), as in tuning trials."""
     from transformers import TrainingArguments
 
-    ft = cfg.finetune.for_task(task.name)
+    ft = cfg.finetune_for(task.name)
     return TrainingArguments(
         output_dir=str(output_dir),
         disable_tqdm=quiet,
@@ -95,7 +82,7 @@ def build_trainer(cfg: Config, name: str, output_dir: Path, callbacks: list[Any]
     from transformers import EarlyStoppingCallback, PrinterCallback
 
     task = text_task(cfg, name)
-    ft = cfg.finetune.for_task(name)
+    ft = cfg.finetune_for(name)
     model = build_model(cfg, task, dropout=ft.dropout)
     tokenizer = load_tokenizer(cfg)
     frames = {split: read_split(cfg, name, split) for split in SPLITS}
@@ -126,7 +113,7 @@ def build_trainer(cfg: Config, name: str, output_dir: Path, callbacks: list[Any]
 def finetune(cfg: Config, name: str, resume: bool = False) -> dict[str, Any]:
     """Train and evaluate task `name`; return the summary written to reports/finetune/<name>.json."""
     preflight(cfg)  # an unreachable tracking server fails the stage before any work
-    ft = cfg.finetune.for_task(name)
+    ft = cfg.finetune_for(name)
     checkpoints = cfg.path(ft.checkpoints) / name
     last = resume_point(checkpoints, resume)
     fit = build_trainer(cfg, name, checkpoints, [MlflowMetrics()])
@@ -155,7 +142,7 @@ def finetune(cfg: Config, name: str, resume: bool = False) -> dict[str, Any]:
         if main:
             log_datasets(cfg, [name])
         started = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=last)
+        result = train_from(trainer, last)
         seconds = time.perf_counter() - started
         trainer.remove_callback(MlflowMetrics)
         summary: dict[str, Any] = {

@@ -91,20 +91,9 @@ class FusionData:
         }  # fmt: skip
 
 
-def fusion_tasks(cfg: Config) -> list[str]:
-    """The tasks `unitask fusion` trains by default; ConfigError when none is listed."""
-    if not cfg.fusion.tasks:
-        multimodal = [n for n, t in cfg.tasks.items() if t.type == "multimodal_classification"]
-        raise ConfigError(
-            "fusion.tasks: no task to train",
-            hint=f"list multimodal tasks in fusion.tasks (declared: {', '.join(multimodal) or 'none'}) or pass --task",
-        )
-    return list(cfg.fusion.tasks)
-
-
 def multimodal_labels(cfg: Config, name: str) -> list[str]:
     task = cfg.task(name)
-    if task.type != "multimodal_classification":
+    if task.is_text:
         raise ConfigError(
             f"tasks.{name}: type '{task.type}' is not multimodal_classification",
             hint="fusion trains text+image tasks; fine-tune text tasks with `unitask finetune`",

@@ -3,7 +3,8 @@ is on, which also holds a model first built from `model.backbone_config`) or, fo
 pretraining, straight from that config.
 
 The checks here turn the usual loading failures into errors that say what to fix: a folder without
-weights, a head trained for a different label set, a sequence length beyond the model's positions.
+weights or with pickled (*.bin) weights only, a head trained for a different label set, a sequence
+length beyond the model's positions. Weights load only from safetensors (`use_safetensors=True`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from unitask.errors import ConfigError
 from unitask.models.backbone import encoder_path
 from unitask.tasks.text import TextTask
 
-WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+SAFE_WEIGHTS = ("*.safetensors", "*.safetensors.index.json")
+PICKLED_WEIGHTS = ("*.bin", "*.bin.index.json", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 # dropout settings of transformers configs (BERT/RoBERTa/ELECTRA, DistilBERT, GPT-2, T5, DeBERTa):
 # `finetune.dropout` sets every one the model's config has
 DROPOUT_FIELDS = (
@@ -65,13 +67,26 @@ def check_head(model_config: Any, task: TextTask, source: str) -> None:
 
 
 def check_weights(path: str) -> None:
+    """A model folder must hold safetensors weights. Pickled ones (PyTorch *.bin...) are refused, not
+    read: unpickling a file can run code in it. Hub ids are not folders; `use_safetensors=True`
+    makes transformers refuse their pickled weights."""
     folder = Path(path)
-    if folder.is_dir() and not any(next(folder.glob(p), None) for p in WEIGHT_FILES):
+    if not folder.is_dir() or any(next(folder.glob(p), None) for p in SAFE_WEIGHTS):
+        return
+    pickled = sorted(f for p in PICKLED_WEIGHTS for f in folder.glob(p))
+    if pickled:
         raise ConfigError(
-            f"{folder}: a model folder without weights (no *.safetensors or *.bin)",
-            hint="point model.backbone (or pretrain.output) at a folder saved with save_pretrained, "
-            "or set model.backbone_config to train from scratch",
+            f"{pickled[0]}: weights stored as a pickle; unitask loads weights only from safetensors files, "
+            "since unpickling can run code",
+            hint="get the model's model.safetensors instead (hub models have one), or, if you trust the file, "
+            "convert it once: `transformers.AutoModel.from_pretrained(folder).save_pretrained(folder)` "
+            "writes model.safetensors",
         )
+    raise ConfigError(
+        f"{folder}: a model folder without weights (no *.safetensors)",
+        hint="point model.backbone (or pretrain.output) at a folder saved with save_pretrained, "
+        "or set model.backbone_config to train from scratch",
+    )
 
 
 def dropout_kwargs(model_config: Any, dropout: float | None) -> dict[str, float]:
@@ -131,7 +146,7 @@ def _build(cfg: Config, auto: Any, kwargs: dict[str, Any], task: TextTask | None
     kwargs = {**kwargs, **dropout_kwargs(model_config, dropout)}
     transformers.set_seed(cfg.seed)
     try:
-        return auto.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code, **kwargs)
+        return auto.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code, use_safetensors=True, **kwargs)
     except OSError as exc:
         raise ConfigError(
             f"model.backbone: cannot load weights from {path}: {exc}", hint="save the model again with save_pretrained"

@@ -7,11 +7,14 @@ validation split at each evaluation; the checkpoint with the best mean of the ta
 (SQuAD's percentages scaled to 0-1) is kept. The stage writes the model folder (one encoder, a head
 per task: `unitask predict` answers every task from it), `reports/multitask.json` with validation
 and test metrics per task, test predictions per task, and one MLflow run.
+
+Under `torchrun --nproc_per_node=N` every process trains (DDP) and only rank 0 writes: all ranks
+draw the same task for a step and each takes its shard of that task's global batch
+(`multitask.batch_size` rows per process, as in `unitask finetune`).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections import defaultdict
@@ -32,14 +35,16 @@ from unitask.models.backbone import load_tokenizer
 from unitask.models.multitask import HeadSpec, MultitaskModel, save_multitask
 from unitask.tasks.text import TextTask, read_split, text_task
 from unitask.tracking import flatten, log_datasets, log_trained_model, stage_run
-from unitask.training.finetune import resume_point
+from unitask.training.distributed import same_on_every_rank
 from unitask.training.model import build_encoder
 from unitask.training.sampling import TaskBatchSampler, steps_per_epoch, task_probabilities
 from unitask.training.trainer import (
     MlflowMetrics,
     UnitaskTrainer,
     is_main_process,
+    resume_point,
     selection_arguments,
+    train_from,
     trainer_arguments,
 )
 from unitask.training.weighting import LossWeighting, make_weighting
@@ -91,7 +96,8 @@ def model_rows(features: Any, keep: tuple[str, ...]) -> list[dict[str, Any]]:
 
 class WeightedModel(nn.Module):
     """What Trainer trains: the multi-task model and the loss weighting (whose learned log-variances
-    the optimizer updates and checkpoints save). In training, the task's loss is weighted."""
+    the optimizer updates and checkpoints save). In training, the task's loss is weighted, after
+    scaling by `loss_scale` (under DDP: this rank's share of the step's loss items, see `shard_share`)."""
 
     def __init__(self, model: MultitaskModel, weighting: LossWeighting) -> None:
         super().__init__()
@@ -107,10 +113,12 @@ class WeightedModel(nn.Module):
         labels: torch.Tensor | None = None,
         start_positions: torch.Tensor | None = None,
         end_positions: torch.Tensor | None = None,
+        loss_scale: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         out = self.model(task_id, input_ids, attention_mask, token_type_ids, labels, start_positions, end_positions)
         if self.training and "loss" in out:
-            out = {**out, "raw_loss": out["loss"].detach(), "loss": self.weighting(int(task_id.reshape(-1)[0]), out["loss"])}
+            loss = out["loss"] if loss_scale is None else out["loss"] * loss_scale
+            out = {**out, "raw_loss": loss.detach(), "loss": self.weighting(int(task_id.reshape(-1)[0]), loss)}
         return out
 
 
@@ -130,6 +138,16 @@ class MultitaskTrainer(UnitaskTrainer):
 
     # training batches: one task each, drawn by the sampler
     def get_train_dataloader(self) -> DataLoader:
+        """The sampler's batches as they are: under DDP it already yields this rank's shard of each
+        global batch, which accelerate's own sharding (every N-th batch to each rank, short batches
+        dropped) must not split again; hence `num_processes=1` here."""
+        from accelerate.data_loader import prepare_data_loader
+
+        same_on_every_rank(
+            self.batch_sampler.fingerprint(),
+            "multitask: the task batches (rows, sampler settings, seed)",
+            hint="every process must read the same params.yaml and prepared data, or the ranks train different tasks in a step",
+        )
         loader = DataLoader(
             self.train_dataset,
             batch_sampler=self.batch_sampler,
@@ -137,7 +155,8 @@ class MultitaskTrainer(UnitaskTrainer):
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
         )
-        return self.accelerator.prepare(loader)
+        return prepare_data_loader(loader, self.args.device, num_processes=1, process_index=0,
+                                   put_on_device=self.accelerator.device_placement)
 
     def create_optimizer(self, model: Any = None) -> Any:
         optimizer = super().create_optimizer(model)
@@ -154,16 +173,37 @@ class MultitaskTrainer(UnitaskTrainer):
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
+        name = list(self.tasks)[int(inputs["task_id"].reshape(-1)[0])]
+        if model.training and self.args.world_size > 1:
+            inputs = {**inputs, "loss_scale": self.shard_share(name, inputs)}
         outputs = model(**inputs)
         if "raw_loss" in outputs:
-            name = list(self.tasks)[int(inputs["task_id"].reshape(-1)[0])]
             self._task_loss[name].append(float(outputs["raw_loss"]))
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
+    def shard_share(self, name: str, inputs: dict[str, Any]) -> torch.Tensor:
+        """This rank's loss items (labelled tokens for a token task, rows otherwise) over the mean per
+        rank. A head's loss is a mean over its batch's items, and DDP averages the ranks' gradients:
+        scaled by this share, that average is the gradient of the global batch's mean loss, as one
+        process computes it, also where shards differ in size."""
+        labels = inputs.get("labels")
+        if self.tasks[name].type == "token_classification" and labels is not None:
+            items = labels.ne(-100).sum()
+        else:
+            items = torch.tensor(len(inputs["input_ids"]))
+        items = items.to(self.args.device, torch.float32)
+        total = self.accelerator.reduce(items.clone(), reduction="sum")
+        return items * self.args.world_size / total.clamp(min=1)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Training logs also get each task's mean loss (unweighted) since the last log."""
+        """Training logs also get each task's mean loss (unweighted, over every rank) since the last
+        log. Every rank logs a training loss at the same steps, and drew the same tasks."""
         if "loss" in logs and self._task_loss:
-            logs = {**logs, **{f"loss_{n}": sum(v) / len(v) for n, v in self._task_loss.items() if v}}
+            names = [n for n in self.tasks if self._task_loss.get(n)]
+            sums = torch.tensor([sum(self._task_loss[n]) for n in names], dtype=torch.float64, device=self.args.device)
+            if self.args.world_size > 1:
+                sums = self.accelerator.reduce(sums, reduction="mean")
+            logs = {**logs, **{f"loss_{n}": s / len(self._task_loss[n]) for n, s in zip(names, sums.tolist())}}
             self._task_loss.clear()
         super().log(logs, start_time)
 
@@ -207,11 +247,6 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
     mt = cfg.multitask
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError(
-            "multitask: runs in one process (each step trains one task's head, so DDP processes would disagree)",
-            hint="run `unitask multitask` without torchrun; one GPU, or the CPU, trains it",
-        )
     names = cfg.multitask_tasks()
     if not names:
         raise ConfigError("multitask: no text tasks to train", hint="declare text tasks, or list them in multitask.tasks")
@@ -229,26 +264,6 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
         name: {split: tasks[name].encode(frames[name][split], tokenizer, cfg.model.max_length) for split in SPLITS}
         for name in names
     }
-    sizes = {name: len(features[name]["train"]) for name in names}
-    probabilities = task_probabilities(sizes, mt.sampler, mt.temperature, mt.size_cap, mt.rates)
-    steps = mt.steps_per_epoch or steps_per_epoch(list(sizes.values()), mt.batch_size)
-    sampler = TaskBatchSampler(
-        [[len(ids) for ids in features[name]["train"]["input_ids"]] for name in names],
-        mt.batch_size, [probabilities[n] for n in names], steps, cfg.seed, round_robin=mt.sampler == "round_robin",
-    )
-
-    encoder = build_encoder(cfg)
-    set_seed(cfg.seed)
-    model = MultitaskModel(encoder, {name: HeadSpec(task.type, task.num_labels()) for name, task in tasks.items()})
-    weighting = make_weighting(mt.weighting, names, mt.weights, mt.dwa_temperature)
-    train_set = TaskRows([(i, model_rows(features[n]["train"], INPUTS + TARGETS)) for i, n in enumerate(names)])
-    evaluation = {
-        name: {
-            split: (TaskRows([(i, model_rows(features[name][split], INPUTS))]), features[name][split], frames[name][split])
-            for split in ("validation", "test")
-        }
-        for i, name in enumerate(names)
-    }
     checkpoints = cfg.path(mt.checkpoints)
     last = resume_point(checkpoints, resume)
     args = TrainingArguments(
@@ -257,7 +272,34 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
         **selection_arguments(mt, cfg.seed, MEAN),
         remove_unused_columns=False,
         label_names=[],
+        # a step trains one task's head: the other heads get no gradient. DDP must find them
+        # (their .grad stays None, so AdamW leaves them be, as in one process); a zero-loss term
+        # on them would give zero gradients that AdamW's momentum and decay still apply
+        ddp_find_unused_parameters=True,
     )
+    sizes = {name: len(features[name]["train"]) for name in names}
+    rates = {name: cfg.tasks[name].multitask.rate for name in names}
+    probabilities = task_probabilities(sizes, mt.sampler, mt.temperature, mt.size_cap, rates)
+    global_batch = mt.batch_size * args.world_size
+    steps = mt.steps_per_epoch or steps_per_epoch(list(sizes.values()), global_batch)
+    sampler = TaskBatchSampler(
+        [[len(ids) for ids in features[name]["train"]["input_ids"]] for name in names],
+        global_batch, [probabilities[n] for n in names], steps, cfg.seed, round_robin=mt.sampler == "round_robin",
+        rank=args.process_index, world_size=args.world_size,
+    )
+
+    encoder = build_encoder(cfg)
+    set_seed(cfg.seed)
+    model = MultitaskModel(encoder, {name: HeadSpec(task.type, task.num_labels()) for name, task in tasks.items()})
+    weighting = make_weighting(mt.weighting, names, {n: cfg.tasks[n].multitask.weight for n in names}, mt.dwa_temperature)
+    train_set = TaskRows([(i, model_rows(features[n]["train"], INPUTS + TARGETS)) for i, n in enumerate(names)])
+    evaluation = {
+        name: {
+            split: (TaskRows([(i, model_rows(features[name][split], INPUTS))]), features[name][split], frames[name][split])
+            for split in ("validation", "test")
+        }
+        for i, name in enumerate(names)
+    }
     callbacks: list[Any] = [MlflowMetrics(), WeightingEpochs(weighting)]
     if mt.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=mt.early_stopping_patience))
@@ -282,18 +324,19 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
         "max_length": cfg.model.max_length,
         "bf16": args.bf16,
         "steps_per_epoch": steps,
+        "world_size": args.world_size,
         "resumed_from": last or "",
         **{f"train_features.{n}": size for n, size in sizes.items()},
         **{f"sampling.{n}": round(p, 6) for n, p in probabilities.items()},
-        **flatten("multitask", mt.model_dump(exclude={"tasks", "weights", "rates"})),
-        **{f"multitask.{field}.{n}": v for field in ("weights", "rates") for n, v in getattr(mt, field).items()},
+        **flatten("multitask", mt.model_dump(exclude={"tasks"})),
+        **{f"multitask.{field}.{n}": v for n in names for field, v in cfg.tasks[n].multitask.model_dump().items()},
     }
     main = is_main_process()
     with stage_run(cfg, "multitask", params=params) if main else nullcontext() as run:
         if main:
             log_datasets(cfg, names)
         started = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=last)
+        result = train_from(trainer, last)
         seconds = time.perf_counter() - started
         trainer.remove_callback(MlflowMetrics)
         micro_batches = _micro_batches(trainer.state.global_step, steps, args.gradient_accumulation_steps)
@@ -304,13 +347,14 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
             "main_metrics": {n: tasks[n].main_metric for n in names},
             "encoder": encoder_name,
             "sampler": {"name": mt.sampler, "temperature": mt.temperature, "size_cap": mt.size_cap,
-                        "rates": mt.rates, "probabilities": probabilities},
+                        "rates": rates, "probabilities": probabilities},
             "weighting": {"name": mt.weighting, "final_weights": weighting.weights()},
             "train": {
                 "loss": result.training_loss,
                 "steps": trainer.state.global_step,
                 "epochs": trainer.state.epoch,
                 "steps_per_epoch": steps,
+                "world_size": args.world_size,
                 "best_step": trainer.state.best_global_step,
                 "seconds": round(seconds, 1),
                 "examples": sizes,

@@ -5,6 +5,10 @@ validation and test text never enter it. `pretrain.corpus` names a separate corp
 share of the corpus is held out, masked once, and scored before and after training (perplexity =
 exp(mean held-out loss)). The encoder, without its LM head, is saved as safetensors with its
 tokenizer to `pretrain.output`; fine-tuning starts from there (`encoder_path`).
+
+Under `torchrun --nproc_per_node=N` every process trains (DDP) on its share of each global batch
+(`pretrain.batch_size` rows per process), the loss is the mean over the global batch's tokens, and
+only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -29,8 +33,16 @@ from unitask.errors import ConfigError, DataError, UnitaskError
 from unitask.models.backbone import backbone_path, load_tokenizer
 from unitask.tasks import TEXT_ROLES
 from unitask.tasks.text import read_split
+from unitask.training.model import check_weights
 from unitask.tracking import log_datasets, log_trained_model, preflight, stage_run
-from unitask.training.trainer import MlflowMetrics, is_main_process, trainer_arguments
+from unitask.training.trainer import (
+    MlflowMetrics,
+    UnitaskTrainer,
+    is_main_process,
+    resume_point,
+    train_from,
+    trainer_arguments,
+)
 
 MIN_TEXTS = 2  # one to train on, one to hold out
 
@@ -45,8 +57,7 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
         return skip(cfg)
     preflight(cfg)  # an unreachable tracking server fails the stage before any work
     import mlflow
-    from transformers import Trainer, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers import set_seed
 
     p = cfg.pretrain
     started = time.monotonic()
@@ -60,14 +71,15 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
     heldout_set = _masked_once(cfg, tokenizer, _tokenize(tokenizer, heldout_texts, max_length))
 
     checkpoints = cfg.path(p.checkpoints)
-    last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
-    if not resume:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    trainer = Trainer(
-        model=model,
-        args=_training_args(cfg, checkpoints),
+    last = resume_point(checkpoints, resume)
+    args = _training_args(cfg, checkpoints)
+    trainer = UnitaskTrainer(  # its epoch-seeded, length-grouped batches: the same examples per step for N processes
+        model=model,  # as for one, and the same batches after a resume
+        args=args,
+        # masks seeded by their rows (EpochMaskSeeds): fresh each epoch, the same after a resume, and
+        # different on each process, whose rows differ
         data_collator=_Collator(tokenizer, p.objective, p.mlm_probability, cfg.seed),
-        train_dataset=train_set,
+        train_dataset=EpochMaskSeeds(train_set, cfg.seed),
         eval_dataset=heldout_set,
         processing_class=tokenizer,
         callbacks=[MlflowMetrics()],
@@ -83,8 +95,8 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
     with stage_run(cfg, "pretrain", params=params) if main else nullcontext():
         if main and cfg.pretrain.corpus is None:  # the train splits of the tasks (gather_corpus)
             log_datasets(cfg, cfg.pretrain.tasks or list(cfg.tasks), splits=("train",))
-        before = trainer.evaluate(metric_key_prefix="heldout_before")["heldout_before_loss"]
-        result = trainer.train(resume_from_checkpoint=last)
+        result = train_from(trainer, last)
+        before = _initial_loss(trainer.state.log_history)
         after = trainer.evaluate(metric_key_prefix="heldout_after")["heldout_after_loss"]
         metrics = {
             "objective": p.objective,
@@ -254,7 +266,8 @@ def load_lm(cfg: Config, tokenizer):
                 )
             return auto.from_config(AutoConfig.for_model(**spec))
         source = backbone_path(cfg)
-        return auto.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
+        check_weights(source)
+        return auto.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code, use_safetensors=True)
     except (OSError, ValueError, TypeError) as exc:
         head = "masked-LM" if cfg.pretrain.objective == "mlm" else "causal-LM"
         if "Unrecognized configuration class" in str(exc):
@@ -265,7 +278,7 @@ def load_lm(cfg: Config, tokenizer):
             ) from None
         raise ConfigError(
             f"model: cannot build a {head} model from '{cfg.model.backbone}': {exc}",
-            hint="model.backbone needs config.json and weights (model.safetensors or pytorch_model.bin)",
+            hint="model.backbone needs config.json and weights (model.safetensors)",
         ) from None
 
 
@@ -289,7 +302,9 @@ def save_encoder(cfg: Config, lm, tokenizer) -> Path:
     from transformers import AutoModel
 
     if cfg.model.backbone_config is None:
-        encoder = AutoModel.from_pretrained(backbone_path(cfg), trust_remote_code=cfg.model.trust_remote_code)
+        encoder = AutoModel.from_pretrained(
+            backbone_path(cfg), trust_remote_code=cfg.model.trust_remote_code, use_safetensors=True
+        )
     else:
         encoder = AutoModel.from_config(lm.config)
     missing, unexpected = encoder.load_state_dict(lm.base_model.state_dict(), strict=False)
@@ -329,8 +344,31 @@ def _lm_collator(tokenizer, objective: str, mlm_probability: float, seed: int):
     )
 
 
+class EpochMaskSeeds:
+    """Training rows, each with a masking seed drawn from (seed, epoch, row): masks are fresh every
+    epoch and the same after a mid-epoch resume (a collator's own generator restarts from its seed,
+    and Trainer restores the global RNG only after the first resumed batch is collated).
+    `set_epoch` is called by `UnitaskTrainer`'s sampler."""
+
+    def __init__(self, rows: Any, seed: int) -> None:
+        self.rows, self.seed, self.epoch = rows, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.rows[index], MASK_SEED: ((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index) % 2**63}
+
+
+MASK_SEED = "mask_seed"
+
+
 class _Collator:
-    """Masks training batches afresh; pads held-out batches, whose labels are already fixed."""
+    """Masks training batches afresh, seeded by their rows' `MASK_SEED`s; pads held-out batches,
+    whose labels are already fixed."""
 
     def __init__(self, tokenizer, objective: str, mlm_probability: float, seed: int) -> None:
         from transformers import DataCollatorForSeq2Seq
@@ -339,7 +377,11 @@ class _Collator:
         self.heldout = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        return self.heldout(features) if "labels" in features[0] else self.train(features)
+        if "labels" in features[0]:
+            return self.heldout(features)
+        self.train.seed = sum(f[MASK_SEED] for f in features) % 2**63
+        self.train.generator = None  # made again from `seed` by the collator
+        return self.train([{k: v for k, v in f.items() if k != MASK_SEED} for f in features])
 
 
 def _training_args(cfg: Config, checkpoints: Path):
@@ -347,13 +389,28 @@ def _training_args(cfg: Config, checkpoints: Path):
 
     return TrainingArguments(
         output_dir=str(checkpoints),
-        **trainer_arguments(cfg.pretrain, cfg.seed),
+        **{
+            **trainer_arguments(cfg.pretrain, cfg.seed),
+            # the LM loss is a mean over the labelled tokens: of the global batch, not of each process's
+            # share (the LM heads take Trainer's `num_items_in_batch`)
+            "average_tokens_across_devices": True,
+        },
         eval_strategy="no",
+        eval_on_start=True,  # the held-out loss before training (see `_initial_loss`)
         save_strategy="steps",
         save_steps=cfg.pretrain.save_steps,
         save_total_limit=1,
         prediction_loss_only=True,
+        remove_unused_columns=False,  # the collator reads, and drops, each row's MASK_SEED
     )
+
+
+def _initial_loss(log_history: list[dict[str, Any]]) -> float:
+    """The held-out loss of the model before training. Trainer scores it at step 0 inside train()
+    (`eval_on_start`), once DDP has wrapped the model: a Trainer.evaluate before train() marks the
+    model prepared, so that train() leaves it unwrapped and every process trains alone. A resumed
+    run finds the step-0 score in the checkpoint's log history."""
+    return next(h["eval_loss"] for h in log_history if "eval_loss" in h and h["step"] == 0)
 
 
 def _perplexity(loss: float) -> float:

@@ -13,12 +13,16 @@ that needs more passes than its size earns it (proportional, temperature, unifor
 
 `TaskBatchSampler` draws an epoch's batches: the task sequence from (seed, epoch), and within each
 task length-grouped batches from a reshuffled pass over its rows whenever the previous pass is used
-up, so small tasks repeat and large ones are partly seen, as the sampler wants.
+up, so small tasks repeat and large ones are partly seen, as the sampler wants. Under DDP every
+rank draws the same global batches (nothing but (seed, epoch) decides them) and takes its shard of
+each: all ranks train the same task in a step, on the rows one process would see.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 from collections.abc import Iterator, Sequence
 
@@ -47,7 +51,7 @@ def task_probabilities(
     rates = rates or {}
     unknown = sorted(set(rates) - set(names))
     if unknown:
-        raise ConfigError(f"multitask.rates: {unknown} are not among the trained tasks {names}", hint="name tasks of multitask.tasks")
+        raise ConfigError(f"rates: {unknown} are not among the trained tasks {names}", hint="give rates of the trained tasks only")
     counts = np.array([1.0 if sampler in ("uniform", "round_robin") else sizes[n] for n in names], dtype=float)
     if sampler == "temperature":
         if cap is not None:
@@ -62,10 +66,19 @@ def steps_per_epoch(sizes: Sequence[int], batch_size: int) -> int:
     return sum(math.ceil(n / batch_size) for n in sizes)
 
 
+def shard(batch: list[int], rank: int, world_size: int) -> list[int]:
+    """Rank `rank`'s contiguous share of a global batch (sizes differ by at most one row). A batch
+    with fewer rows than ranks is first repeated cyclically, so that every rank gets a row."""
+    if len(batch) < world_size:
+        batch = [batch[i % len(batch)] for i in range(world_size)]
+    return batch[len(batch) * rank // world_size : len(batch) * (rank + 1) // world_size]
+
+
 class TaskBatchSampler(Sampler[list[int]]):
     """Batches of indices into the tasks' rows laid end to end (task k's rows start at
     `sum(lengths[:k])`), each batch from one task. Deterministic given (seed, epoch), so a resumed run
-    that skips the first batches of an epoch sees the same ones as an uninterrupted run."""
+    that skips the first batches of an epoch sees the same ones as an uninterrupted run.
+    `batch_size` is the global batch; with `world_size` > 1, rank `rank` yields its shard of each."""
 
     def __init__(
         self,
@@ -75,7 +88,11 @@ class TaskBatchSampler(Sampler[list[int]]):
         steps: int,
         seed: int,
         round_robin: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not among the {world_size} processes")
         if any(len(task) == 0 for task in lengths):
             raise ValueError("every task needs at least one row")
         self.lengths = [list(task) for task in lengths]
@@ -84,6 +101,8 @@ class TaskBatchSampler(Sampler[list[int]]):
         self.steps = steps
         self.seed = seed
         self.round_robin = round_robin
+        self.rank = rank
+        self.world_size = world_size
         self.offsets = np.cumsum([0, *(len(task) for task in self.lengths)])[:-1].tolist()
         self.epoch = 0
 
@@ -113,13 +132,24 @@ class TaskBatchSampler(Sampler[list[int]]):
             for start in range(0, n, self.batch_size):
                 yield [offset + i for i in order[start : start + self.batch_size]]
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def global_batches(self) -> Iterator[list[int]]:
+        """The epoch's batches of every rank together, as one process would draw them."""
         streams = [self._batches(task) for task in range(len(self.lengths))]
         for task in self.task_sequence():
             yield next(streams[task])
 
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches():
+            yield shard(batch, self.rank, self.world_size)
+
+    def fingerprint(self) -> str:
+        """What decides the batches (rows' lengths, batch size, shares, steps, seed, epoch): equal on
+        every DDP rank, or the ranks would train different tasks in one step."""
+        spec = [self.lengths, self.batch_size, self.probabilities.tolist(), self.steps, self.seed, self.round_robin, self.epoch]
+        return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
+
     def examples_seen(self, batches: int) -> list[int]:
-        """Rows drawn per task in the first `batches` batches of training (epochs 0, 1, ...)."""
+        """Rows drawn per task (by all ranks) in the first `batches` batches of training (epochs 0, 1, ...)."""
         seen = [0] * len(self.lengths)
         epoch = self.epoch
         try:
@@ -127,7 +157,7 @@ class TaskBatchSampler(Sampler[list[int]]):
                 if batches <= 0:
                     break
                 self.set_epoch(e)
-                for batch in itertools.islice(iter(self), min(batches, self.steps)):
+                for batch in itertools.islice(self.global_batches(), min(batches, self.steps)):
                     seen[self.task_of(batch[0])] += len(batch)
                 batches -= self.steps
         finally:

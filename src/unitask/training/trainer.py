@@ -1,10 +1,17 @@
-"""Pieces every training stage shares: device and precision choice, process rank, an MLflow callback
-that logs into the stage's own run, and a Trainer with reproducible length-grouped batches."""
+"""Pieces every training stage shares: device and precision choice, process rank, the resume rule
+(`resume_point`, `train_from`), an MLflow callback that logs into the stage's own run, and a Trainer
+with reproducible length-grouped batches."""
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import shutil
+import sys
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,7 +20,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from unitask.config import TrainSettings
-from unitask.errors import ConfigError
+from unitask.errors import ConfigError, UnitaskError
 
 
 def is_main_process() -> bool:
@@ -28,6 +35,93 @@ def use_bf16(setting: bool | str) -> bool:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+# ---- the resume rule, for every stage that checkpoints with Trainer ------------------------------
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """The step of a `checkpoint-<step>` folder, or None for any other name."""
+    prefix, _, step = folder.name.rpartition("-")
+    return int(step) if prefix == "checkpoint" and step.isdigit() else None
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    """Whether Trainer finished saving `folder`. Trainer writes trainer_state.json last, so a kill
+    while saving leaves a folder without it; a file cut short by a crash of the machine fails the
+    other checks: trainer_state.json is JSON naming the folder's step, every safetensors file has a
+    whole header and data, and every torch file (optimizer.pt, rng_state.pth...) its zip directory."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or state.get("global_step") != checkpoint_step(folder):
+            return False
+        for weights in folder.glob("*.safetensors"):
+            with safe_open(str(weights), framework="pt"):
+                pass
+        return all(zipfile.is_zipfile(f) for f in (*folder.glob("*.pt"), *folder.glob("*.pth")))
+    except (OSError, ValueError, SafetensorError):  # ValueError covers bad JSON and UTF-8
+        return False
+
+
+def resume_point(folder: Path, resume: bool) -> str | None:
+    """The checkpoint a stage continues from: the one rule every training stage follows.
+
+    `folder` holds the stage's Trainer checkpoints (`TrainingArguments.output_dir`). Without `resume`
+    the folder is cleared (a fresh run) and None is returned. With `resume`, the newest checkpoint
+    that `is_complete_checkpoint` accepts is returned; newer, half-written ones (a kill while saving)
+    are deleted, so that Trainer's own rotation and the next save do not meet them. None (and a note
+    on stderr) when no complete checkpoint exists: training starts from the beginning. Only the main
+    process deletes. Pass the result to `train_from`.
+    """
+    main = is_main_process()
+    if not resume:
+        if main:
+            shutil.rmtree(folder, ignore_errors=True)
+        return None
+    found = sorted((p for p in folder.glob("checkpoint-*") if checkpoint_step(p) is not None), key=checkpoint_step)
+    while found and not is_complete_checkpoint(found[-1]):
+        partial = found.pop()
+        print(f"unitask: {partial} was not completely saved; skipping it", file=sys.stderr)
+        if main:
+            shutil.rmtree(partial, ignore_errors=True)
+    if not found:
+        print(f"unitask: no complete checkpoint in {folder}; training from the start", file=sys.stderr)
+        return None
+    return str(found[-1])
+
+
+def train_from(trainer: Trainer, checkpoint: str | None) -> Any:
+    """`trainer.train(resume_from_checkpoint=checkpoint)`, with a checkpoint that holds anything but
+    tensors refused cleanly. Trainer reads optimizer.pt, scheduler.pt and rng_state.pth with
+    `torch.load(weights_only=True)`, whose unpickler refuses every class outside torch's allowlist
+    before building it, so a planted pickle payload never runs; this names the file in a UnitaskError."""
+    try:
+        return trainer.train(resume_from_checkpoint=checkpoint)
+    except pickle.UnpicklingError as exc:
+        if checkpoint is None:
+            raise
+        refused = ", ".join(f.name for f in unsafe_torch_files(Path(checkpoint))) or "a torch file"
+        raise UnitaskError(
+            f"{checkpoint}: {refused} holds pickled objects other than tensors; it was not loaded "
+            f"({str(exc).splitlines()[0]})",
+            hint=f"delete {checkpoint} (or run without --resume) unless you know who wrote it",
+        ) from None
+
+
+def unsafe_torch_files(folder: Path) -> list[Path]:
+    """The torch files in `folder` that `torch.load(weights_only=True)` refuses (as Trainer loads them)."""
+    from transformers.trainer_pt_utils import safe_globals
+
+    refused = []
+    for path in sorted((*folder.glob("*.pt"), *folder.glob("*.pth"))):
+        try:
+            with safe_globals():
+                torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            refused.append(path)
+    return refused
 
 
 def trainer_arguments(settings: TrainSettings, seed: int) -> dict[str, Any]:

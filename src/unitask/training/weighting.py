@@ -1,7 +1,7 @@
 """Loss weighting for multi-task training: one task's batch loss in, the loss to back-propagate out.
 
 - equal: L_i;
-- static: w_i * L_i with `multitask.weights` (a task left out weighs 1);
+- static: w_i * L_i with each task's `tasks.<task>.multitask.weight` (default 1);
 - uncertainty (Kendall et al. 2018, as LibMTL's UW): L_i / (2 exp(s_i)) + s_i / 2 with a learned
   log-variance s_i per task (starting at 0), so a task whose loss stays high is weighted down, and
   the s_i / 2 term keeps the weights from collapsing to 0;
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from unitask.errors import ConfigError
+from unitask.training.distributed import global_mean
 
 WEIGHTINGS = ("equal", "static", "uncertainty", "dwa")
 
@@ -86,7 +87,9 @@ class DynamicWeightAverage(LossWeighting):
 
     def forward(self, task: int, loss: torch.Tensor) -> torch.Tensor:
         if self.training:
-            self.loss_sum[task] += loss.detach().double()
+            # the global batch's loss (all ranks train task `task` in this step): the same history
+            # on every rank and in a checkpoint, as in one process
+            self.loss_sum[task] += global_mean(loss.detach().double())
             self.loss_count[task] += 1
         return self.task_weights[task] * loss
 

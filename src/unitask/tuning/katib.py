@@ -13,10 +13,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from unitask.atomic import atomic_file
 from unitask.config import Config
+from unitask.kubeflow.schemas import dump_yaml
 from unitask.config.tune import SearchRange, integer_key
 
 CONTAINER = "training-container"
@@ -49,31 +48,28 @@ def feasible_space(key: str, space: SearchRange) -> dict[str, Any]:
     return {"parameterType": "double", "feasibleSpace": {**bounds, **({"distribution": "logUniform"} if space.log else {})}}
 
 
-def _container(cfg: Config, name: str) -> dict[str, Any]:
+def _trial_args(cfg: Config, name: str) -> list[str]:
+    """`finetune --task NAME --set ...`: the trial's call after `unitask`, its values Katib's placeholders."""
     from unitask.tuning.search import task_overrides
 
-    settings, kf = cfg.tune.katib, cfg.kubeflow
     values = {**cfg.tune.budget, **{key: f"${{trialParameters.{camel(key)}}}" for key in cfg.tune.space}}
-    command = ["unitask", "finetune", "--task", name]
+    args = ["finetune", "--task", name]
     for item in [*trial_paths(), *task_overrides(name, values)]:
-        command += ["--set", item]
-    env = [
-        {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key, "optional": secret.optional}}}
-        for secret in (kf.mlflow_secret, kf.s3_secret) if secret is not None
-        for key, variable in secret.keys.items()
-    ]  # fmt: skip
-    stage = kf.stages.finetune
-    limits = {k: v for k, v in (("cpu", stage.cpu_limit), ("memory", stage.memory_limit)) if v}
-    if stage.gpus:
-        limits[kf.accelerator_type] = str(stage.gpus)
-    resources = {"requests": {"cpu": stage.cpu, "memory": stage.memory}, **({"limits": limits} if limits else {})}
+        args += ["--set", item]
+    return args
+
+
+def _container(cfg: Config, name: str) -> dict[str, Any]:
+    from unitask.kubeflow.jobs import resources, secret_env
+
+    settings, kf = cfg.tune.katib, cfg.kubeflow
     return {
         "name": CONTAINER,
         "image": kf.image_ref,
-        "command": command,
+        "command": ["unitask", *_trial_args(cfg, name)],
         "workingDir": settings.mount_path,
-        "env": env,
-        "resources": resources,
+        "env": secret_env(kf),
+        "resources": resources(kf, "finetune"),
         "volumeMounts": [{"name": "workspace", "mountPath": settings.mount_path}],
     }
 
@@ -85,20 +81,44 @@ def trial_paths() -> list[str]:
             f"paths.reports=reports/tune/trials/{trial}"]  # fmt: skip
 
 
-def experiment(cfg: Config, name: str, metric: str) -> dict[str, Any]:
-    """The Experiment (kubeflow.org/v1beta1) for tuning task `name` on validation `metric`."""
-    tune, kf = cfg.tune, cfg.kubeflow
+# A trial that is a distributed job (kubeflow.stages.finetune.nodes x procs_per_node > 1): Katib's
+# defaults for these kinds (pkg/apis/controller/experiments/v1beta1/constants.go), spelled out
+DISTRIBUTED_TRIALS = {
+    "trainjob": {"primaryContainerName": "node", "successCondition": 'status.conditions.#(type=="Complete")#|#(status=="True")#',
+                 "primaryPodLabels": {"jobset.sigs.k8s.io/replicatedjob-name": "node", "batch.kubernetes.io/job-completion-index": "0"}},
+    "pytorchjob": {"primaryContainerName": "pytorch", "successCondition": 'status.conditions.#(type=="Succeeded")#|#(status=="True")#',
+                   "primaryPodLabels": {"training.kubeflow.org/job-role": "master"}},
+}  # fmt: skip
+
+
+def _trial_template(cfg: Config, name: str) -> dict[str, Any]:
+    """How Katib runs one trial: a batch/v1 Job in one pod, or, for a distributed fine-tune, the same
+    TrainJob/PyTorchJob a pipeline would launch (Katib's katib-config must list the kind in trialResources)."""
+    from unitask.kubeflow.jobs import gpu_placement, job_manifest
+
+    kf, settings = cfg.kubeflow, cfg.tune.katib
+    if kf.stages.finetune.distributed:
+        args = [*_trial_args(cfg, name), "--params", f"{settings.mount_path}/params.yaml"]
+        job = job_manifest(cfg, "finetune", args, name="", workspace=(settings.workspace_pvc, settings.mount_path))
+        del job["metadata"]  # Katib names each trial's job
+        return {**DISTRIBUTED_TRIALS[kf.job_kind], "failureCondition": JOB_FAILED, "trialSpec": job}
     pod: dict[str, Any] = {
         "containers": [_container(cfg, name)],
         "restartPolicy": "Never",
-        "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": tune.katib.workspace_pvc}}],
+        "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": settings.workspace_pvc}}],
+        **gpu_placement(kf, "finetune"),
     }
-    if kf.stages.finetune.gpus:
-        pod["nodeSelector"] = dict(kf.node_selector)
-        pod["tolerations"] = [
-            {{"toleration_seconds": "tolerationSeconds"}.get(k, k): v for k, v in t.model_dump(exclude_none=True).items()}
-            for t in kf.tolerations
-        ]
+    job = {"apiVersion": "batch/v1", "kind": "Job", "spec": {
+        "backoffLimit": 0, "template": {"metadata": {"annotations": {"sidecar.istio.io/inject": "false"}}, "spec": pod},
+    }}  # fmt: skip
+    return {"primaryContainerName": CONTAINER, "successCondition": JOB_SUCCEEDED, "failureCondition": JOB_FAILED, "trialSpec": job}
+
+
+def experiment(cfg: Config, name: str, metric: str) -> dict[str, Any]:
+    """The Experiment (kubeflow.org/v1beta1) for tuning task `name` on validation `metric`."""
+    tune = cfg.tune
+    template = _trial_template(cfg, name)
+    trial_spec = template.pop("trialSpec")
     objective: dict[str, Any] = {"type": "maximize", "objectiveMetricName": f"validation_{metric}"}
     if tune.katib.goal is not None:
         objective["goal"] = tune.katib.goal
@@ -115,28 +135,20 @@ def experiment(cfg: Config, name: str, metric: str) -> dict[str, Any]:
             "metricsCollectorSpec": {"collector": {"kind": "StdOut"}, "source": {"filter": {"metricsFormat": [METRICS_FORMAT]}}},
             "parameters": [{"name": key, **feasible_space(key, space)} for key, space in tune.space.items()],
             "trialTemplate": {
-                "primaryContainerName": CONTAINER,
-                "successCondition": JOB_SUCCEEDED,
-                "failureCondition": JOB_FAILED,
+                **template,
                 "trialParameters": [
                     *({"name": camel(key), "description": f"finetune.{key} of {name}", "reference": key} for key in tune.space),
                     {"name": TRIAL_NAME, "description": "the trial's name: its output folders", "reference": "${trialSpec.Name}"},
                 ],
-                "trialSpec": {
-                    "apiVersion": "batch/v1",
-                    "kind": "Job",
-                    "spec": {
-                        "backoffLimit": 0,
-                        "template": {"metadata": {"annotations": {"sidecar.istio.io/inject": "false"}}, "spec": pod},
-                    },
-                },
+                "trialSpec": trial_spec,
             },
         },
     }
 
 
 def write_experiment(cfg: Config, name: str, metric: str, path: Path) -> Path:
-    """Write the Experiment as YAML (apply with `kubectl apply -n <namespace> -f <path>`)."""
+    """Write the Experiment as YAML (apply with `kubectl apply -n <namespace> -f <path>`). Katib's bounds are
+    strings that look like numbers: they are quoted, since kubectl reads YAML 1.2, where `1e-05` is a number."""
     with atomic_file(path) as tmp:
-        tmp.write_text(yaml.safe_dump(experiment(cfg, name, metric), sort_keys=False), encoding="utf-8")
+        tmp.write_text(dump_yaml(experiment(cfg, name, metric)), encoding="utf-8")
     return path

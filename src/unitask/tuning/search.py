@@ -4,7 +4,7 @@ Optuna's TPE sampler proposes values from `tune.space`; each trial fine-tunes wi
 `tune.budget`, e.g. a cap on train rows) in a temporary folder and reports the validation metric at
 every evaluation to a median pruner, which stops trials that trail the others. Trials are scored on
 validation only (never test) and are child MLflow runs of one `tune` run. The best values go to
-`<tune.output>/<task>.yaml` (`finetune: {per_task: {<task>: ...}}`, mergeable into params.yaml) and
+`<tune.output>/<task>.yaml` (`tasks: {<task>: {finetune: ...}}`, mergeable into params.yaml) and
 the same search as a Katib Experiment to `<tune.output>/<task>-katib.yaml`. The fine-tune stage's
 own outputs (model folder, metrics JSON, predictions) are never written.
 """
@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from unitask.atomic import atomic_file
-from unitask.config import Config, Finetune
+from unitask.config import Config
 from unitask.config.tune import SearchRange, integer_key
 from unitask.errors import ConfigError
 from unitask.tasks.text import text_task
@@ -31,8 +31,8 @@ STAGES = ("finetune",)
 
 
 def task_overrides(name: str, values: dict[str, Any]) -> list[str]:
-    """`--set` items that give task `name` these finetune values (per_task, so they win over its own)."""
-    return [f"finetune.per_task.{name}.{key}={_inline(value)}" for key, value in values.items()]
+    """`--set` items that give task `name` these finetune values (its own, so they win over the section's)."""
+    return [f"tasks.{name}.finetune.{key}={_inline(value)}" for key, value in values.items()]
 
 
 def _inline(value: Any) -> str:
@@ -40,10 +40,12 @@ def _inline(value: Any) -> str:
 
 
 def with_task_settings(cfg: Config, name: str, values: dict[str, Any]) -> Config:
-    """`cfg` with `values` merged into `finetune.per_task[name]` (validated)."""
-    ft = cfg.finetune
-    per_task = {**ft.per_task, name: {**ft.per_task.get(name, {}), **values}}
-    return cfg.model_copy(update={"finetune": Finetune.model_validate({**ft.model_dump(), "per_task": per_task})})
+    """`cfg` with `values` merged into `tasks.<name>.finetune` (validated)."""
+    task = cfg.task(name)
+    changes = {**task.finetune, **values}
+    cfg.finetune.for_task(changes)
+    tasks = {**cfg.tasks, name: task.model_copy(update={"finetune": changes})}
+    return cfg.model_copy(update={"tasks": tasks})
 
 
 def suggest(trial: Any, key: str, space: SearchRange) -> Any:
@@ -182,17 +184,17 @@ def tune(cfg: Config, stage: str, name: str, report: Callable[[str], None] = pri
 
 
 def write_best(path: Path, summary: dict[str, Any]) -> Path:
-    """The best values as `finetune: {per_task: {<task>: ...}}`, with a header saying how to use them."""
+    """The best values as `tasks: {<task>: {finetune: ...}}`, with a header saying how to use them."""
     name = summary["task"]
     sets = " ".join(f"--set {item}" for item in task_overrides(name, summary["best_params"]))
     header = (
         f"# unitask tune --stage {summary['stage']} --task {name}: trial {summary['best_trial']}, the best of "
         f"{summary['trials']} ({summary['complete']} complete, {summary['pruned']} pruned), validation "
         f"{summary['metric']} {summary['best_value']:.4f} with the budget {summary['budget']}.\n"
-        f"# Merge the block below into params.yaml (finetune.per_task), or try it for one run:\n"
+        f"# Merge the block below into params.yaml (the task's own finetune settings), or try it for one run:\n"
         f"#   unitask finetune --task {name} {sets}\n"
     )
-    body = yaml.safe_dump({"finetune": {"per_task": {name: summary["best_params"]}}}, sort_keys=False)
+    body = yaml.safe_dump({"tasks": {name: {"finetune": summary["best_params"]}}}, sort_keys=False)
     with atomic_file(path) as tmp:
         tmp.write_text(header + body, encoding="utf-8")
     return path

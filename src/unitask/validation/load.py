@@ -24,6 +24,9 @@ LIST_ROLES = ("tokens", "tags")
 SHOW = 5
 
 
+_ID_HINT = "prepare writes integer row ids; run `unitask prepare` again rather than editing the split"
+
+
 class InputError(DataError):
     """A prepared split that cannot be validated: missing, unreadable, empty or mistyped."""
 
@@ -53,7 +56,7 @@ def load_split(cfg: Config, name: str, task: TaskConfig, split: str) -> pd.DataF
             hint="check the raw data and prepare's fractions; every split needs at least one example",
         )
     if "id" in frame and not pd.api.types.is_integer_dtype(frame["id"]):
-        raise InputError(f"{where}: column 'id' has type {frame['id'].dtype}; expected integer row ids")
+        raise InputError(f"{where}: column 'id' has type {frame['id'].dtype}; expected integer row ids", hint=_ID_HINT)
     for role in TASK_TYPES[task.type].roles:
         if role in frame:
             frame[role] = _typed(frame, role, task, where)
@@ -132,7 +135,7 @@ def _read_csv(path: Path, where: str, task: TaskConfig) -> pd.DataFrame:
     if "id" in frame:
         ids = pd.to_numeric(frame["id"], errors="coerce")
         if ids.isna().any():
-            raise InputError(f"{where}: column 'id' has values that are not integers")
+            raise _wrong_type(where, "id", frame, ids.isna().to_numpy(), "integer row ids")
         frame["id"] = ids.astype("int64")
     for role in ("tokens", "tags", "answers"):
         if role in frame and role in TASK_TYPES[task.type].roles:

@@ -1,0 +1,383 @@
+"""Every pipeline stage, declared once. The three drivers are made from this table:
+
+- the CLI: one `unitask <stage>` subcommand per entry (`unitask.cli`), its help and options from here;
+- DVC: `dvc.yaml` is generated from it (`unitask dvc`; `unitask.dvcfile`), with the config keys each
+  stage reads as `params`, the files it reads and writes, and as code deps the modules its function
+  really imports (`unitask.codedeps`);
+- Kubeflow: each component receives the params YAML of exactly the keys its stage reads
+  (`unitask.kubeflow.runtime`), so the config a pod loads is the one compiled in.
+
+Adding a stage is one function (`stage(cfg, ...)` somewhere under `unitask`) plus one `Stage` here.
+Paths in `deps`/`outs`/`metrics` are format strings over the config (`{c.paths.prepared}`) and, in
+per-task stages, the task (`{task}`, which DVC's foreach fills in).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from unitask.config import Config
+
+# ---- what a stage reads from the config ---------------------------------------------------------
+
+# the keys of a task that say what its data is (read by the data stages; its training settings,
+# tasks.<task>.finetune and .multitask, are not data)
+TASK_DATA_KEYS = ("type", "source", "read", "columns", "labels", "label_names", "label_range", "max_rows")
+
+
+def task_keys(cfg: Config, keys: tuple[str, ...], names: list[str] | None = None) -> list[str]:
+    """`tasks.<task>.<key>` for each of `keys` that params.yaml sets, for every task (or `names`):
+    DVC refuses a param key that is absent, and a key left at its default cannot change."""
+    written = cfg.model_dump(mode="json", exclude_unset=True)["tasks"]
+    return [f"tasks.{n}.{k}" for n in names or list(cfg.tasks) for k in keys if k in written[n]]
+
+
+def task_data(cfg: Config) -> list[str]:
+    return task_keys(cfg, TASK_DATA_KEYS)
+
+
+Params = tuple[str | Callable[[Config], list[str]], ...]
+
+
+# ---- the CLI bodies: call the stage, print what a person reads ----------------------------------
+
+
+def _tasks(args: argparse.Namespace, default: Callable[[], list[str]]) -> list[str]:
+    return list(args.tasks) if getattr(args, "tasks", None) else default()
+
+
+def _prepare(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.data.prepare import prepare
+
+    for name, summary in prepare(cfg, args.tasks).items():
+        print(f"{name}\t" + json.dumps(summary["rows"]))
+
+
+def _validate(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.validation import validate
+
+    for name, summary in validate(cfg, args.tasks).items():
+        counts = summary["expectations"]
+        warned = f", {counts['failed_warn']} warned" if counts["failed_warn"] else ""
+        print(f"{name}\t{summary['status']}\t{summary['rows_checked']} rows, {counts['evaluated']} expectations{warned}")
+
+
+def _pretrain(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.training.pretrain import pretrain
+    from unitask.training.trainer import is_main_process
+
+    result = pretrain(cfg, resume=args.resume)
+    if cfg.pretrain.enabled and is_main_process():
+        held = result["heldout"]
+        print(f"held-out perplexity\t{held['perplexity_before']:.2f} -> {held['perplexity_after']:.2f}")
+        print(f"encoder\t{cfg.path(cfg.pretrain.output)}")
+
+
+def _baseline(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.baselines import baseline, baseline_tasks
+
+    for name in _tasks(args, lambda: baseline_tasks(cfg)):
+        _print_scores(name, baseline(cfg, name))
+
+
+def _finetune(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.training.finetune import finetune
+    from unitask.training.trainer import is_main_process
+    from unitask.tuning.katib import metric_line
+
+    summary = finetune(cfg, args.task, resume=args.resume)
+    if is_main_process():
+        _print_scores(args.task, summary)
+        metric = summary["main_metric"]
+        print(metric_line(metric, summary["validation"][metric]))  # for Katib's metrics collector
+
+
+def _multitask(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.training.multitask import multitask
+    from unitask.training.trainer import is_main_process
+
+    summary = multitask(cfg, resume=args.resume)
+    if is_main_process():
+        for name, metric in summary["main_metrics"].items():
+            print(f"{name}\tvalidation {metric} {summary['validation'][name][metric]:.4f}"
+                  f"\ttest {metric} {summary['test'][name][metric]:.4f}")
+        print(f"mean\tvalidation {summary['validation']['mean_score']:.4f}\ttest {summary['test']['mean_score']:.4f}")
+        print(f"model\t{cfg.path(cfg.multitask.output)}")
+
+
+def _multitask_comparison(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.evaluation.multitask_comparison import compare_multitask
+
+    result = compare_multitask(cfg)
+    for name, row in result["tasks"].items():
+        single = "–" if row["single_task"] is None else f"{row['single_task']:.4f}"
+        print(f"{name}\t{row['metric']}\tsingle-task {single}\tmulti-task {row['multitask']:.4f}")
+    mean, compute = result["mean"], result["compute"]
+    print(f"mean\tsingle-task {mean['single_task']:.4f}\tmulti-task {mean['multitask']:.4f}")
+    print(f"seconds\tsingle-task {compute['single_task']['seconds']:.0f}\tmulti-task {compute['multitask']['seconds']:.0f}")
+    print(f"comparison\t{cfg.path(cfg.multitask.comparison)}")
+
+
+def _fusion(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.training.fusion import fusion
+
+    names = _tasks(args, cfg.fusion_tasks)
+    if not names:
+        print("fusion\tno text+image task to train (fusion.tasks, or no multimodal_classification task declared)")
+    for name in names:
+        summary = fusion(cfg, name)
+        metric = summary["main_metric"]
+        cells = "\t".join(f"{m} {r['test'][metric]:.4f}" for m, r in summary["models"].items())
+        print(f"{name}\ttest {metric}\t{cells}")
+
+
+def _evaluate(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.evaluation.stage import evaluate
+
+    result = evaluate(cfg)
+    for task, entry in result["tasks"].items():
+        main = entry["main_metric"]
+        cells = "\t".join(f"{m} {v[main]:.4f}" for m, v in result["table"][task].items())
+        print(f"{task}\t{main}\t{cells}")
+
+
+def _register(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.registry import register
+
+    decision = register(cfg)
+    print(f"{decision['name']}\tversion {decision['version']}\t{decision['decision']}: {decision['reason']}")
+
+
+def _print_scores(name: str, summary: dict[str, Any]) -> None:
+    metric = summary["main_metric"]
+    print(f"{name}\tvalidation {metric} {summary['validation'][metric]:.4f}\ttest {metric} {summary['test'][metric]:.4f}")
+
+
+# ---- the declaration ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One extra command-line option of a stage's subcommand (argparse's arguments)."""
+
+    flags: tuple[str, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+RESUME = Option(("--resume",), {"action": "store_true", "help": "continue from the last complete checkpoint"})
+
+
+def task_filter(verb: str) -> Option:
+    return Option(("--task",), {"dest": "tasks", "action": "append", "metavar": "NAME",
+                                "help": f"{verb} only this task (repeatable; default: all)"})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the DVC stage; the CLI subcommand is the same with '-' for '_'
+    summary: str  # one line for `unitask --help`
+    description: str  # `unitask <stage> --help`
+    function: str  # "module:function" that does the work: its imports are the stage's code deps
+    cli: Callable[[Config, argparse.Namespace], None]
+    options: tuple[Option, ...] = ()
+    per_task: Callable[[Config], list[str]] | None = None  # a DVC foreach over these tasks, `--task` required
+    runs: Callable[[Config], list[str]] | None = None  # a whole stage's tasks: none means it is left out of DVC
+    params: Params = ()  # config keys it reads; `{task}` in a per-task stage
+    deps: tuple[str, ...] = ()
+    outs: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()  # DVC metric files (cache: false)
+    plain_outs: tuple[str, ...] = ()  # small outputs kept in git's view (cache: false), not metrics
+    plots: tuple[tuple[str, dict[str, Any]], ...] = ()
+
+    @property
+    def command(self) -> str:
+        return self.name.replace("_", "-")
+
+    @property
+    def module(self) -> str:
+        return self.function.partition(":")[0]
+
+    def load(self) -> Callable[..., Any]:
+        module, _, name = self.function.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def param_keys(self, cfg: Config) -> list[str]:
+        """The config keys this stage reads, with the task-level ones spelled out."""
+        keys: list[str] = []
+        for item in self.params:
+            for key in item(cfg) if callable(item) else [item]:
+                if key not in keys:
+                    keys.append(key)
+        return keys
+
+
+def _baseline_tasks(cfg: Config) -> list[str]:
+    from unitask.baselines import baseline_tasks
+
+    return baseline_tasks(cfg)
+
+
+def _qa_windows(cfg: Config) -> list[str]:
+    """Extractive QA cuts contexts into windows with its task's finetune settings, in every stage."""
+    qa = [n for n, t in cfg.tasks.items() if t.type == "extractive_qa"]
+    return ["finetune.doc_stride", "finetune.max_answer_length"] + task_keys(cfg, ("finetune",), qa) if qa else []
+
+
+PREDICTIONS = "{c.paths.reports}/predictions"
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage(
+        "prepare", "make deterministic train/validation/test splits",
+        "Read data/raw/<task>, map columns to roles, drop empty and duplicate examples, and write seeded, "
+        "stratified, disjoint splits to data/prepared/<task>/*.parquet with a summary in reports/prepare/<task>.json.",
+        "unitask.data.prepare:prepare", _prepare, options=(task_filter("prepare"),),
+        per_task=lambda c: list(c.tasks),
+        params=("seed", "prepare", "tasks.{task}"),
+        deps=("{c.paths.raw}/{task}",),
+        outs=("{c.paths.prepared}/{task}",),
+        metrics=("{c.paths.reports}/prepare/{task}.json",),
+    ),
+    Stage(
+        "validate", "check the prepared splits with great-expectations: the gate before training",
+        "Build a great-expectations suite from each task's declaration (roles, labels, label_range) and run it on "
+        "data/prepared/<task>/{train,validation,test}: columns, empty text, label sets and ranges, tags vs tokens and "
+        "BIO order, answer spans, images (exist, decode, mode, size), duplicates, train/validation/test leakage, class "
+        "balance, and the share of rows longer than model.max_length. Writes reports/validate/<task>.json, Data Docs "
+        "HTML in reports/data_docs/<task>/, and an MLflow run. Exits non-zero when a check of severity `error` fails, "
+        "naming task, split, column, check and up to 5 rows by id; validate.severity sets checks to `warn`.",
+        "unitask.validation:validate", _validate, options=(task_filter("validate"),),
+        per_task=lambda c: list(c.tasks),
+        params=("validate", "model.max_length", "tasks.{task}"),
+        deps=("{c.paths.prepared}/{task}", "{c.paths.raw}/{task}"),  # image files are read from raw
+        outs=("{c.paths.reports}/data_docs/{task}",),
+        metrics=("{c.paths.reports}/validate/{task}.json",),
+    ),
+    Stage(
+        "pretrain", "continued pretraining of the encoder on unlabeled text (masked-LM or causal-LM)",
+        "Train model.backbone further on unlabeled text: by default the train split of every declared task (never "
+        "validation or test text), or pretrain.corpus. Masked-LM for encoders, causal-LM for decoders "
+        "(pretrain.objective). Reports held-out perplexity before and after in reports/pretrain.json and MLflow, and "
+        "saves the encoder (safetensors) with its tokenizer to pretrain.output, where fine-tuning starts when "
+        "pretrain.enabled is true. Runs under `torchrun --nproc_per_node=N -m unitask.cli pretrain ...` as DDP.",
+        "unitask.training.pretrain:pretrain", _pretrain, options=(RESUME,),
+        params=("seed", "model", "pretrain", task_data),
+        deps=("{c.paths.prepared}", "{c.paths.reports}/validate"),  # train splits only; the gate's summaries
+        outs=("{c.pretrain.output}",),
+        metrics=("{c.pretrain.metrics}",),
+    ),
+    Stage(
+        "baseline", "TF-IDF + linear model baselines for text classification and regression",
+        "Fit TF-IDF (word 1-2 grams) + logistic regression or ridge on each task's train split, pick the strength on "
+        "validation, and write validation and test metrics to reports/baseline/<task>.json and MLflow.",
+        "unitask.baselines:baseline", _baseline, options=(task_filter("score"),),
+        runs=lambda c: _baseline_tasks(c),
+        params=("seed", task_data),
+        deps=("{c.paths.prepared}", "{c.paths.reports}/validate"),
+        outs=(PREDICTIONS + "/baseline",),
+        metrics=("{c.paths.reports}/baseline",),
+    ),
+    Stage(
+        "finetune", "train a task head on the (pre)trained encoder",
+        "Train one text task's head on the encoder (pretrain.output when pretrain.enabled, else model.backbone) with "
+        "transformers' Trainer: dynamic padding, length-grouped batches, bf16 where supported, early stopping on the "
+        "validation metric. Settings: the finetune section, with the task's own tasks.<task>.finetune on top. Writes "
+        "finetune.output/<task> (safetensors, tokenizer, labels.json), reports/finetune/<task>.json and an MLflow run. "
+        "Runs under `torchrun --nproc_per_node=N -m unitask.cli finetune ...` as DDP.",
+        "unitask.training.finetune:finetune", _finetune,
+        options=(Option(("--task",), {"required": True, "metavar": "NAME", "help": "the task to fine-tune"}), RESUME),
+        per_task=lambda c: c.finetune_tasks(),
+        params=("seed", "model", "finetune", "pretrain.enabled", "tasks.{task}"),
+        deps=("{c.paths.prepared}/{task}", "{c.paths.reports}/validate/{task}.json", "{c.pretrain.output}"),
+        outs=("{c.finetune.output}/{task}", PREDICTIONS + "/finetune/{task}.jsonl"),
+        metrics=("{c.paths.reports}/finetune/{task}.json",),
+    ),
+    Stage(
+        "multitask", "train one shared encoder with a head per text task (multi-task learning)",
+        "Train one encoder with a head per text task (multitask.tasks; default: every declared text task) jointly: "
+        "each batch holds one task's examples, drawn by multitask.sampler (proportional, temperature with size_cap, "
+        "uniform, round_robin) and each task's tasks.<task>.multitask.rate; the task losses are weighted by "
+        "multitask.weighting (equal, static, uncertainty, dwa). Every task is scored on validation at each "
+        "evaluation and the checkpoint with the best mean of the task metrics is kept. Writes multitask.output (one "
+        "model for every task: `unitask predict` answers from it), reports/multitask.json, test predictions in "
+        "reports/predictions/multitask/ and an MLflow run. Runs under `torchrun --nproc_per_node=N -m unitask.cli "
+        "multitask ...` as DDP: every process trains the step's task on its share of the batch.",
+        "unitask.training.multitask:multitask", _multitask, options=(RESUME,),
+        runs=lambda c: c.multitask_tasks(),
+        params=("seed", "model", "multitask", "pretrain.enabled", task_data,
+                lambda c: task_keys(c, ("multitask",)), _qa_windows),  # fmt: skip
+        deps=("{c.paths.prepared}", "{c.paths.reports}/validate", "{c.pretrain.output}"),
+        outs=("{c.multitask.output}", PREDICTIONS + "/multitask"),
+        metrics=("{c.multitask.metrics}",),
+    ),
+    Stage(
+        "multitask_comparison", "compare the multi-task model with the single-task fine-tunes (trains nothing)",
+        "Compare the multi-task model with the single-task fine-tunes: test metric per task and averaged, with the "
+        "training time and examples each side spent, in multitask.comparison (JSON and a Markdown table) and the "
+        "multi-task MLflow run.",
+        "unitask.evaluation.multitask_comparison:compare_multitask", _multitask_comparison,
+        runs=lambda c: c.multitask_tasks(),
+        params=("multitask.comparison",),
+        deps=("{c.multitask.metrics}", "{c.paths.reports}/finetune"),
+        plain_outs=("{c.multitask.comparison_table}",),
+        metrics=("{c.multitask.comparison}",),
+    ),
+    Stage(
+        "fusion", "train text+image models (and text-only / image-only baselines) for multimodal tasks",
+        "For each multimodal task (default: every declared multimodal_classification task; fusion.tasks) train a "
+        "late-fusion model: the text encoder (as fine-tuning uses), an image encoder, a fusion module (fusion.method) "
+        "and a classifier head, with optional auxiliary unimodal losses (fusion.loss_weights) and training-only image "
+        "augmentation (fusion.augment). With fusion.baselines, a text-only and an image-only model get the same "
+        "budget. Writes fusion.output/<task>, reports/fusion/<task>.json (all models side by side), test predictions "
+        "in reports/predictions/{fusion,fusion_text,fusion_image}/<task>.jsonl, and one MLflow run per model.",
+        "unitask.training.fusion:fusion", _fusion, options=(task_filter("train"),),
+        runs=lambda c: c.fusion_tasks(),
+        params=("seed", "model", "fusion", "pretrain.enabled", task_data),
+        deps=("{c.paths.prepared}", "{c.paths.raw}", "{c.paths.reports}/validate", "{c.pretrain.output}"),
+        outs=("{c.fusion.output}", PREDICTIONS + "/fusion", PREDICTIONS + "/fusion_text", PREDICTIONS + "/fusion_image"),
+        metrics=("{c.paths.reports}/fusion",),
+    ),
+    Stage(
+        "evaluate", "score and compare every model on the test splits: tables, plots, an MLflow run",
+        "Score reports/predictions/<model>/<task>.jsonl of each model in evaluate.models (TF-IDF baseline, "
+        "fine-tunes, multi-task, fusion and its text-only/image-only baselines) with the metrics of each task type, "
+        "without loading any model. Writes evaluate.output (default reports/evaluate): comparison.json (a DVC "
+        "metric), comparison.md, report.json (per-class reports, confusion matrices) and plots/ for `dvc plots show` "
+        "(confusion matrices, metric by model, training curves from the training stages' MLflow runs); the MLflow "
+        "run `evaluate` holds them with PNG figures.",
+        "unitask.evaluation.stage:evaluate", _evaluate,
+        params=("evaluate", "fusion.baselines", task_data),
+        deps=(PREDICTIONS,),
+        plain_outs=("{c.evaluate.output}/comparison.md", "{c.evaluate.output}/report.json"),
+        metrics=("{c.evaluate.output}/comparison.json",),
+        plots=(
+            ("{c.evaluate.output}/plots/confusion", {"template": "confusion", "x": "actual", "y": "predicted",
+                                                      "title": "Confusion matrix (test)"}),
+            ("{c.evaluate.output}/plots/by_model", {"template": "bar_horizontal", "x": "value", "y": "model",
+                                                     "title": "Test main metric by model"}),
+            ("{c.evaluate.output}/plots/loss", {"x": "step", "y": "loss", "title": "Training loss"}),
+            ("{c.evaluate.output}/plots/eval_loss", {"x": "step", "y": "eval_loss", "title": "Validation loss"}),
+        ),  # fmt: skip
+    ),
+    Stage(
+        "register", "register the served model (multi-task + fusion) in MLflow; gate the champion alias",
+        "Log one MLflow pyfunc that answers every task (multitask.output, plus fusion.output when "
+        "register.include_fusion) with a signature, an input example and a model card, and register it as "
+        "register.name. The new version gets the alias `challenger`; `champion` moves to it only when it beats the "
+        "current champion on register.gate.primary and no task's main metric drops by more than "
+        "register.gate.max_task_regression. The decision and its numbers go to register.output and the MLflow run "
+        "`register`. Rerunning with unchanged models and metrics registers nothing new.",
+        "unitask.registry:register", _register,
+        params=("register", "tracking", task_data),
+        deps=("{c.evaluate.output}/comparison.json", "{c.multitask.output}", "{c.fusion.output}"),
+        metrics=("{c.register.output}",),
+    ),
+)}  # fmt: skip
+
+
+def stage(name: str) -> Stage:
+    return STAGES[name]

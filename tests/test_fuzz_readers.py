@@ -1,0 +1,429 @@
+"""Malformed data cannot crash the readers: property-based fuzzing (hypothesis) of `data fetch`,
+`prepare` and `validate`'s reader over every `read.format`.
+
+Each example copies a project whose valid raw file is already fetched and prepared, mutates the
+source (bytes, encodings, quoting, headers, rows per label; for Parquet also cell types), then runs
+fetch, prepare and validate's split loader in this process. Every input must end in success or in a
+`UnitaskError` with a `fix:` line (what the CLI prints and exits non-zero on), never another
+exception; a stage that fails leaves what was written before byte for byte. `test_cli_*` runs a few
+mutated inputs through the real CLI. CI runs `FUZZ_EXAMPLES` (default 40) examples per format; set
+UNITASK_FUZZ_EXAMPLES=2000 for a long run (the count of inputs tried is printed with `-s`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from conftest import write_project
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from unitask.config import SPLITS, load_config
+from unitask.data.fetch import fetch
+from unitask.data.prepare import prepare_task, summary_path
+from unitask.errors import UnitaskError
+from unitask.validation.load import load_split
+
+FUZZ_EXAMPLES = int(os.environ.get("UNITASK_FUZZ_EXAMPLES", "40"))
+TRIED: Counter[str] = Counter()  # inputs tried per format, printed at the end of the module
+OUTCOMES: Counter[tuple[str, str]] = Counter()  # (format, 'ok' or the stage that refused the input)
+
+# ---- one valid seed project per read format ---------------------------------------------------
+
+WORDS = ["good", "bad", "fine", "awful", "great", "poor", "ok", "nice", "meh", "wow", "sad", "glad"]
+
+
+def _sentence(i: int) -> str:
+    return f"{WORDS[i % 12]} thing number {i} {WORDS[(i * 7) % 12]}"
+
+
+def _csv_rows(n: int = 24) -> str:
+    lines = ["text,label,note"]
+    for i in range(n):
+        text = f'"{_sentence(i)}, quoted ""{i}"""' if i % 5 == 0 else _sentence(i)
+        lines.append(f"{text},{['neg', 'pos'][i % 2]},n{i}")
+    return "\n".join(lines) + "\n"
+
+
+def _jsonl_rows(n: int = 24) -> str:
+    return "".join(json.dumps({"text": _sentence(i), "score": i % 5 + 0.5}) + "\n" for i in range(n))
+
+
+def _qa_rows(n: int = 24) -> str:
+    rows = []
+    for i in range(n):
+        context = f"{_sentence(i)} and the answer is {WORDS[i % 12]}{i}"
+        answer = f"{WORDS[i % 12]}{i}"
+        rows.append({"q": f"what is {i}?", "c": context, "a": {"text": [answer], "answer_start": [context.index(answer)]}})
+    return json.dumps(rows, indent=1)
+
+
+def _conll_rows(n: int = 24) -> str:
+    sentences = []
+    for i in range(n):
+        sentences.append(f"{['alice', 'paris'][i % 2]}\t{['B-per', 'B-loc'][i % 2]}\nwent\tO\nhome{i}\tO\n")
+    return "\n".join(sentences)
+
+
+def _regex_rows(n: int = 24) -> str:
+    return "".join(f"{['neg', 'pos'][i % 2]}\t{_sentence(i)}\n" for i in range(n))
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+CLASSIFICATION = {"type": "classification", "columns": {"text": "text", "label": "label"}, "labels": ["neg", "pos"]}
+SEEDS: dict[str, dict[str, Any]] = {
+    "csv": {"task": {**CLASSIFICATION, "read": {"format": "csv"}}, "file": "raw.csv", "data": _csv_rows().encode()},
+    "jsonl": {
+        "task": {"type": "regression", "read": {"format": "jsonl"}, "columns": {"text": "text", "label": "score"}},
+        "file": "raw.jsonl", "data": _jsonl_rows().encode(),
+    },
+    "json": {
+        "task": {"type": "extractive_qa", "read": {"format": "json"},
+                 "columns": {"question": "q", "context": "c", "answers": "a"}},
+        "file": "raw.json", "data": _qa_rows().encode(),
+    },
+    "parquet": {
+        "task": {**CLASSIFICATION, "read": {"format": "parquet"}}, "file": "raw.parquet",
+        "data": _parquet_bytes(pd.DataFrame({"text": [_sentence(i) for i in range(24)], "label": ["neg", "pos"] * 12})),
+    },
+    "conll": {
+        "task": {"type": "token_classification", "read": {"format": "conll"}, "columns": {"tokens": "tokens", "tags": "tags"},
+                 "labels": ["O", "B-per", "B-loc"]},
+        "file": "raw.conll", "data": _conll_rows().encode(),
+    },
+    "regex": {
+        "task": {**CLASSIFICATION, "read": {"format": "regex", "pattern": r"(?P<label>\w+)\t(?P<text>.+)"}},
+        "file": "raw.txt", "data": _regex_rows().encode(),
+    },
+    "text_folder": {"task": {**CLASSIFICATION, "read": {"format": "text_folder"}}, "file": "raw_folder", "data": None},
+}  # fmt: skip
+
+
+def write_source(root: Path, fmt: str, data: bytes | dict[str, bytes] | None = None) -> Path:
+    """The seed's raw source under `root/sources/` (a folder of files for text_folder)."""
+    seed = SEEDS[fmt]
+    path = root / "sources" / seed["file"]
+    if fmt == "text_folder":
+        files = data if data is not None else {f"{['neg', 'pos'][i % 2]}/{i}.txt": _sentence(i).encode() for i in range(24)}
+        shutil.rmtree(path, ignore_errors=True)
+        for rel, content in files.items():
+            (path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (path / rel).write_bytes(content)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(seed["data"] if data is None else data)
+    return path
+
+
+def seed_project(root: Path, fmt: str) -> Path:
+    seed = SEEDS[fmt]
+    task = {**seed["task"], "source": {"kind": "local", "path": f"sources/{seed['file']}"}}
+    write_source(root, fmt)
+    return write_project(root, {"t": task}, prepare={"validation_fraction": 0.2, "test_fraction": 0.2})
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Per format, a project with its valid source fetched and prepared (the outputs a bad input must not touch)."""
+    out = {}
+    for fmt in SEEDS:
+        root = tmp_path_factory.mktemp(f"seed-{fmt}")
+        cfg = load_config(seed_project(root, fmt))
+        fetch(cfg, ["t"])
+        prepare_task(cfg, "t")
+        out[fmt] = root
+    yield out
+    print(f"\nfuzz: inputs tried per format {dict(TRIED)}, {sum(TRIED.values())} in all")
+    print("fuzz: outcomes", {f"{fmt}/{outcome}": n for (fmt, outcome), n in sorted(OUTCOMES.items())})
+
+
+# ---- mutations --------------------------------------------------------------------------------
+
+SPECIAL = [b'"', b"'", b",", b"\t", b"\n", b"\r\n", b"\r", b"\x00", b"\xff\xfe", b"\xef\xbb\xbf", b"{", b"}", b"[", b"]",
+           b"\\", "é".encode(), "\u2028".encode(), "日本語".encode(), "\x85".encode(), b"null", b"NaN", b"-inf", b"1e999",
+           b'""', b",,,", b"\x1c", b"\x0b"]  # fmt: skip
+CODECS = ["latin-1", "cp1252", "utf-16", "utf-32", "utf-8-sig", "shift_jis"]
+position = st.floats(min_value=0, max_value=1)
+MUTATION = st.one_of(
+    st.tuples(st.just("flip"), position, st.integers(0, 255)),
+    st.tuples(st.just("insert"), position, st.one_of(st.sampled_from(SPECIAL), st.binary(min_size=1, max_size=8))),
+    st.tuples(st.just("delete"), position, st.integers(1, 64)),
+    st.tuples(st.just("truncate"), position),
+    st.tuples(st.just("duplicate_line"), position),
+    st.tuples(st.just("drop_line"), position),
+    st.tuples(st.just("swap_lines"), position, position),
+    st.tuples(st.just("reencode"), st.sampled_from(CODECS)),
+    st.tuples(st.just("crlf")),
+    st.tuples(st.just("drop_label"), st.sampled_from(["neg", "pos", "B-per", "B-loc", "good", "0.5"])),
+    st.tuples(st.just("header"), st.sampled_from([b"label,text", b"text,label,extra,more", b"text", b"", b"text,text,label",
+                                                  b"TEXT,LABEL", b'"text","label"', b"text;label", b"\xef\xbb\xbftext,label"])),
+)  # fmt: skip
+
+
+def _at(data: bytes, where: float) -> int:
+    return min(int(where * len(data)), len(data))
+
+
+def mutate(data: bytes, mutation: tuple) -> bytes:
+    op, *args = mutation
+    lines = data.split(b"\n")
+    if op == "flip" and data:
+        i = min(_at(data, args[0]), len(data) - 1)
+        return data[:i] + bytes([args[1]]) + data[i + 1 :]
+    if op == "insert":
+        i = _at(data, args[0])
+        return data[:i] + args[1] + data[i:]
+    if op == "delete":
+        i = _at(data, args[0])
+        return data[:i] + data[i + args[1] :]
+    if op == "truncate":
+        return data[: _at(data, args[0])]
+    if op in ("duplicate_line", "drop_line") and lines:
+        i = min(int(args[0] * len(lines)), len(lines) - 1)
+        return b"\n".join(lines[: i + 1] + lines[i:] if op == "duplicate_line" else lines[:i] + lines[i + 1 :])
+    if op == "swap_lines" and lines:
+        i, j = (min(int(a * len(lines)), len(lines) - 1) for a in args)
+        lines[i], lines[j] = lines[j], lines[i]
+        return b"\n".join(lines)
+    if op == "reencode":
+        return data.decode("utf-8", errors="replace").encode(args[0], errors="replace")
+    if op == "crlf":
+        return data.replace(b"\n", b"\r\n")
+    if op == "drop_label":
+        return b"\n".join(line for line in lines if args[0].encode() not in line)
+    if op == "header":
+        return b"\n".join([args[0], *lines[1:]])
+    return data
+
+
+CELL = st.one_of(
+    st.text(max_size=12), st.none(), st.integers(-5, 5), st.floats(allow_nan=True), st.booleans(),
+    st.sampled_from(["neg", "pos", "", " "]), st.lists(st.sampled_from(["neg", "pos"]), max_size=2),
+)  # fmt: skip
+
+
+@st.composite
+def parquet_tables(draw: Callable[..., Any]) -> bytes:
+    """A Parquet file whose cells may have any type, with columns that may be missing, extra or renamed."""
+    n = draw(st.integers(0, 30))
+    columns = draw(st.lists(st.sampled_from(["text", "label", "extra", "Text"]), min_size=1, max_size=4, unique=True))
+    values = {c: [draw(CELL) if draw(st.booleans()) else (_sentence(i) if c != "label" else ["neg", "pos"][i % 2])
+                  for i in range(n)] for c in columns}  # fmt: skip
+    try:
+        return _parquet_bytes(pd.DataFrame(values))
+    except Exception:  # pyarrow refuses to write some mixed columns: that file cannot exist
+        return _parquet_bytes(pd.DataFrame({c: [str(v) for v in vs] for c, vs in values.items()}))
+
+
+@st.composite
+def folder_files(draw: Callable[..., Any]) -> dict[str, bytes]:
+    """text_folder contents: the seed's files with some mutated, removed, emptied or moved to a new label."""
+    files = {f"{['neg', 'pos'][i % 2]}/{i}.txt": _sentence(i).encode() for i in range(24)}
+    for _ in range(draw(st.integers(1, 4))):
+        rel = draw(st.sampled_from(sorted(files) or ["neg/0.txt"]))
+        op = draw(st.sampled_from(["mutate", "remove", "empty", "new_label", "drop_label"]))
+        if op == "mutate" and rel in files:
+            files[rel] = mutate(files[rel], draw(MUTATION))
+        elif op == "remove":
+            files.pop(rel, None)
+        elif op == "empty":
+            files[rel] = b""
+        elif op == "new_label":
+            files[f"{draw(st.sampled_from(['other', 'é', 'neg pos']))}/{len(files)}.txt"] = b"new"
+        else:
+            files = {k: v for k, v in files.items() if not k.startswith(rel.split("/")[0] + "/")}
+    return files
+
+
+JSON_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.sampled_from(["neg", "pos", "O"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["text", "answer_start", "x"]), inner, max_size=3),
+    max_leaves=6,
+)  # fmt: skip
+
+
+@st.composite
+def json_records(draw: Callable[..., Any], fmt: str) -> bytes:
+    """The seed's records with some fields set to JSON values of any type, removed or added."""
+    data = SEEDS[fmt]["data"].decode()
+    records = [json.loads(line) for line in data.splitlines()] if fmt == "jsonl" else json.loads(data)
+    for _ in range(draw(st.integers(1, 4))):
+        record = records[draw(st.integers(0, len(records) - 1))]
+        key = draw(st.sampled_from([*record, "extra"]))
+        if draw(st.booleans()) and key in record:
+            del record[key]
+        else:
+            record[key] = draw(JSON_VALUE)
+    if fmt == "jsonl":
+        return "".join(json.dumps(r) + "\n" for r in records).encode()
+    return json.dumps(records).encode()
+
+
+@st.composite
+def csv_cells(draw: Callable[..., Any]) -> bytes:
+    """The seed CSV with some cells replaced by awkward text (quotes, separators, newlines, labels)."""
+    table = pd.read_csv(io.StringIO(_csv_rows()), dtype=str, keep_default_na=False)
+    for _ in range(draw(st.integers(1, 6))):
+        row, column = draw(st.integers(0, len(table) - 1)), draw(st.sampled_from(list(table.columns)))
+        table.loc[row, column] = draw(st.text(max_size=10) | st.sampled_from(["", "neg", "pos", '"', "a,b", "x\ny", "NA"]))
+    return table.to_csv(index=False, lineterminator=draw(st.sampled_from(["\n", "\r\n"]))).encode()
+
+
+def source_inputs(fmt: str) -> st.SearchStrategy[Any]:
+    if fmt == "text_folder":
+        return folder_files()
+    mutated = st.lists(MUTATION, min_size=1, max_size=4).map(lambda ms: _apply(SEEDS[fmt]["data"], ms))
+    structured = {"parquet": parquet_tables(), "json": json_records("json"), "jsonl": json_records("jsonl"), "csv": csv_cells()}
+    return st.one_of(mutated, structured[fmt]) if fmt in structured else mutated
+
+
+def _apply(data: bytes, mutations: list[tuple]) -> bytes:
+    for mutation in mutations:
+        data = mutate(data, mutation)
+    return data
+
+
+# ---- the property -----------------------------------------------------------------------------
+
+
+def snapshot(root: Path, *folders: str) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for f in folders for p in sorted((root / f).rglob("*")) if p.is_file()}
+
+
+def accounted(summary: dict[str, Any]) -> None:
+    """Every raw row is kept in a split or dropped with a reason."""
+    assert sum(summary["rows"].values()) + sum(summary["dropped"].values()) == summary["input_rows"], summary
+
+
+def run_stages(root: Path) -> str:
+    """Fetch, prepare and load every split of task `t` in `root`; 'ok' or the stage that refused the
+    input. Fails the test on any exception other than a UnitaskError with a `fix:` line, or on a
+    refusing stage that changed what was written before."""
+    cfg = load_config(root / "params.yaml")
+    stages: list[tuple[str, Callable[[], Any], tuple[str, ...]]] = [
+        ("fetch", lambda: fetch(cfg, ["t"], force=True), ("data/raw",)),
+        ("prepare", lambda: accounted(prepare_task(cfg, "t")), ("data/prepared", "reports")),
+        ("validate", lambda: [load_split(cfg, "t", cfg.tasks["t"], s) for s in SPLITS], ("data/prepared", "reports")),
+    ]
+    for stage, call, outputs in stages:
+        before = snapshot(root, *outputs)
+        try:
+            call()
+        except UnitaskError as exc:
+            assert "\n  fix: " in str(exc), f"{stage}: an error without a fix: line: {exc}"
+            assert snapshot(root, *outputs) == before, f"{stage} failed and changed earlier outputs"
+            return stage
+    return "ok"
+
+
+def check_input(templates: dict[str, Path], tmp: Path, fmt: str, data: Any) -> str:
+    TRIED[fmt] += 1
+    root = tmp / f"{fmt}-{TRIED[fmt]}"
+    shutil.copytree(templates[fmt], root)
+    write_source(root, fmt, data)
+    try:
+        outcome = run_stages(root)
+        OUTCOMES[fmt, outcome] += 1
+        return outcome
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+FUZZ = settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,  # a shared, busy machine: time per example varies
+    database=None,
+    derandomize=FUZZ_EXAMPLES <= 100,  # CI: the same inputs every run; a long run explores
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@pytest.mark.parametrize("fmt", list(SEEDS))
+def test_malformed_sources_end_in_success_or_a_clear_error(templates: dict[str, Path], tmp_path: Path, fmt: str) -> None:
+    @FUZZ
+    @given(data=source_inputs(fmt))
+    def fuzz(data: Any) -> None:
+        check_input(templates, tmp_path, fmt, data)
+
+    fuzz()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_malformed_prepared_splits_end_in_a_clear_error(templates: dict[str, Path], tmp_path: Path, fmt: str) -> None:
+    """validate's reader on prepared splits damaged after prepare (Parquet, or CSV written by hand)."""
+    source = templates["csv"]
+    train = pd.read_parquet(source / "data" / "prepared" / "t" / "train.parquet")
+    seed = _parquet_bytes(train) if fmt == "parquet" else train.to_csv(index=False).encode()
+
+    @FUZZ
+    @given(mutations=st.lists(MUTATION, min_size=1, max_size=4))
+    def fuzz(mutations: list[tuple]) -> None:
+        TRIED[f"prepared-{fmt}"] += 1
+        root = tmp_path / f"prepared-{TRIED[f'prepared-{fmt}']}"
+        shutil.copytree(source, root)
+        folder = root / "data" / "prepared" / "t"
+        (folder / "train.parquet").unlink()
+        (folder / f"train.{fmt}").write_bytes(_apply(seed, mutations))
+        cfg = load_config(root / "params.yaml")
+        try:
+            load_split(cfg, "t", cfg.tasks["t"], "train")
+        except UnitaskError as exc:
+            assert "\n  fix: " in str(exc), f"an error without a fix: line: {exc}"
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    fuzz()
+
+
+# ---- a few inputs through the real CLI: exit 0, or non-zero with a fix: line and no traceback ------
+
+CLI_CASES = {
+    "truncated parquet": ("parquet", SEEDS["parquet"]["data"][:100]),
+    "csv in utf-16": ("csv", _csv_rows().encode("utf-16")),
+    "jsonl with a broken line": ("jsonl", _jsonl_rows().encode() + b'{"text": "x", "score": \n'),
+}
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "unitask.cli", *argv], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=list(CLI_CASES))
+def test_cli_prepare_refuses_malformed_data_cleanly(templates: dict[str, Path], tmp_path: Path, case: str) -> None:
+    fmt, data = CLI_CASES[case]
+    root = tmp_path / "project"
+    shutil.copytree(templates[fmt], root)
+    write_source(root, fmt, data)
+    fetch(load_config(root / "params.yaml"), ["t"], force=True)
+    before = snapshot(root, "data/prepared", "reports")
+    prepared = _cli("prepare", "--params", str(root / "params.yaml"))
+    assert prepared.returncode in (1, 2)
+    assert "fix:" in prepared.stderr and "Traceback" not in prepared.stderr
+    assert snapshot(root, "data/prepared", "reports") == before
+
+
+def test_cli_validate_refuses_a_damaged_split_cleanly(templates: dict[str, Path], tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(templates["csv"], root)
+    train = root / "data" / "prepared" / "t" / "train.parquet"
+    train.write_bytes(train.read_bytes()[:-200])
+    validated = _cli("validate", "--params", str(root / "params.yaml"))
+    assert validated.returncode == 1
+    assert "not a readable Parquet file" in validated.stderr and "fix:" in validated.stderr
+    assert "Traceback" not in validated.stderr
