@@ -18,6 +18,7 @@ import pytest
 from conftest import TINY_BERT, Server, free_port, synthetic_task, write_project, write_splits
 
 from unitask.config import Config, load_config
+from unitask.tracking import log_trained_model, stage_run
 
 BIN = Path(sys.executable).parent
 TEXT_TYPES = ("classification", "pair_classification", "regression", "token_classification", "extractive_qa")
@@ -129,6 +130,11 @@ def test_register_load_by_alias_and_predict_every_task_over_http(served: Config,
 
     cfg = served
     name = cfg.register.name
+    # the models were trained against the local store (see `served`); their LoggedModels, on the server too
+    with stage_run(cfg, "multitask"):
+        bundles = {"multitask": log_trained_model("multitask", cfg.path(cfg.multitask.output), {})}
+    with stage_run(cfg, "fusion", "colours"):
+        bundles["fusion"] = log_trained_model("fusion-colours", cfg.path(cfg.fusion.output) / "colours", {})
     record = register(cfg)
     assert record["decision"] == "promoted" and record["version"] == 1 and record["reason"] == "no champion yet"
     assert record["routes"] == {**{t: "multitask" for t in TEXT_TYPES}, "colours": "fusion"}
@@ -144,9 +150,7 @@ def test_register_load_by_alias_and_predict_every_task_over_http(served: Config,
     assert run.data.tags["unitask.gate.decision"] == "promoted" and run.data.metrics["gate.promoted"] == 1.0
     artifacts = {a.path for a in client.list_artifacts(record["run_id"])}
     assert {"model_card.md", "gate.json"} <= artifacts
-    trained = {m.name: m.model_id for m in mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")}
-    bundles = {"multitask": trained["multitask"], "fusion": trained["fusion-colours"]}  # the LoggedModels it holds
-    assert {a: version.tags[f"unitask.bundles.{a}"] for a in bundles} == bundles
+    assert {a: version.tags[f"unitask.bundles.{a}"] for a in bundles} == bundles  # the LoggedModels it holds
     assert mlflow.get_logged_model(version.model_id).tags["unitask.bundles.fusion"] == bundles["fusion"]
 
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
