@@ -151,7 +151,9 @@ def test_register_load_by_alias_and_predict_every_task_over_http(served: Config,
     artifacts = {a.path for a in client.list_artifacts(record["run_id"])}
     assert {"model_card.md", "gate.json"} <= artifacts
     assert {a: version.tags[f"unitask.bundles.{a}"] for a in bundles} == bundles  # the LoggedModels it holds
-    assert mlflow.get_logged_model(version.model_id).tags["unitask.bundles.fusion"] == bundles["fusion"]
+    (pyfunc,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                            filter_string=f"source_run_id = '{record['run_id']}'")  # fmt: skip
+    assert pyfunc.tags["unitask.bundles.fusion"] == bundles["fusion"]  # the registered pyfunc's LoggedModel too
 
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     assert model.metadata.get_input_schema().input_names() == ["task", "text", "text_pair", "image"]
