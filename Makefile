@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help env data demo test mlflow-ui clean postgres team-up team-down
+.PHONY: help env data demo test mlflow-ui clean postgres browser screenshots team-up team-down
 .DEFAULT_GOAL := help
 
 help:
@@ -19,7 +19,8 @@ help:
 	@echo "make test       environment + the test suite"
 	@echo "make env        only the environment ($(VENV))"
 	@echo "make data       fetch data/raw from the sources in params.yaml"
-	@echo "make mlflow-ui  browse the tracked runs at http://127.0.0.1:5000"
+	@echo "make mlflow-ui  browse the tracked runs at http://127.0.0.1:5000 (the link it prints opens the training runs)"
+	@echo "make screenshots  the README's MLflow pictures (docs/mlflow-*.png) from the browser test"
 	@echo "make team-up    the team tracking setup here: PostgreSQL + S3 (moto) + mlflow server at http://127.0.0.1:5000"
 	@echo "make team-down  stop it (its PostgreSQL data stays in mlflow/team/.data)"
 
@@ -38,15 +39,20 @@ data: env
 	dvc commit --force --quiet data.dvc
 	@git diff --quiet data.dvc || { echo "data/raw differs from the committed data.dvc (see git diff data.dvc)"; exit 1; }
 
+# `unitask repro` is `dvc repro` as one pipeline run in MLflow (a parent run, the stage runs nested under it)
 demo: data
-	dvc repro
-	dvc metrics show
+	unitask repro
+	unitask summary
 
-test: env postgres
+test: env postgres browser
 	$(BIN)/python -m pytest
 
 mlflow-ui: env
+	@echo "open $$(unitask summary --link)"
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --port 5000
+
+screenshots: env browser
+	UNITASK_SCREENSHOTS=$(CURDIR)/docs $(BIN)/python -m pytest -q tests/test_mlflow_ui.py
 
 clean:
 	rm -rf data/prepared reports/* mlflow/mlflow.db mlflow/artifacts
@@ -57,6 +63,13 @@ postgres:
 	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
+# Headless Chromium for the browser test (tests/test_mlflow_ui.py drives it with Playwright, which
+# never downloads a browser of its own): Debian's package, as root or through sudo.
+browser:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 team-up: env postgres
 	$(BIN)/python -m unitask.teamstack up

@@ -247,3 +247,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     )  # fmt: skip
     yield server
     server.stop()
+
+
+def logged_model_files(run: Any) -> set[str]:
+    """The artifact paths of the LoggedModel that `run` logged (unitask.tracking.log_trained_model)."""
+    import mlflow
+
+    (model,) = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list"
+    )
+    return {a.path for a in mlflow.artifacts.list_artifacts(f"models:/{model.model_id}")}

@@ -27,7 +27,7 @@ def test_baseline_learns_keyword_tasks(tmp_path: Path, kind: str, metric: str) -
     mlflow.set_tracking_uri(tracking_uri(cfg))
     (run,) = mlflow.search_runs(experiment_names=["unitask"], output_format="list")
     assert run.data.tags["unitask.stage"] == "baseline"
-    assert run.data.metrics[f"test.{metric}"] == pytest.approx(summary["test"][metric])
+    assert run.data.metrics[f"test/toy/{metric}"] == pytest.approx(summary["test"][metric])
 
 
 def test_cli_scores_every_applicable_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -56,7 +56,7 @@ def clone(tmp_path_factory) -> Path:
 
 def test_repro_runs_the_chain_then_is_a_no_op(clone):
     assert (clone / "data.dvc").read_text() == (REPO / "data.dvc").read_text()
-    _run([str(BIN / "dvc"), "repro"], clone)
+    _run([str(BIN / "unitask"), "repro"], clone)  # `dvc repro` as one pipeline run in MLflow, as `make demo` runs it
     params = yaml.safe_load((clone / "params.yaml").read_text())
     cfg = load_config(clone / "params.yaml")
     for task in params["tasks"]:
@@ -113,6 +113,19 @@ def _evaluated_and_registered(clone: Path, params: dict[str, Any]) -> None:
     outputs = model.predict(rows)
     assert set(record["routes"]) == set(params["tasks"]) and len(outputs) == len(rows)
     assert not [o for o in outputs if "error" in o], outputs
+    runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list")
+    (parent,) = [r for r in runs if r.data.tags.get("unitask.pipeline_driver") == "dvc"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["unitask.params_file.sha256"]
+    stages = {r.data.tags["unitask.stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert {"prepare", "validate", "pretrain", "baseline", "finetune", "multitask", "evaluate", "register"} <= stages
+    finetune = next(r for r in runs if r.data.tags["unitask.stage"] == "finetune")
+    task = finetune.data.tags["unitask.task"]
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"][f"prepare@{task}"]["outs"][0]["md5"]
+    assert {d.dataset.digest for d in finetune.inputs.dataset_inputs} == {lock.removesuffix(".dir")}  # the DVC data version
+    summary = _run([str(BIN / "unitask"), "summary"], clone)
+    assert f"Champion: {cfg.register.name} version 1 promoted" in summary and "reports/evaluate/comparison.md" in summary
+    shown = _run([str(BIN / "dvc"), "metrics", "show"], clone)
+    print(f"dvc metrics show: {len(shown.splitlines())} lines, {len(shown)} characters, widest {max(map(len, shown.splitlines()))}")
 
 
 def _dvc_shows_the_comparison(clone: Path) -> None:

@@ -103,8 +103,8 @@ def test_compares_every_model_on_every_task_it_has(tmp_path: Path) -> None:
 
     mlflow.set_tracking_uri(tracking_uri(cfg))
     (run,) = mlflow.search_runs(experiment_names=["unitask"], filter_string="tags.`unitask.stage` = 'evaluate'", output_format="list")
-    assert run.data.metrics["test.classification.finetune.macro_f1"] == table["classification"]["finetune"]["macro_f1"]
-    assert run.data.metrics["validation.vqa.fusion.accuracy"] == pytest.approx(2 / 3)
+    assert run.data.metrics["test/classification/finetune/macro_f1"] == table["classification"]["finetune"]["macro_f1"]
+    assert run.data.metrics["validation/vqa/fusion/accuracy"] == pytest.approx(2 / 3)
     artifacts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id)}
     assert {"comparison.json", "comparison.md", "report.json", "plots"} <= artifacts
     plots = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="plots")}

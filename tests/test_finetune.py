@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import text_project
+from conftest import logged_model_files, text_project
 
 from unitask.config import load_config
 from unitask.evaluation.metrics import task_metrics
@@ -59,9 +59,9 @@ def test_tiny_model_learns_each_task_type(tmp_path: Path, kind: str) -> None:
     assert len(losses) > 3 and losses[-1] < 0.5 * losses[0], losses
     per_epoch = client.get_metric_history(run.info.run_id, f"eval_{metric}")
     assert len(per_epoch) == cfg.finetune.epochs and per_epoch[-1].value > per_epoch[0].value
-    assert run.data.metrics[f"test.{metric}"] == pytest.approx(summary["test"][metric])
+    assert run.data.metrics[f"test/toy/{metric}"] == pytest.approx(summary["test"][metric])
     assert run.data.params["type"] == kind and run.data.params["finetune.epochs"] == "10.0"
-    assert "model/model.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert "model.safetensors" in logged_model_files(run)
 
 
 def test_features_dataset_holds_what_from_dict_holds() -> None:

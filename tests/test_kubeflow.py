@@ -340,7 +340,11 @@ def test_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyte
     with sqlite3.connect(tmp_path / "mlflow" / "mlflow.db") as db:  # the project's store, not a workspace's
         stages = {v for (v,) in db.execute("select value from tags where key = 'unitask.stage'")}
         aliases = db.execute("select alias, version from registered_model_aliases").fetchall()
+        (parent,) = db.execute("select r.run_uuid, r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+                               "where t.key = 'unitask.pipeline_driver' and t.value = 'kubeflow-local'").fetchall()
+        nested_under = db.execute("select distinct value from tags where key = 'mlflow.parentRunId'").fetchall()
     assert {"prepare", "validate", "pretrain", "baseline", "finetune", "multitask", "fusion", "evaluate", "register"} <= stages
+    assert parent[1] == "FINISHED" and nested_under == [(parent[0],)]  # one parent over every component's runs
     assert sorted(aliases) == [("challenger", 1), ("champion", 1)]
 
     # Again with the local cache: the training tasks are reused; evaluate (never cached) runs again and

@@ -72,6 +72,10 @@ def test_splits_are_disjoint_and_cover_the_data(default_project):
         summary = json.loads((default_project / "reports/prepare" / f"{name}.json").read_text())
         assert summary["rows"] == {s: len(p) for s, p in parts.items()}
         assert all(len(p) > 0 for p in parts.values())
+        distribution = json.loads((default_project / "reports/prepare" / f"{name}.labels.json").read_text())
+        assert not {"labels", "target"} & summary.keys()  # per-label counts are no DVC metric
+        if "label" in parts["train"] and task.type != "regression":
+            assert sum(distribution["labels"]["train"].values()) == len(parts["train"])
 
 
 def test_classification_splits_are_stratified(default_project):

@@ -18,6 +18,7 @@ import pytest
 from conftest import TINY_BERT, Server, free_port, synthetic_task, write_project, write_splits
 
 from unitask.config import Config, load_config
+from unitask.tracking import log_trained_model, stage_run
 
 BIN = Path(sys.executable).parent
 TEXT_TYPES = ("classification", "pair_classification", "regression", "token_classification", "extractive_qa")
@@ -156,6 +157,11 @@ def test_register_load_by_alias_and_predict_every_task_over_http(served: Config,
 
     cfg = served
     name = cfg.register.name
+    # the models were trained against the local store (see `served`); their LoggedModels, on the server too
+    with stage_run(cfg, "multitask"):
+        bundles = {"multitask": log_trained_model("multitask", cfg.path(cfg.multitask.output), {})}
+    with stage_run(cfg, "fusion", "colours"):
+        bundles["fusion"] = log_trained_model("fusion-colours", cfg.path(cfg.fusion.output) / "colours", {})
     record = register(cfg)
     assert record["decision"] == "promoted" and record["version"] == 1 and record["reason"] == "no champion yet"
     assert record["decided_on"] == "validation" and record["gate"]["split"] == "validation"
@@ -176,6 +182,10 @@ def test_register_load_by_alias_and_predict_every_task_over_http(served: Config,
     assert run.data.tags["unitask.gate.decision"] == "promoted" and run.data.metrics["gate.promoted"] == 1.0
     artifacts = {a.path for a in client.list_artifacts(record["run_id"])}
     assert {"model_card.md", "gate.json"} <= artifacts
+    assert {a: version.tags[f"unitask.bundles.{a}"] for a in bundles} == bundles  # the LoggedModels it holds
+    (pyfunc,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                            filter_string=f"source_run_id = '{record['run_id']}'")  # fmt: skip
+    assert pyfunc.tags["unitask.bundles.fusion"] == bundles["fusion"]  # the registered pyfunc's LoggedModel too
 
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     assert model.metadata.get_input_schema().input_names() == ["task", "text", "text_pair", "image"]

@@ -114,7 +114,7 @@ def test_the_smoke_chain_logs_runs_metrics_and_artifacts_to_the_team_server(stac
     for name in (f"prepare:{TASK}", f"validate:{TASK}", "pretrain", f"finetune:{TASK}", "multitask", "register"):
         assert name in runs and runs[name].info.status == "FINISHED", sorted(runs)
     finetune = runs[f"finetune:{TASK}"]
-    assert "test.macro_f1" in finetune.data.metrics and finetune.data.params["task"] == TASK
+    assert f"test/{TASK}/macro_f1" in finetune.data.metrics and finetune.data.params["task"] == TASK
     assert finetune.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied: clients hold no S3 endpoint
     client = _client(stack)
     assert {"model/model.safetensors", "model/labels.json"} <= {f.path for f in client.list_artifacts(finetune.info.run_id, "model")}

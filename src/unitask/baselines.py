@@ -7,6 +7,8 @@ picked on the validation split.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,7 @@ from unitask.evaluation.metrics import classification_metrics, regression_metric
 from unitask.evaluation.predictions import SCORED_SPLITS, write_predictions
 from unitask.tasks.sequence import SequenceTask, label_outputs
 from unitask.tasks.text import read_split
-from unitask.tracking import flatten, stage_run
+from unitask.tracking import log_datasets, log_trained_model, stage_run
 
 BASELINE_TYPES = ("classification", "pair_classification", "regression")
 STRENGTHS = (0.1, 1.0, 10.0, 100.0)  # C of logistic regression; ridge uses alpha = 1 / C
@@ -74,9 +76,12 @@ def baseline(cfg: Config, name: str) -> dict[str, Any]:
         write_predictions(cfg, "baseline", name, task.gold(frames[split]), outputs, split)
     write_json(cfg.path(cfg.paths.reports) / "baseline" / f"{name}.json", summary)
     with stage_run(cfg, "baseline", name, params={k: summary[k] for k in ("type", "model", "C", "features")}):
-        import mlflow
+        import joblib
 
-        mlflow.log_metrics(flatten("", {k: summary[k] for k in ("validation", "test")}))
+        log_datasets(cfg, [name])
+        with tempfile.TemporaryDirectory() as tmp:  # the fitted vectorizer and model, as a LoggedModel
+            joblib.dump({"vectorizer": vectorizer, "model": models[best]}, Path(tmp) / "model.joblib")
+            log_trained_model(f"baseline-{name}", Path(tmp), {s: {name: summary[s]} for s in ("validation", "test")})
     return summary
 
 

@@ -95,6 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", metavar="DIR", help="one saved model folder instead of the defaults above")
     ask.set_defaults(run=_predict)
 
+    report = commands.add_parser(
+        "summary",
+        parents=[common],
+        help="what to read after a pipeline run: each model's main metric per task, the champion, where to look",
+        description="Print, per task, each model's test main metric side by side (evaluate.output/comparison.json), "
+        "the registry's champion decision (register.output), and where to look next: the MLflow UI on the "
+        "Model training view with the filter for the last pipeline run, comparison.md, `dvc plots show`.",
+    )
+    report.add_argument("--link", action="store_true", help="print only the experiment's link in the MLflow UI")
+    report.set_defaults(run=_summary)
+
+    repro = commands.add_parser(
+        "repro",
+        parents=[common],
+        help="`dvc repro` as one pipeline run in MLflow: the stages' runs nest under one parent",
+        description="Run `dvc repro` with UNITASK_PIPELINE_RUN set, under a parent MLflow run that carries the git "
+        "commit, the dirty flag and the config's hashes; the parent ends FINISHED, or FAILED with dvc. "
+        "Arguments after `--` go to dvc, e.g. `unitask repro -- finetune --force`.",
+    )
+    repro.add_argument("dvc_args", nargs=argparse.REMAINDER, help="arguments for `dvc repro`")
+    repro.set_defaults(run=_repro)
+
     kfp_group = commands.add_parser(
         "pipeline",
         help="Kubeflow Pipelines: compile, run locally, submit",
@@ -186,6 +208,23 @@ def _dvc(cfg: Config, args: argparse.Namespace) -> None:
         print(f"up to date\t{dvcfile.dvc_file(cfg)}")
     else:
         print(f"wrote\t{dvcfile.write(cfg)}")
+
+
+def _summary(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.summary import link, summary
+
+    print(link(cfg) if args.link else summary(cfg))
+
+
+def _repro(cfg: Config, args: argparse.Namespace) -> None:
+    import subprocess
+
+    from unitask.tracking import pipeline
+
+    with pipeline(cfg, "dvc"):
+        done = subprocess.run(["dvc", "repro", *[a for a in args.dvc_args if a != "--"]], cwd=cfg.root)
+        if done.returncode:
+            raise UnitaskError(f"dvc repro exited with {done.returncode}", hint="see dvc's message above")
 
 
 def _pipeline_compile(cfg: Config, args: argparse.Namespace) -> None:

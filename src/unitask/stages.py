@@ -239,12 +239,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage(
         "prepare", "make deterministic train/validation/test splits",
         "Read data/raw/<task>, map columns to roles, drop empty and duplicate examples, and write seeded, "
-        "stratified, disjoint splits to data/prepared/<task>/*.parquet with a summary in reports/prepare/<task>.json.",
+        "stratified, disjoint splits to data/prepared/<task>/*.parquet with a summary in reports/prepare/<task>.json "
+        "(the label distribution per split in <task>.labels.json beside it).",
         "unitask.data.prepare:prepare", _prepare, options=(task_filter("prepare"),),
         per_task=lambda c: list(c.tasks),
         params=("seed", "prepare", "tasks.{task}"),
         deps=("{c.paths.raw}/{task}",),
         outs=("{c.paths.prepared}/{task}",),
+        plain_outs=("{c.paths.reports}/prepare/{task}.labels.json",),  # per-label counts: no DVC metric
         metrics=("{c.paths.reports}/prepare/{task}.json",),
     ),
     Stage(

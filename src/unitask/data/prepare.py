@@ -18,7 +18,7 @@ from unitask.data.fetch import raw_entry
 from unitask.data.readers import read_table
 from unitask.errors import ConfigError, DataError
 from unitask.tasks import TASK_TYPES, TEXT_ROLES, example_keys
-from unitask.tracking import flatten, stage_run
+from unitask.tracking import flatten, log_source, stage_run
 
 
 def prepare(cfg: Config, tasks: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -35,6 +35,7 @@ def prepare(cfg: Config, tasks: list[str] | None = None) -> dict[str, dict[str, 
             summaries[name] = summary = prepare_task(cfg, name)
             mlflow.log_metrics(flatten("", {k: summary[k] for k in ("input_rows", "rows", "dropped")}))
             mlflow.log_dict(summary, "summary.json")
+            log_source(cfg, name, summary["input_rows"])
     return summaries
 
 
@@ -56,11 +57,18 @@ def prepare_task(cfg: Config, name: str) -> dict[str, Any]:
         for split_name, part in splits.items():
             part.to_parquet(tmp / f"{split_name}.parquet", index=False)
     summary = summarize(name, task, splits, dropped, input_rows=len(table))
-    write_json(summary_path(cfg, name), summary)
+    distribution = {k: summary[k] for k in DISTRIBUTION if k in summary}
+    write_json(summary_path(cfg, name), {k: v for k, v in summary.items() if k not in DISTRIBUTION})
+    write_json(summary_path(cfg, name).with_suffix(".labels.json"), {"task": name, **distribution})
     return summary
 
 
+DISTRIBUTION = ("labels", "target")  # per-label counts, target statistics: in <task>.labels.json, not a DVC metric
+
+
 def summary_path(cfg: Config, name: str) -> Path:
+    """reports/prepare/<task>.json: rows and drops (the DVC metric); <task>.labels.json beside it holds
+    the label distribution per split."""
     return cfg.path(cfg.paths.reports) / "prepare" / f"{name}.json"
 
 

@@ -8,7 +8,8 @@ Writes under `evaluate.output` (default reports/evaluate), replacing it whole:
 - report.json: per task the type, main metric, best model (on validation), and per model the rows
   scored, the test per-class report and confusion matrix (classification types);
 - plots/: data for `dvc plots show` (confusion/, by_model/, loss/, eval_loss/).
-The MLflow run `evaluate` holds the metrics, these files and PNG figures of the plots.
+The MLflow run `evaluate` holds the metrics (`test/<task>/<model>/<metric>`), the test splits as dataset
+inputs, these files and PNG figures of the plots.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from unitask.atomic import atomic_dir, write_json
 from unitask.config import Config
 from unitask.evaluation.compare import markdown, score
 from unitask.evaluation.plots import CURVES, figures, training_curves, write_plot_data
-from unitask.tracking import flatten, stage_run
+from unitask.tracking import log_datasets, stage_run, task_metric_keys
 
 PLOT_FOLDERS = ("confusion", "by_model", *CURVES)
 
@@ -41,7 +42,12 @@ def evaluate(cfg: Config) -> dict[str, Any]:
                 (tmp / "plots" / folder).mkdir(parents=True, exist_ok=True)
             write_plot_data(tmp / "plots", result, curves)
         output = cfg.path(cfg.evaluate.output)
-        mlflow.log_metrics(flatten("test", result["table"]) | flatten("validation", result["validation"]))
+        log_datasets(cfg, result["table"], splits=("validation", "test"))
+        tables = {"validation": result["validation"], "test": result["table"]}
+        mlflow.log_metrics({
+            key: value for split, table in tables.items() for task, models in table.items()
+            for model, metrics in models.items() for key, value in task_metric_keys(split, f"{task}/{model}", metrics).items()
+        })  # fmt: skip
         for name in ("comparison.json", "comparison.md", "report.json"):
             mlflow.log_artifact(str(output / name))
         for name, fig in figures(result, curves).items():

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from unitask import tracking
 from unitask.config import Config
 from unitask.errors import ConfigError, UnitaskError
 
@@ -136,7 +137,8 @@ def run_local(cfg: Config, output: Path | None = None, cache: bool = False) -> P
             warnings.filterwarnings("ignore", message=".*no effect in the current local runner", category=UserWarning)
             # the components run in this Python environment, where unitask is installed, not in the image
             warnings.filterwarnings("ignore", message=".*custom or non-Python base image", category=RuntimeWarning)
-            pipeline()
+            with tracking.pipeline(cfg, "kubeflow-local"):  # one parent run over the components' runs
+                pipeline()
     except RuntimeError as exc:
         raise UnitaskError(f"kubeflow local run: {_plain(str(exc))}", hint="the failing component's log is above") from None
     runs = sorted(p for p in set(root.iterdir()) - before if p.is_dir() and not p.name.startswith("."))

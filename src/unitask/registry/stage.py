@@ -25,11 +25,12 @@ from unitask.registry.card import model_card
 from unitask.registry.examples import as_frame, example_rows
 from unitask.registry.gate import decide, task_scores
 from unitask.registry.pyfunc import Router, UnitaskModel, pip_requirements, priority, signature
-from unitask.tracking import configure, stage_run
+from unitask.tracking import configure, logged_models_of, stage_run
 
 DECIDING_SPLIT = "validation"  # the split whose scores the gate compares; test is only reported
 SCORE_TAG = "unitask.validation_score."  # + task: the version's validation main metric (0-1), what the gate compares
 TEST_TAG = "unitask.test_score."  # + task: its test main metric (0-1), reported only
+BUNDLES_TAG = "unitask.bundles."  # + artifact: the ids of the training stages' LoggedModels it holds
 FINGERPRINT_TAG = "unitask.fingerprint"
 
 
@@ -154,7 +155,8 @@ def _new_version(cfg: Config, client: Any, folders: dict[str, Path], examples: l
     settings = cfg.register.gate
     params = {"name": name, "bundled": ",".join(folders), "gate.primary": settings.primary,
               "gate.max_task_regression": settings.max_task_regression, "gate.min_improvement": settings.min_improvement}
-    with stage_run(cfg, "register", params=params) as run:
+    bundles = {BUNDLES_TAG + artifact: ",".join(logged_models_of(folder)) for artifact, folder in folders.items()}
+    with stage_run(cfg, "register", params=params | bundles) as run:
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=UnitaskModel(),
@@ -170,7 +172,8 @@ def _new_version(cfg: Config, client: Any, folders: dict[str, Path], examples: l
         tags = {FINGERPRINT_TAG: digest, "unitask.run_id": run.info.run_id, "unitask.primary": str(gate["candidate"]["primary"]),
                 "unitask.gate_split": DECIDING_SPLIT,
                 **{SCORE_TAG + task: str(value) for task, value in scores[DECIDING_SPLIT].items()},
-                **{TEST_TAG + task: str(value) for task, value in scores["test"].items()}}  # fmt: skip
+                **{TEST_TAG + task: str(value) for task, value in scores["test"].items()}, **bundles}  # fmt: skip
+        mlflow.set_logged_model_tags(info.model_id, bundles)
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         client.update_model_version(name, version, description=card)

@@ -26,7 +26,7 @@ from unitask.config import SPLITS, Config
 from unitask.evaluation.predictions import SCORED_SPLITS, write_predictions
 from unitask.models.backbone import load_tokenizer
 from unitask.tasks.text import TextTask, read_split, task_scores, text_task
-from unitask.tracking import flatten, preflight, stage_run
+from unitask.tracking import flatten, log_datasets, log_trained_model, preflight, stage_run
 from unitask.training.model import build_model
 from unitask.training.trainer import (
     MlflowMetrics,
@@ -140,6 +140,8 @@ def finetune(cfg: Config, name: str, resume: bool = False) -> dict[str, Any]:
     }
     main = is_main_process()
     with stage_run(cfg, "finetune", name, params=params) if main else nullcontext():
+        if main:
+            log_datasets(cfg, [name])
         started = time.perf_counter()
         result = train_from(trainer, last)
         seconds = time.perf_counter() - started
@@ -186,5 +188,5 @@ def _write_outputs(cfg: Config, name: str, task: TextTask, trainer: Any, tokeniz
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "labels.json", {"task": name, "type": summary["type"], "labels": task.labels()})
     write_json(cfg.path(cfg.paths.reports) / "finetune" / f"{name}.json", summary)
-    mlflow.log_metrics(flatten("", {k: summary[k] for k in ("train", "validation", "test")}))
-    mlflow.log_artifacts(str(model_dir), artifact_path="model")
+    mlflow.log_metrics(flatten("train", summary["train"]))
+    log_trained_model(f"finetune-{name}", model_dir, {split: {name: summary[split]} for split in ("validation", "test")})

@@ -32,7 +32,7 @@ from unitask.models.backbone import load_tokenizer, resolve_backbone
 from unitask.models.fusion import FusionCollator, FusionSpec, ImageEncoder, LateFusion, TextEncoder, compose, save_fusion
 from unitask.tasks.sequence import label_outputs, softmax
 from unitask.tasks.text import read_split
-from unitask.tracking import flatten, preflight, stage_run
+from unitask.tracking import flatten, log_datasets, log_task_metrics, log_trained_model, preflight, stage_run
 from unitask.training.model import build_encoder
 from unitask.training.trainer import (
     MlflowMetrics,
@@ -297,6 +297,8 @@ def train_model(
     with stage_run(cfg, "fusion", name, params=params) if main else nullcontext():
         if main:
             mlflow.set_tags({"mlflow.runName": f"fusion:{name}:{model_name}", "unitask.model": model_name})
+        if main:
+            log_datasets(cfg, [name])
         started = time.perf_counter()
         result = train_from(trainer, last)
         seconds = time.perf_counter() - started
@@ -323,17 +325,20 @@ def train_model(
         if main:
             for split, decoded in outputs.items():
                 write_predictions(cfg, model_name, name, frames[split]["label"].astype(str).tolist(), decoded, split)
-            mlflow.log_metrics(flatten("", {k: summary[k] for k in ("train", "validation", "test")}))  # by_group too
+            mlflow.log_metrics(flatten("train", summary["train"]))
+            results = {split: {name: summary[split]} for split in ("validation", "test")}
+            for split in results:  # accuracy per group (question kind), beside the task's metrics
+                mlflow.log_metrics(flatten(f"{split}/{name}/by_group", summary[split].get("by_group", {})))
             if model_name == "fusion":
-                write_model(cfg, name, built, tokenizer, labels)
+                log_trained_model(f"fusion-{name}", write_model(cfg, name, built, tokenizer, labels), results)
+            else:  # the one-modality baselines save no model
+                for split, metrics in results.items():
+                    log_task_metrics(split, name, metrics[name])
     return summary
 
 
-def write_model(cfg: Config, name: str, built: Built, tokenizer: Any, labels: list[str]) -> None:
-    """The fused model's folder `<fusion.output>/<name>` (atomically), the output's index and the
-    folder as the MLflow run's `model` artifact."""
-    import mlflow
-
+def write_model(cfg: Config, name: str, built: Built, tokenizer: Any, labels: list[str]) -> Path:
+    """The fused model's folder `<fusion.output>/<name>` (atomically) and the output's index; the folder."""
     folder = cfg.path(cfg.fusion.output) / name
     manifest = {
         "tasks": {name: "multimodal_classification"},
@@ -345,7 +350,7 @@ def write_model(cfg: Config, name: str, built: Built, tokenizer: Any, labels: li
     with atomic_dir(folder) as tmp:
         save_fusion(Path(tmp), built.model, built.spec, tokenizer, built.processor, manifest)
     write_index(folder.parent)
-    mlflow.log_artifacts(str(folder), artifact_path="model")
+    return folder
 
 
 def write_index(output: Path) -> None:

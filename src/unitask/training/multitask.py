@@ -34,7 +34,7 @@ from unitask.evaluation.predictions import SCORED_SPLITS, write_predictions
 from unitask.models.backbone import load_tokenizer
 from unitask.models.multitask import HeadSpec, MultitaskModel, save_multitask
 from unitask.tasks.text import TextTask, read_split, text_task
-from unitask.tracking import flatten, stage_run
+from unitask.tracking import flatten, log_datasets, log_trained_model, stage_run
 from unitask.training.distributed import same_on_every_rank
 from unitask.training.model import build_encoder
 from unitask.training.sampling import TaskBatchSampler, steps_per_epoch, task_probabilities
@@ -333,6 +333,8 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
     }
     main = is_main_process()
     with stage_run(cfg, "multitask", params=params) if main else nullcontext() as run:
+        if main:
+            log_datasets(cfg, names)
         started = time.perf_counter()
         result = train_from(trainer, last)
         seconds = time.perf_counter() - started
@@ -417,7 +419,8 @@ def _write_outputs(cfg: Config, model: MultitaskModel, tokenizer: Any, tasks: di
         save_multitask(model, tokenizer, tmp, manifest)
     metrics_file = cfg.path(cfg.multitask.metrics)
     write_json(metrics_file, summary)
-    mlflow.log_metrics(flatten("", {k: summary[k] for k in ("train", "validation", "test")}))
+    mlflow.log_metrics(flatten("train", summary["train"]) | {f"{s}/{MEAN}": summary[s][MEAN] for s in ("validation", "test")})
     mlflow.log_metrics(flatten("weight", summary["weighting"]["final_weights"]))
     mlflow.log_artifact(str(metrics_file))
-    mlflow.log_artifacts(str(model_dir), artifact_path="model")
+    results = {split: {n: summary[split][n] for n in tasks} for split in ("validation", "test")}
+    log_trained_model("multitask", model_dir, results)

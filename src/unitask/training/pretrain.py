@@ -34,7 +34,7 @@ from unitask.models.backbone import backbone_path, load_tokenizer
 from unitask.tasks import TEXT_ROLES
 from unitask.tasks.text import read_split
 from unitask.training.model import check_weights
-from unitask.tracking import preflight, stage_run
+from unitask.tracking import log_datasets, log_trained_model, preflight, stage_run
 from unitask.training.trainer import (
     MlflowMetrics,
     UnitaskTrainer,
@@ -93,6 +93,8 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
     }
     main = is_main_process()
     with stage_run(cfg, "pretrain", params=params) if main else nullcontext():
+        if main and cfg.pretrain.corpus is None:  # the train splits of the tasks (gather_corpus)
+            log_datasets(cfg, cfg.pretrain.tasks or list(cfg.tasks), splits=("train",))
         result = train_from(trainer, last)
         before = _initial_loss(trainer.state.log_history)
         after = trainer.evaluate(metric_key_prefix="heldout_after")["heldout_after_loss"]
@@ -121,6 +123,7 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
             write_json(metrics_file, metrics)
             mlflow.log_metrics({f"pretrain.{k}": v for k, v in metrics["heldout"].items()})
             mlflow.log_artifact(str(metrics_file))
+            log_trained_model("pretrain", cfg.path(p.output), {"validation": {"heldout": metrics["heldout"]}})
             shutil.rmtree(checkpoints, ignore_errors=True)
     return metrics
 

@@ -13,7 +13,7 @@ import numpy as np
 from unitask.atomic import atomic_dir, write_json
 from unitask.config import SPLITS, Config
 from unitask.errors import DataError
-from unitask.tracking import flatten, stage_run
+from unitask.tracking import flatten, log_datasets, stage_run
 from unitask.validation.checks import DEFAULT_SEVERITY, SCHEMA, content_checks, derive, schema_checks, severity
 from unitask.validation.load import InputError, load_split, short
 from unitask.validation.suites import Outcome, Suites
@@ -80,6 +80,7 @@ def _validate_logged(cfg: Config, name: str, tokenizer: Any, mlflow: Any) -> tup
     )
     mlflow.log_artifact(str(summary_file))
     mlflow.log_artifacts(str(docs_dir(cfg) / name), "data_docs")
+    log_datasets(cfg, [name])  # the splits validated, readable now
     return summary, failed
 
 
