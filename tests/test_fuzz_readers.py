@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from unitask.config import SPLITS, load_config
 from unitask.data.fetch import fetch
-from unitask.data.prepare import prepare_task, summary_path
+from unitask.data.prepare import prepare_task
 from unitask.errors import UnitaskError
 from unitask.validation.load import load_split
 

@@ -9,7 +9,6 @@ MLflow run with params, per-evaluation metrics, final metrics and the model. Und
 from __future__ import annotations
 
 import functools
-import json
 import shutil
 import time
 from collections.abc import Callable
