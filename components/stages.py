@@ -3,7 +3,8 @@
 kfp embeds each function's source in the compiled pipeline and runs it in the image
 `kubeflow.image:kubeflow.tag` (components/Dockerfile), so every body imports inside and makes one
 call to `unitask.kubeflow.runtime`, where the work is done and tested. Inputs are the params.yaml
-config (`params`: the validated params.yaml as one YAML string, and `seed`) and the artifacts of the
+config (`params`: the validated params.yaml as one YAML string, and `seed`; `pipeline_run`: the
+Kubeflow run, whose MLflow parent run the stage runs nest under) and the artifacts of the
 stages before it; outputs are typed artifacts. `build(image)` turns the functions into components for one image.
 
 Training stages also output `reports`, a Dataset holding what the stage wrote under paths.reports
@@ -17,28 +18,30 @@ from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
-def plan(params: str, seed: int) -> list:
+def plan(params: str, seed: int, pipeline_run: str) -> list:
     """The tasks to fine-tune (finetune.tasks, or every text task): the ParallelFor's items."""
     from unitask.kubeflow.runtime import run_plan
 
-    return run_plan(params, seed)
+    return run_plan(params, seed, pipeline_run)
 
 
 def prepare(
     params: str,
     seed: int,
+    pipeline_run: str,
     dataset: Output[Dataset],
     metrics: Output[Metrics],
 ):
     """Fetch every task's source and write seeded train/validation/test splits."""
     from unitask.kubeflow.runtime import run_prepare
 
-    run_prepare(params, seed, dataset, metrics)
+    run_prepare(params, seed, pipeline_run, dataset, metrics)
 
 
 def validate(
     params: str,
     seed: int,
+    pipeline_run: str,
     dataset: Input[Dataset],
     metrics: Output[Metrics],
     report: Output[HTML],
@@ -47,12 +50,13 @@ def validate(
     """The data gate: great-expectations suites per task; a failed `error` check fails the run."""
     from unitask.kubeflow.runtime import run_validate
 
-    run_validate(params, seed, dataset, metrics, report, data_docs)
+    run_validate(params, seed, pipeline_run, dataset, metrics, report, data_docs)
 
 
 def pretrain(
     params: str,
     seed: int,
+    pipeline_run: str,
     dataset: Input[Dataset],
     encoder: Output[Model],
     metrics: Output[Metrics],
@@ -60,12 +64,13 @@ def pretrain(
     """Continued pretraining (masked-LM or causal-LM) of the encoder on the train splits."""
     from unitask.kubeflow.runtime import run_pretrain
 
-    run_pretrain(params, seed, dataset, encoder, metrics)
+    run_pretrain(params, seed, pipeline_run, dataset, encoder, metrics)
 
 
 def baseline(
     params: str,
     seed: int,
+    pipeline_run: str,
     dataset: Input[Dataset],
     reports: Output[Dataset],
     metrics: Output[Metrics],
@@ -73,13 +78,14 @@ def baseline(
     """TF-IDF + linear model per text classification/regression task: the bar the encoders must beat."""
     from unitask.kubeflow.runtime import run_baseline
 
-    run_baseline(params, seed, dataset, reports, metrics)
+    run_baseline(params, seed, pipeline_run, dataset, reports, metrics)
 
 
 def finetune(
     task: str,
     params: str,
     seed: int,
+    pipeline_run: str,
     dataset: Input[Dataset],
     encoder: Input[Model],
     finetuned: Output[Model],
@@ -91,12 +97,13 @@ def finetune(
     and (classification tasks) the test confusion matrix."""
     from unitask.kubeflow.runtime import run_finetune
 
-    run_finetune(task, params, seed, dataset, encoder, finetuned, reports, metrics, confusion)
+    run_finetune(task, params, seed, pipeline_run, dataset, encoder, finetuned, reports, metrics, confusion)
 
 
 def multitask(
     params: str,
     seed: int,
+    pipeline_run: str,
     dataset: Input[Dataset],
     encoder: Input[Model],
     multitask_model: Output[Model],
@@ -106,12 +113,13 @@ def multitask(
     """One encoder with a head per text task, trained jointly; per-task metrics and test predictions."""
     from unitask.kubeflow.runtime import run_multitask
 
-    run_multitask(params, seed, dataset, encoder, multitask_model, reports, metrics)
+    run_multitask(params, seed, pipeline_run, dataset, encoder, multitask_model, reports, metrics)
 
 
 def fusion(
     params: str,
     seed: int,
+    pipeline_run: str,
     dataset: Input[Dataset],
     encoder: Input[Model],
     fusion_model: Output[Model],
@@ -121,12 +129,13 @@ def fusion(
     """A late-fusion text+image model per task in fusion.tasks (and the text-only and image-only baselines)."""
     from unitask.kubeflow.runtime import run_fusion
 
-    run_fusion(params, seed, dataset, encoder, fusion_model, reports, metrics)
+    run_fusion(params, seed, pipeline_run, dataset, encoder, fusion_model, reports, metrics)
 
 
 def evaluate(
     params: str,
     seed: int,
+    pipeline_run: str,
     baseline_reports: Input[Dataset],
     finetune_reports: Input[List[Dataset]],
     multitask_reports: Input[Dataset],
@@ -142,12 +151,13 @@ def evaluate(
     from unitask.kubeflow.runtime import run_evaluate
 
     reports = [baseline_reports, *finetune_reports, multitask_reports, fusion_reports]
-    return run_evaluate(params, seed, reports, multitask_model, fusion_model, evaluation, metrics, comparison)
+    return run_evaluate(params, seed, pipeline_run, reports, multitask_model, fusion_model, evaluation, metrics, comparison)
 
 
 def register(
     params: str,
     seed: int,
+    pipeline_run: str,
     dataset: Input[Dataset],
     multitask_model: Input[Model],
     fusion_model: Input[Model],
@@ -158,7 +168,7 @@ def register(
     """Register one MLflow pyfunc over the multi-task and fusion models; move the aliases by the gate."""
     from unitask.kubeflow.runtime import run_register
 
-    run_register(params, seed, dataset, multitask_model, fusion_model, evaluation, metrics, card)
+    run_register(params, seed, pipeline_run, dataset, multitask_model, fusion_model, evaluation, metrics, card)
 
 
 STAGES = {

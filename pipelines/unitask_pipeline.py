@@ -72,7 +72,8 @@ def build_pipeline(cfg: Any, ops: dict, arguments: dict, parallelism: int | None
         "-> multitask -> fusion -> evaluate -> register (when the gate passes)",
     )
     def unitask(params: str = arguments["params"], seed: int = arguments["seed"]):
-        config = {"params": params, "seed": seed}
+        # every stage's MLflow runs nest under one parent run per Kubeflow run (tracking.pipeline_run)
+        config = {"params": params, "seed": seed, "pipeline_run": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
         plan = ops["plan"](**config)
         plan.set_display_name("plan").set_cpu_request("500m").set_memory_request("1Gi")
         plan.set_caching_options(enable_caching=kf.stages.prepare.caching)

@@ -426,12 +426,12 @@ def test_a_distributed_finetune_runs_as_a_trainjob(tmp_path: Path, monkeypatch: 
     cfg = load_config(params)
     arguments = pipeline_arguments(cfg, local=True)
     art = {name: Artifact(tmp_path / "artifacts" / name) for name in ("dataset", "metrics", "encoder", "m2", "model", "reports", "m3", "confusion")}
-    runtime.run_prepare(arguments["params"], arguments["seed"], art["dataset"], art["metrics"])
-    runtime.run_pretrain(arguments["params"], arguments["seed"], art["dataset"], art["encoder"], art["m2"])
+    runtime.run_prepare(arguments["params"], arguments["seed"], "", art["dataset"], art["metrics"])
+    runtime.run_pretrain(arguments["params"], arguments["seed"], "", art["dataset"], art["encoder"], art["m2"])
     api = TrainerDouble([])
     monkeypatch.setattr(jobs, "custom_objects_api", lambda: api)
     monkeypatch.setattr(jobs, "current_namespace", lambda default="default": "team")
-    runtime.run_finetune("t", arguments["params"], arguments["seed"], art["dataset"], art["encoder"], art["model"],
+    runtime.run_finetune("t", arguments["params"], arguments["seed"], "", art["dataset"], art["encoder"], art["model"],
                          art["reports"], art["m3"], art["confusion"])  # fmt: skip
     assert [verb for verb, _, plural in api.calls if plural == "trainjobs"][:2] == ["create", "get"]
     assert (Path(art["model"].path) / "model.safetensors").is_file()

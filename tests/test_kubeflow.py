@@ -170,7 +170,9 @@ def test_compiled_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     assert written["kubeflow"]["tag"] == "t1"  # a pod launching a distributed job builds it from this section
     for name, component in spec["components"].items():  # every component takes the config, nothing else
         if name.startswith("comp-") and "executorLabel" in component:
-            assert {"params", "seed"} <= set(component["inputDefinitions"]["parameters"]), name
+            assert {"params", "seed", "pipeline_run"} <= set(component["inputDefinitions"]["parameters"]), name
+    # the stages' MLflow runs nest under one parent per Kubeflow run: each gets kfp's job id
+    assert dag["prepare"]["inputs"]["parameters"]["pipeline_run"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
 
 
 def test_every_pod_loads_the_config_compiled_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -75,7 +75,7 @@ def test_one_rule_for_task_lists_in_every_driver(tmp_path: Path, listed: list[st
     assert (stages["finetune"]["foreach"] if "finetune" in stages else []) == expected
     assert ("finetune" in stages) == bool(expected)
     arguments = pipeline_arguments(cfg)
-    assert run_plan(arguments["params"], arguments["seed"]) == expected
+    assert run_plan(arguments["params"], arguments["seed"], "") == expected
 
 
 def test_fusion_without_tasks_trains_nothing_under_every_driver(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

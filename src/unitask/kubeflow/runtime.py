@@ -77,10 +77,14 @@ def load_params(params: str, seed: int, root: Path, inputs: tuple[Any, ...] = ()
 
 
 @contextmanager
-def workspace(params: str, seed: int, *inputs: Any, stage: str | None = None) -> Iterator[Config]:
-    """A temporary project root holding the config; `inputs` are the artifacts the stage reads.
-    Removed afterwards. A training `stage` that kubeflow.stages sets to several processes gets its root
+def workspace(params: str, seed: int, pipeline_run: str, *inputs: Any, stage: str | None = None) -> Iterator[Config]:
+    """A temporary project root holding the config; `inputs` are the artifacts the stage reads; the
+    stage's MLflow runs nest under the parent run of Kubeflow run `pipeline_run` (kfp's job id). Removed afterwards. A training `stage` that kubeflow.stages sets to several processes gets its root
     on the shared workspace volume (kubeflow.jobs.mount_path), where the job's nodes find it."""
+    from unitask.tracking import pipeline_run as nest_under
+
+    if pipeline_run:
+        nest_under(pipeline_run, driver="kubeflow")
     root = Path(tempfile.mkdtemp(prefix="unitask-kfp-"))
     try:
         cfg = load_params(params, seed, root, inputs)
@@ -188,19 +192,19 @@ def log_metrics(metrics: Any, values: dict[str, Any]) -> None:
 
 
 @stage_errors
-def run_plan(params: str, seed: int) -> list[str]:
+def run_plan(params: str, seed: int, pipeline_run: str) -> list[str]:
     """The list the pipeline's fine-tuning loop runs over (the config is checked on the way)."""
-    with workspace(params, seed) as cfg:
+    with workspace(params, seed, pipeline_run) as cfg:
         return cfg.finetune_tasks()
 
 
 @stage_errors
-def run_prepare(params: str, seed: int, dataset: Any, metrics: Any) -> None:
+def run_prepare(params: str, seed: int, pipeline_run: str, dataset: Any, metrics: Any) -> None:
     """Fetch every task's source, prepare its splits, and output them as one Dataset."""
     from unitask.data.fetch import fetch
     from unitask.data.prepare import prepare
 
-    with workspace(params, seed) as cfg:
+    with workspace(params, seed, pipeline_run) as cfg:
         hashes = fetch(cfg)
         summaries = prepare(cfg)
         out = Path(dataset.path)
@@ -215,14 +219,14 @@ def run_prepare(params: str, seed: int, dataset: Any, metrics: Any) -> None:
 
 
 @stage_errors
-def run_validate(params: str, seed: int, dataset: Any, metrics: Any, report: Any, data_docs: Any) -> None:
+def run_validate(params: str, seed: int, pipeline_run: str, dataset: Any, metrics: Any, report: Any, data_docs: Any) -> None:
     """The gate: validate every task. Metrics, the report and Data Docs are written either way, so a
     failed gate shows which task and check failed (`passed` 0); then a failed `error` check fails the
     component and the run."""
     from unitask.validation import InputError, ValidationFailed, validate
     from unitask.validation.stage import docs_dir
 
-    with workspace(params, seed, dataset) as cfg:
+    with workspace(params, seed, pipeline_run, dataset) as cfg:
         link_dataset(cfg, dataset)
         failure: UnitaskError | None = None
         try:
@@ -269,12 +273,12 @@ def validation_html(summaries: dict[str, dict[str, Any]]) -> str:
 
 
 @stage_errors
-def run_pretrain(params: str, seed: int, dataset: Any, encoder: Any, metrics: Any) -> None:
+def run_pretrain(params: str, seed: int, pipeline_run: str, dataset: Any, encoder: Any, metrics: Any) -> None:
     """Continued pretraining on the validated data; outputs the encoder (or, when disabled, the note
     `pretrain` leaves instead)."""
     from unitask.training.pretrain import pretrain
 
-    with workspace(params, seed, dataset, stage="pretrain") as cfg:
+    with workspace(params, seed, pipeline_run, dataset, stage="pretrain") as cfg:
         link_dataset(cfg, dataset)
         result = train(cfg, "pretrain", ["pretrain"], lambda: pretrain(cfg), cfg.path(cfg.pretrain.metrics))
         export(cfg.path(cfg.pretrain.output), encoder.path)
@@ -287,11 +291,11 @@ def run_pretrain(params: str, seed: int, dataset: Any, encoder: Any, metrics: An
 
 
 @stage_errors
-def run_baseline(params: str, seed: int, dataset: Any, reports: Any, metrics: Any) -> None:
+def run_baseline(params: str, seed: int, pipeline_run: str, dataset: Any, reports: Any, metrics: Any) -> None:
     """TF-IDF baselines of every text classification/regression task (`unitask baseline`)."""
     from unitask.baselines import baseline, baseline_tasks
 
-    with workspace(params, seed, dataset) as cfg:
+    with workspace(params, seed, pipeline_run, dataset) as cfg:
         link_dataset(cfg, dataset)
         summaries = {name: baseline(cfg, name) for name in baseline_tasks(cfg)}
         export_paths(cfg, [cfg.paths.reports], reports)
@@ -300,12 +304,12 @@ def run_baseline(params: str, seed: int, dataset: Any, reports: Any, metrics: An
 
 @stage_errors
 def run_finetune(
-    task: str, params: str, seed: int, dataset: Any, encoder: Any, model: Any, reports: Any, metrics: Any, confusion: Any
+    task: str, params: str, seed: int, pipeline_run: str, dataset: Any, encoder: Any, model: Any, reports: Any, metrics: Any, confusion: Any
 ) -> None:
     """Fine-tune one task on the pretrained encoder (or the backbone when pretraining is off)."""
     from unitask.training.finetune import finetune
 
-    with workspace(params, seed, dataset, encoder, stage="finetune") as cfg:
+    with workspace(params, seed, pipeline_run, dataset, encoder, stage="finetune") as cfg:
         link_dataset(cfg, dataset)
         link_encoder(cfg, encoder)
         report = cfg.path(cfg.paths.reports) / "finetune" / f"{task}.json"
@@ -336,11 +340,11 @@ def log_confusion(cfg: Config, model: str, task: str, confusion: Any) -> None:
 
 
 @stage_errors
-def run_multitask(params: str, seed: int, dataset: Any, encoder: Any, model: Any, reports: Any, metrics: Any) -> None:
+def run_multitask(params: str, seed: int, pipeline_run: str, dataset: Any, encoder: Any, model: Any, reports: Any, metrics: Any) -> None:
     """Train the multi-task model (one encoder, a head per text task) on the pretrained encoder."""
     from unitask.training.multitask import multitask
 
-    with workspace(params, seed, dataset, encoder, stage="multitask") as cfg:
+    with workspace(params, seed, pipeline_run, dataset, encoder, stage="multitask") as cfg:
         link_dataset(cfg, dataset)
         link_encoder(cfg, encoder)
         summary = train(cfg, "multitask", ["multitask"], lambda: multitask(cfg), cfg.path(cfg.multitask.metrics))
@@ -353,11 +357,11 @@ def run_multitask(params: str, seed: int, dataset: Any, encoder: Any, model: Any
 
 
 @stage_errors
-def run_fusion(params: str, seed: int, dataset: Any, encoder: Any, model: Any, reports: Any, metrics: Any) -> None:
+def run_fusion(params: str, seed: int, pipeline_run: str, dataset: Any, encoder: Any, model: Any, reports: Any, metrics: Any) -> None:
     """Train the fusion models of every task in fusion.tasks; with none, empty outputs."""
     from unitask.training.fusion import fusion
 
-    with workspace(params, seed, dataset, encoder, stage="fusion") as cfg:
+    with workspace(params, seed, pipeline_run, dataset, encoder, stage="fusion") as cfg:
         link_dataset(cfg, dataset)
         link_encoder(cfg, encoder)
         written = cfg.path(cfg.paths.reports) / "fusion"
@@ -378,7 +382,7 @@ def run_fusion(params: str, seed: int, dataset: Any, encoder: Any, model: Any, r
 
 @stage_errors
 def run_evaluate(
-    params: str, seed: int, reports: list[Any], multitask: Any, fusion: Any, evaluation: Any, metrics: Any, comparison: Any
+    params: str, seed: int, pipeline_run: str, reports: list[Any], multitask: Any, fusion: Any, evaluation: Any, metrics: Any, comparison: Any
 ) -> bool:
     """Compare the multi-task model with the fine-tunes, score every model's test predictions, and
     return the registry gate: whether the served model would replace the champion."""
@@ -386,7 +390,7 @@ def run_evaluate(
     from unitask.evaluation.stage import evaluate
     from unitask.registry.stage import gate_now
 
-    with workspace(params, seed, *reports, multitask, fusion) as cfg:
+    with workspace(params, seed, pipeline_run, *reports, multitask, fusion) as cfg:
         import_reports(cfg, reports)
         link_models(cfg, multitask, fusion)
         versus = compare_multitask(cfg)
@@ -432,14 +436,14 @@ def comparison_html(result: dict[str, Any], gate: dict[str, Any]) -> str:
 
 @stage_errors
 def run_register(
-    params: str, seed: int, dataset: Any, multitask: Any, fusion: Any, evaluation: Any, metrics: Any, card: Any
+    params: str, seed: int, pipeline_run: str, dataset: Any, multitask: Any, fusion: Any, evaluation: Any, metrics: Any, card: Any
 ) -> None:
     """Register the served model (multi-task + fusion) in MLflow; the model card as Markdown."""
     from mlflow.tracking import MlflowClient
 
     from unitask.registry import register
 
-    with workspace(params, seed, dataset, multitask, fusion, evaluation) as cfg:
+    with workspace(params, seed, pipeline_run, dataset, multitask, fusion, evaluation) as cfg:
         link_dataset(cfg, dataset)
         link_models(cfg, multitask, fusion)
         import_reports(cfg, [evaluation])
