@@ -152,6 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     multi.set_defaults(run=_multitask)
 
+    lm = commands.add_parser(
+        "llm",
+        parents=[common],
+        help="train one decoder LLM with LoRA on every text task at once (text to text)",
+        description="Turn each row of the text tasks (llm.tasks; default: every declared text task) into an "
+        "instruction prompt and a target text (label word, number, `type: words; ...` entities, answer span), "
+        "score the base model llm.model (hub id, folder, or package:...; a GGUF file is converted once) with "
+        "llm.shots in-context examples, train LoRA (PEFT) adapters on all tasks at once (llm.adapters: shared or "
+        "per_task), and score it again. Writes test predictions to reports/predictions/{llm,llm_zeroshot}/, "
+        "llm.metrics, llm.output (adapters, tokenizer, unitask-model.json: `unitask predict --model` answers "
+        "from it) and an MLflow run.",
+    )
+    lm.add_argument("--resume", action="store_true", help="continue from the last checkpoint in llm.checkpoints")
+    lm.set_defaults(run=_llm)
+
     ask = commands.add_parser(
         "predict",
         parents=[common],
@@ -362,6 +377,19 @@ def _multitask(cfg: Config, args: argparse.Namespace) -> None:
                   f"\ttest {metric} {summary['test'][name][metric]:.4f}")
         print(f"mean\tvalidation {summary['validation']['mean_score']:.4f}\ttest {summary['test']['mean_score']:.4f}")
         print(f"model\t{cfg.path(cfg.multitask.output)}")
+
+
+def _llm(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.llm.train import llm
+    from unitask.training.trainer import is_main_process
+
+    summary = llm(cfg, resume=args.resume)
+    if is_main_process():
+        for name, metric in summary["main_metrics"].items():
+            zero = summary["zeroshot"]["test"][name][metric] if summary["zeroshot"] else float("nan")
+            print(f"{name}\ttest {metric}\tllm {summary['test'][name][metric]:.4f}\tllm_zeroshot {zero:.4f}"
+                  f"\tunparsed {summary['test'][name]['unparsed']}")
+        print(f"model\t{cfg.path(cfg.llm.output)}")
 
 
 def _predict(cfg: Config, args: argparse.Namespace) -> None:

@@ -11,6 +11,7 @@ from unitask.config.base import Strict, project_paths
 from unitask.config.evaluate import Evaluate, Register
 from unitask.config.fusion import Fusion
 from unitask.config.kubeflow import Kubeflow
+from unitask.config.llm import Llm
 from unitask.config.stages import Finetune, Model, Multitask, Paths, Prepare, Pretrain, Tracking, Validate
 from unitask.config.tasks import TASK_NAME, TaskConfig
 from unitask.config.tune import Tune
@@ -34,6 +35,7 @@ class Config(Strict):
     finetune: Finetune = Finetune()
     multitask: Multitask = Multitask()
     fusion: Fusion = Fusion()
+    llm: Llm = Llm()
     evaluate: Evaluate = Evaluate()
     register: Register = Register()
     kubeflow: Kubeflow = Kubeflow()
@@ -85,6 +87,23 @@ class Config(Strict):
         if mt.tasks is not None and len(set(mt.tasks)) != len(mt.tasks):
             raise ValueError("multitask.tasks: the list has duplicates")
         return self
+
+    @model_validator(mode="after")
+    def _llm_tasks(self) -> Config:
+        names = [*(self.llm.tasks or []), *self.llm.rates, *self.llm.prompts]
+        unknown = sorted({n for n in names if n not in self.tasks})
+        if unknown:
+            raise ValueError(f"llm: tasks {unknown} (in tasks, rates or prompts) are not declared under tasks")
+        not_text = [n for n in self.llm.tasks or [] if self.tasks[n].type == "multimodal_classification"]
+        if not_text:
+            raise ValueError(f"llm.tasks: {not_text} are text+image tasks; this LLM is text-only (fusion trains those)")
+        return self
+
+    def llm_tasks(self) -> list[str]:
+        """The tasks `unitask llm` trains: `llm.tasks`, or every declared text task."""
+        if self.llm.tasks is not None:
+            return list(self.llm.tasks)
+        return [n for n, t in self.tasks.items() if t.type != "multimodal_classification"]
 
     def multitask_tasks(self) -> list[str]:
         """The tasks `unitask multitask` trains: `multitask.tasks`, or every declared text task."""

@@ -22,6 +22,8 @@ STAGE_OF = {
     "fusion": "unitask fusion",
     "fusion_text": "unitask fusion (with fusion.baselines: true)",
     "fusion_image": "unitask fusion (with fusion.baselines: true)",
+    "llm": "unitask llm",
+    "llm_zeroshot": "unitask llm (with llm.zeroshot: true)",
 }
 CLASSIFICATION_TYPES = ("classification", "pair_classification", "multimodal_classification")
 
@@ -33,6 +35,10 @@ def turned_off(cfg: Config) -> set[str]:
         off |= {"fusion_text", "fusion_image"}
     if not cfg.fusion.tasks:  # no text+image task to train
         off |= {"fusion", "fusion_text", "fusion_image"}
+    if not cfg.llm.zeroshot:
+        off.add("llm_zeroshot")
+    if not cfg.llm_tasks():  # no text task for the LLM
+        off |= {"llm", "llm_zeroshot"}
     return off
 
 
