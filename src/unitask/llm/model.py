@@ -89,7 +89,11 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     """The tokenizer, with a pad token (the end token where it has none)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as exc:  # a hub id that is not cached and cannot be downloaded (offline), a bad folder
+        raise ConfigError(f"llm.model: cannot load '{path}': {str(exc).splitlines()[0]}",
+                          hint="check the hub id or folder; offline, use a cached model, a folder or package:...") from None
     if tokenizer.eos_token is None:
         raise ConfigError(f"llm.model: the tokenizer of {path} has no end token", hint="use a causal LM's tokenizer")
     if tokenizer.pad_token is None:

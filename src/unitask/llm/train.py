@@ -6,8 +6,8 @@ rows, drawn by the multi-task samplers and rates (`unitask.training.sampling`), 
 left-padded, so every answer ends at the last column: the loss counts target tokens only and the
 vocabulary projection runs only over the last answer-width positions (`logits_to_keep`), not the prompt.
 
-Before training, the base model answers validation and test with `llm.shots` in-context examples
-(`llm_zeroshot`); after it, the LoRA model answers the same rows (`llm`). Both write test predictions
+Before training, the base model answers the test rows with `llm.shots` in-context examples
+(`llm_zeroshot`); after it, the LoRA model answers validation and the same test rows (`llm`). Both write test predictions
 to reports/predictions/<model>/<task>.jsonl for `unitask evaluate`. Outputs: the adapter(s)
 (safetensors), tokenizer and unitask-model.json in `llm.output`, `llm.metrics`, one MLflow run.
 """
@@ -153,6 +153,34 @@ class LlmTrainer(Trainer):
         return (loss, {}) if return_outputs else loss
 
 
+def make_trainer(cfg: Config, model: Any, tokenizer: Any, prompts: dict[str, TaskPrompt], trains: dict[str, Any],
+                 output_dir: str, callbacks: list[Any] | None = None, **overrides: Any) -> tuple[LlmTrainer, dict[str, Any]]:
+    """The stage's trainer for the LoRA `model` on the tasks' train frames (`overrides`: TrainingArguments),
+    and its plan: train rows, sampling probabilities and steps per epoch per task."""
+    from transformers import TrainingArguments
+
+    lc, names = cfg.llm, list(prompts)
+    lim = limits(cfg)
+    rows = [[training_row(tokenizer, prompts[n], r, lim, lc.max_length) for r in trains[n].to_dict("records")] for n in names]
+    sizes = {n: len(r) for n, r in zip(names, rows)}
+    probabilities = task_probabilities(sizes, lc.sampler, lc.temperature, lc.size_cap, lc.rates)
+    steps = steps_per_epoch(list(sizes.values()), lc.batch_size)
+    sampler = TaskBatchSampler([[len(r["input_ids"]) for r in task] for task in rows], lc.batch_size,
+                               [probabilities[n] for n in names], steps, cfg.seed, round_robin=lc.sampler == "round_robin")
+    settings = {
+        **trainer_arguments(lc, cfg.seed), "save_strategy": "steps", "save_steps": lc.save_steps, "save_total_limit": 2,
+        "logging_first_step": True, "remove_unused_columns": False, "label_names": [],
+        "ddp_find_unused_parameters": lc.adapters == "per_task", **overrides,
+    }
+    trainer = LlmTrainer(
+        model=model, args=TrainingArguments(output_dir=output_dir, **settings), train_dataset=TaskRows(list(enumerate(rows))),
+        data_collator=TaskCollator([LeftPadCollator(tokenizer.pad_token_id)] * len(names)),
+        processing_class=tokenizer, callbacks=[MlflowMetrics(), *(callbacks or [])], batch_sampler=sampler,
+        adapters=names if lc.adapters == "per_task" else None,
+    )
+    return trainer, {"sizes": sizes, "probabilities": probabilities, "steps": steps}
+
+
 # ---- the stage -------------------------------------------------------------------------------
 
 
@@ -162,10 +190,10 @@ def eval_rows(cfg: Config, name: str, split: str) -> Any:
 
 
 def score_model(answerer: Answerer, prompts: dict[str, TaskPrompt], frames: dict[str, dict[str, Any]],
-                shots: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+                shots: dict[str, list[dict[str, Any]]] | None = None, splits: tuple[str, ...] = EVAL_SPLITS) -> dict[str, Any]:
     """Outputs, metrics and unparsed counts per split and task, and the mean of the main metrics."""
     result: dict[str, Any] = {"outputs": {}, "unparsed": {}}
-    for split in EVAL_SPLITS:
+    for split in splits:
         result[split], result["outputs"][split], result["unparsed"][split] = {}, {}, {}
         for name, prompt in prompts.items():
             frame = frames[name][split]
@@ -182,8 +210,9 @@ def score_model(answerer: Answerer, prompts: dict[str, TaskPrompt], frames: dict
 
 def llm(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Score the base model, train LoRA on `llm` tasks, score it; return the summary in `llm.metrics`."""
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
+    stage_started = time.perf_counter()
     lc = cfg.llm
     prompts = task_prompts(cfg)
     names = list(prompts)
@@ -209,34 +238,13 @@ def llm(cfg: Config, resume: bool = False) -> dict[str, Any]:
         shots = {n: frames[n]["train"].sample(n=min(lc.shots, len(frames[n]["train"])), random_state=cfg.seed).to_dict("records")
                  for n in names}
         started = time.perf_counter()
-        zeroshot = score_model(Answerer(base, tokenizer, lim), prompts, frames, shots)
+        # test only: nothing is chosen on the base model's validation scores
+        zeroshot = score_model(Answerer(base, tokenizer, lim), prompts, frames, shots, splits=("test",))
         zeroshot["seconds"] = round(time.perf_counter() - started, 1)
 
-    rows = [[training_row(tokenizer, prompts[n], r, lim, lc.max_length) for r in frames[n]["train"].to_dict("records")]
-            for n in names]
-    sizes = {n: len(r) for n, r in zip(names, rows)}
-    probabilities = task_probabilities(sizes, lc.sampler, lc.temperature, lc.size_cap, lc.rates)
-    steps = steps_per_epoch(list(sizes.values()), lc.batch_size)
-    sampler = TaskBatchSampler([[len(r["input_ids"]) for r in task] for task in rows], lc.batch_size,
-                               [probabilities[n] for n in names], steps, cfg.seed, round_robin=lc.sampler == "round_robin")
     model = lora_model(cfg, base, names)
-    args = TrainingArguments(
-        output_dir=str(checkpoints),
-        **trainer_arguments(lc, cfg.seed),
-        save_strategy="steps",
-        save_steps=lc.save_steps,
-        save_total_limit=2,
-        logging_first_step=True,
-        remove_unused_columns=False,
-        label_names=[],
-        ddp_find_unused_parameters=lc.adapters == "per_task",
-    )
-    trainer = LlmTrainer(
-        model=model, args=args, train_dataset=TaskRows(list(enumerate(rows))),
-        data_collator=TaskCollator([LeftPadCollator(tokenizer.pad_token_id)] * len(names)),
-        processing_class=tokenizer, callbacks=[MlflowMetrics()], batch_sampler=sampler,
-        adapters=names if lc.adapters == "per_task" else None,
-    )
+    trainer, plan = make_trainer(cfg, model, tokenizer, prompts, {n: frames[n]["train"] for n in names}, str(checkpoints))
+    args, sizes, probabilities, steps = trainer.args, plan["sizes"], plan["probabilities"], plan["steps"]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     params = {
         "tasks": ",".join(names), "model": lc.model, "base_path": base_path, "seed": cfg.seed, "bf16": args.bf16,
@@ -254,7 +262,9 @@ def llm(cfg: Config, resume: bool = False) -> dict[str, Any]:
         trainer.remove_callback(MlflowMetrics)
         if lc.adapters == "per_task":
             activate(model, names[0])  # inference names each row's adapter
+        scoring = time.perf_counter()
         tuned = score_model(Answerer(model, tokenizer, lim, lc.adapters == "per_task"), prompts, frames)
+        scoring = time.perf_counter() - scoring
         summary: dict[str, Any] = {
             "tasks": names,
             "types": {n: p.type for n, p in prompts.items()},
@@ -264,8 +274,9 @@ def llm(cfg: Config, resume: bool = False) -> dict[str, Any]:
             "train": {"loss": result.training_loss, "steps": trainer.state.global_step, "seconds": round(seconds, 1),
                       "examples": sizes, "trainable_parameters": trainable},
             "validation": tuned["validation"], "test": tuned["test"],
+            "seconds": {"scoring": round(scoring, 1), "stage": round(time.perf_counter() - stage_started, 1)},
             "zeroshot": None if zeroshot is None else {
-                "shots": lc.shots, "seconds": zeroshot["seconds"], "validation": zeroshot["validation"], "test": zeroshot["test"]},
+                "shots": lc.shots, "seconds": zeroshot["seconds"], "test": zeroshot["test"]},
         }
         if main:
             summary["mlflow_run_id"] = run.info.run_id
@@ -294,6 +305,6 @@ def save_llm(cfg: Config, model: Any, tokenizer: Any, prompts: dict[str, TaskPro
     write_json(metrics_file, summary)
     mlflow.log_metrics(flatten("", {k: summary[k] for k in ("train", "validation", "test")}))
     if summary["zeroshot"]:
-        mlflow.log_metrics(flatten("zeroshot", {k: summary["zeroshot"][k] for k in EVAL_SPLITS}))
+        mlflow.log_metrics(flatten("zeroshot", {"test": summary["zeroshot"]["test"], "seconds": summary["zeroshot"]["seconds"]}))
     mlflow.log_artifact(str(metrics_file))
     mlflow.log_artifacts(str(folder), artifact_path="model")
