@@ -191,7 +191,7 @@ def test_answer_only_loss_equals_the_full_vocabulary_loss(tiny_llm):
     assert float(answer_loss(model, batch)) == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_llm_stage_trains_saves_and_serves_identical_answers(tmp_path, tiny_llm, single_thread):
+def test_llm_stage_trains_saves_and_serves_identical_answers(tmp_path, tiny_llm, single_thread, capsys):
     from unitask.evaluation.predictions import read_predictions
     from unitask.evaluation.stage import evaluate
     from unitask.inference import load_predictor
@@ -226,6 +226,12 @@ def test_llm_stage_trains_saves_and_serves_identical_answers(tmp_path, tiny_llm,
             else:
                 assert got == {k: v for k, v in want.items()}
     assert predictor.predict([{"task": "nope", "text": "x"}])[0]["error"].startswith("unknown task")
+    from unitask.cli import main
+
+    assert main(["predict", "--params", str(cfg.root / "params.yaml"), "--model", str(folder), "--task", "class",
+                 "--text", "the pizza of"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["label"] in ("sports", "tech", "food") and set(printed["scores"]) == {"sports", "tech", "food"}
 
 
 def test_per_task_adapters_serve_a_mixed_batch(tmp_path, tiny_llm, single_thread):
@@ -244,6 +250,17 @@ def test_per_task_adapters_serve_a_mixed_batch(tmp_path, tiny_llm, single_thread
     alone = [predictor.predict([row])[0] for row in rows]
     assert mixed[0]["label"] == alone[0]["label"] and mixed[1] == alone[1]
     assert summary["zeroshot"] is None
+    # each row went through its own task's adapter: the same as that adapter switched on alone, and
+    # not what the other task's adapter answers
+    from unitask.llm.decode import Answerer
+
+    model, answerer = predictor.answerer.model, predictor.answerer
+    by_adapter = {}
+    for adapter in ("class", "regre"):
+        model.set_adapter(adapter)
+        by_adapter[adapter] = Answerer(model, answerer.tokenizer, answerer.limits).answer(predictor.prompts["class"], [{"text": "the pizza of"}])[0][0]
+    assert list(mixed[0]["scores"].values()) == pytest.approx(list(by_adapter["class"]["scores"].values()), abs=1e-6)
+    assert list(by_adapter["regre"]["scores"].values()) != pytest.approx(list(by_adapter["class"]["scores"].values()), abs=1e-6)
 
 
 def _run_llm(params: Path, *extra: str) -> subprocess.Popen:
