@@ -48,6 +48,7 @@ from unitask.llm.train import (  # noqa: E402
     IGNORE,
     eval_rows,
     limits,
+    lora_config,
     lora_model,
     make_trainer,
     score_model,
@@ -134,7 +135,6 @@ def sft_dataset(prompts: dict[str, Any], trains: dict[str, Any], cut: Any, seed:
 
 
 def one_run(variant: str, cfg: Any, base_path: str, prompts: dict[str, Any], trains: dict[str, Any], steps: int) -> tuple[dict[str, float], Any]:
-    from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     from unitask.llm.decode import cutter
@@ -153,15 +153,13 @@ def one_run(variant: str, cfg: Any, base_path: str, prompts: dict[str, Any], tra
             counter = TokenCount(trainer.data_collator)
             trainer.data_collator = counter
         else:
-            lo = lc.lora
             args = SFTConfig(output_dir=tmp, max_steps=WARMUP + steps, per_device_train_batch_size=lc.batch_size,
                              learning_rate=lc.learning_rate, bf16=bf16, seed=cfg.seed, report_to="none", save_strategy="no",
                              logging_steps=1000, disable_tqdm=True, use_cpu=not torch.cuda.is_available(), max_length=lc.max_length)
             trainer = SFTTrainer(
                 model=base, args=args, processing_class=tokenizer, callbacks=[clock],
                 train_dataset=sft_dataset(prompts, trains, cutter(tokenizer, lc.max_input_tokens), cfg.seed),
-                peft_config=LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
-                                       target_modules=list(lo.target_modules), task_type="CAUSAL_LM"),
+                peft_config=lora_config(cfg, base),
             )
             counter = TokenCount(trainer.data_collator)
             trainer.data_collator = counter

@@ -334,3 +334,17 @@ def test_params_overlay_merges_over_its_base_and_refuses_a_cycle(tmp_path):
     (tmp_path / "loop2.yaml").write_text("extends: loop.yaml\n")
     with pytest.raises(ConfigError, match="comes back to itself"):
         load_config(tmp_path / "loop.yaml")
+
+
+def test_lora_on_the_last_layers_only(tmp_path, tiny_llm):
+    """llm.lora.last_layers adapts only the top layers (no gradient reaches the ones below); too many is an error."""
+    from unitask.llm.model import load_base
+    from unitask.llm.train import lora_model
+
+    cfg = load_config(llm_project(tmp_path, tiny_llm, lora={"last_layers": 1}))
+    model = lora_model(cfg, load_base(str(tiny_llm)), ["class", "regre"])
+    adapted = {name.split(".layers.")[1].split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert adapted == {"1"}
+    cfg = load_config(llm_project(tmp_path, tiny_llm, lora={"last_layers": 3}))
+    with pytest.raises(ConfigError, match="last_layers: 3, but the model has 2 layers"):
+        lora_model(cfg, load_base(str(tiny_llm)), ["class"])

@@ -49,6 +49,10 @@ class Lora(Strict):
     target_modules: list[str] = Field(
         default=["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1, description="module names LoRA adapts"
     )
+    last_layers: int | None = Field(
+        default=None, gt=0,
+        description="adapt only the last N decoder layers: the backward pass stops below them (a CPU budget knob); null: all",
+    )
 
 
 class Llm(TrainSettings):

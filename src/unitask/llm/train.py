@@ -104,11 +104,9 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def lora_model(cfg: Config, base: Any, names: list[str]) -> Any:
     """The base model with LoRA: one adapter (`default`) or, with `llm.adapters: per_task`, one per task,
     every adapter trainable (the trainer activates the batch's task's adapter)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    lo = cfg.llm.lora
-    config = LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=list(lo.target_modules),
-                        task_type="CAUSAL_LM")
+    config = lora_config(cfg, base)
     adapters = names if cfg.llm.adapters == "per_task" else ["default"]
     try:
         model = get_peft_model(base, config, adapter_name=adapters[0])
@@ -120,6 +118,20 @@ def lora_model(cfg: Config, base: Any, names: list[str]) -> Any:
         if "lora_" in name:
             param.requires_grad_(True)
     return model
+
+
+def lora_config(cfg: Config, base: Any) -> Any:
+    """PEFT's LoraConfig from `llm.lora` (`last_layers`: only the top decoder layers of `base`)."""
+    from peft import LoraConfig
+
+    lo = cfg.llm.lora
+    layers = base.config.num_hidden_layers
+    if lo.last_layers is not None and lo.last_layers > layers:
+        raise ConfigError(f"llm.lora.last_layers: {lo.last_layers}, but the model has {layers} layers",
+                          hint=f"use at most {layers}, or null for every layer")
+    chosen = None if lo.last_layers is None else list(range(layers - lo.last_layers, layers))
+    return LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=list(lo.target_modules),
+                      layers_to_transform=chosen, task_type="CAUSAL_LM")
 
 
 def activate(model: Any, adapter: str) -> None:
