@@ -253,6 +253,11 @@ def llm(cfg: Config, resume: bool = False) -> dict[str, Any]:
         # test only: nothing is chosen on the base model's validation scores
         zeroshot = score_model(Answerer(base, tokenizer, lim), prompts, frames, shots, splits=("test",))
         zeroshot["seconds"] = round(time.perf_counter() - started, 1)
+        if main:
+            for name, prompt in prompts.items():
+                metric = MAIN_METRIC[prompt.type]
+                print(f"unitask: llm_zeroshot {name} test {metric} {zeroshot['test'][name][metric]:.4f} "
+                      f"({zeroshot['seconds']} s for every task)", flush=True)
 
     model = lora_model(cfg, base, names)
     trainer, plan = make_trainer(cfg, model, tokenizer, prompts, {n: frames[n]["train"] for n in names}, str(checkpoints))
