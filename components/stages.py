@@ -132,6 +132,21 @@ def fusion(
     run_fusion(params, seed, pipeline_run, dataset, encoder, fusion_model, reports, metrics)
 
 
+def llm(
+    params: str,
+    seed: int,
+    pipeline_run: str,
+    dataset: Input[Dataset],
+    llm_model: Output[Model],
+    reports: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """One decoder LLM with LoRA on every text task (text to text), and its zero-shot base model."""
+    from unitask.kubeflow.runtime import run_llm
+
+    run_llm(params, seed, pipeline_run, dataset, llm_model, reports, metrics)
+
+
 def evaluate(
     params: str,
     seed: int,
@@ -140,6 +155,7 @@ def evaluate(
     finetune_reports: Input[List[Dataset]],
     multitask_reports: Input[Dataset],
     fusion_reports: Input[Dataset],
+    llm_reports: Input[Dataset],
     multitask_model: Input[Model],
     fusion_model: Input[Model],
     evaluation: Output[Dataset],
@@ -150,7 +166,7 @@ def evaluate(
     fine-tunes); return the gate: whether the served model would replace the registry's champion."""
     from unitask.kubeflow.runtime import run_evaluate
 
-    reports = [baseline_reports, *finetune_reports, multitask_reports, fusion_reports]
+    reports = [baseline_reports, *finetune_reports, multitask_reports, fusion_reports, llm_reports]
     return run_evaluate(params, seed, pipeline_run, reports, multitask_model, fusion_model, evaluation, metrics, comparison)
 
 
@@ -173,7 +189,7 @@ def register(
 
 STAGES = {
     "plan": plan, "prepare": prepare, "validate": validate, "pretrain": pretrain, "baseline": baseline,
-    "finetune": finetune, "multitask": multitask, "fusion": fusion, "evaluate": evaluate, "register": register,
+    "finetune": finetune, "multitask": multitask, "fusion": fusion, "llm": llm, "evaluate": evaluate, "register": register,
 }  # fmt: skip
 
 

@@ -102,12 +102,16 @@ def build_pipeline(cfg: Any, ops: dict, arguments: dict, parallelism: int | None
         fused = ops["fusion"](**config, dataset=dataset, encoder=encoder)
         place(fused.after(gate), "fusion", kf, "fusion")
 
+        lm = ops["llm"](**config, dataset=dataset)
+        place(lm.after(gate), "llm", kf, "LLM (LoRA)")
+
         scored = ops["evaluate"](
             **config,
             baseline_reports=base.outputs["reports"],
             finetune_reports=dsl.Collected(tuned.outputs["reports"]),
             multitask_reports=joint.outputs["reports"],
             fusion_reports=fused.outputs["reports"],
+            llm_reports=lm.outputs["reports"],
             multitask_model=joint.outputs["multitask_model"],
             fusion_model=fused.outputs["fusion_model"],
         )

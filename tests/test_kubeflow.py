@@ -63,6 +63,7 @@ def tiny_project(root: Path, rows: dict[str, list[dict[str, str]]], extra: dict[
     sections.setdefault("tracking", {"uri": "sqlite:///mlflow/mlflow.db"})
     sections.setdefault("prepare", {"max_rows": 50})
     sections.setdefault("pretrain", {"max_steps": 2, "batch_size": 8, "bf16": False, "heldout_fraction": 0.2})
+    sections.setdefault("llm", {"tasks": []})  # a real decoder LLM: tests/test_llm.py; here the component has no task
     sections.setdefault("finetune", {
         "max_steps": 3, "batch_size": 8, "bf16": False, "eval_strategy": "steps", "eval_steps": 3,
         "logging_steps": 1, "early_stopping_patience": None,
@@ -100,7 +101,7 @@ def test_compiled_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     assert_no_secrets(text)
 
     executors = spec["deploymentSpec"]["executors"]
-    stages = ("prepare", "validate", "pretrain", "baseline", "finetune", "multitask", "fusion", "evaluate", "register")
+    stages = ("prepare", "validate", "pretrain", "baseline", "finetune", "multitask", "fusion", "llm", "evaluate", "register")
     assert set(executors) == {"exec-plan", *(f"exec-{name}" for name in stages)}
     for executor in executors.values():
         assert executor["container"]["image"] == "registry.example/ml/unitask:t1"
@@ -109,7 +110,7 @@ def test_compiled_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     resources = {name: executors[f"exec-{name}"]["container"]["resources"] for name in stages}
     accelerator = resources["pretrain"]["accelerator"]
     assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "2"
-    for name in ("finetune", "multitask", "fusion"):
+    for name in ("finetune", "multitask", "fusion", "llm"):
         assert resources[name]["accelerator"]["resourceCount"] == "1"
         assert resources[name]["resourceCpuRequest"] == "8" and resources[name]["resourceMemoryRequest"] == "32Gi"
     for name in ("prepare", "validate", "baseline", "evaluate", "register"):
@@ -189,7 +190,7 @@ def test_every_pod_loads_the_config_compiled_in(tmp_path: Path, monkeypatch: pyt
     compiled_in = load_config(params, ["seed=11"])
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     executors = [n for n, c in spec["components"].items() if "executorLabel" in c]
-    assert len(executors) == 10
+    assert len(executors) == 11
     for name in executors:
         pod = load_params(defaults["params"]["defaultValue"], int(defaults["seed"]["defaultValue"]), tmp_path / name)
         assert pod.model_dump(exclude={"paths"}) == compiled_in.model_dump(exclude={"paths"}), name

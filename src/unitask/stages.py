@@ -124,6 +124,19 @@ def _multitask_comparison(cfg: Config, args: argparse.Namespace) -> None:
     print(f"comparison\t{cfg.path(cfg.multitask.comparison)}")
 
 
+def _llm(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask.llm.train import llm
+    from unitask.training.trainer import is_main_process
+
+    summary = llm(cfg, resume=args.resume)
+    if is_main_process():
+        for name, metric in summary["main_metrics"].items():
+            zero = summary["zeroshot"]["test"][name][metric] if summary["zeroshot"] else float("nan")
+            print(f"{name}\ttest {metric}\tllm {summary['test'][name][metric]:.4f}\tllm_zeroshot {zero:.4f}"
+                  f"\tunparsed {summary['test'][name]['unparsed']}")
+        print(f"model\t{cfg.path(cfg.llm.output)}")
+
+
 def _fusion(cfg: Config, args: argparse.Namespace) -> None:
     from unitask.training.fusion import fusion
 
@@ -333,6 +346,21 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         deps=("{c.multitask.metrics}", "{c.paths.reports}/finetune"),
         plain_outs=("{c.multitask.comparison_table}",),
         metrics=("{c.multitask.comparison}",),
+    ),
+    Stage(
+        "llm", "train one decoder LLM with LoRA on every text task at once (text to text)",
+        "Turn each row of the text tasks (llm.tasks; default: every declared text task whose tasks.<task>.llm.enabled) "
+        "into an instruction prompt and a target text (label word, number, `type: words; ...` entities, answer span), "
+        "score the base model llm.model (hub id, folder, or package:...; a GGUF file is converted once) with llm.shots "
+        "in-context examples, train LoRA (PEFT) adapters on all tasks at once (llm.adapters: shared or per_task), and "
+        "score it again. Writes test predictions to reports/predictions/{llm,llm_zeroshot}/, llm.metrics, llm.output "
+        "(adapters, tokenizer, unitask-model.json: `unitask predict --model` answers from it) and an MLflow run.",
+        "unitask.llm.train:llm", _llm, options=(RESUME,),
+        runs=lambda c: c.llm_tasks(),
+        params=("seed", "llm", task_data, lambda c: task_keys(c, ("llm",))),
+        deps=("{c.paths.prepared}", "{c.paths.reports}/validate"),
+        outs=("{c.llm.output}", PREDICTIONS + "/llm", PREDICTIONS + "/llm_zeroshot"),
+        metrics=("{c.llm.metrics}",),
     ),
     Stage(
         "fusion", "train text+image models (and text-only / image-only baselines) for multimodal tasks",

@@ -14,7 +14,7 @@ class Evaluate(Strict):
     """`unitask evaluate`: scores reports/predictions/<model>/<task>.jsonl of each model and compares them."""
 
     models: list[str] = Field(
-        default=["baseline", "finetune", "multitask", "fusion", "fusion_text", "fusion_image"],
+        default=["baseline", "finetune", "multitask", "fusion", "fusion_text", "fusion_image", "llm", "llm_zeroshot"],
         min_length=1,
         description="models to compare (folders under reports/predictions); each must have predictions",
     )

@@ -65,6 +65,7 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "finetune": {"cpu": "8", "memory": "32Gi", "gpus": 1},
     "multitask": {"cpu": "8", "memory": "32Gi", "gpus": 1},
     "fusion": {"cpu": "8", "memory": "32Gi", "gpus": 1},
+    "llm": {"cpu": "8", "memory": "32Gi", "gpus": 1},
     # the gate and the registry depend on the registry's champion, outside the inputs: never cached
     "evaluate": {"cpu": "2", "memory": "8Gi", "caching": False},
     "register": {"cpu": "2", "memory": "8Gi", "caching": False},
@@ -86,6 +87,7 @@ class KubeflowStages(Strict):
     finetune: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["finetune"])
     multitask: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["multitask"])
     fusion: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["fusion"])
+    llm: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["llm"])
     evaluate: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["evaluate"])
     register: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["register"])
 

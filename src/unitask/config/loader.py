@@ -18,19 +18,7 @@ from unitask.errors import ConfigError
 def load_config(params: str | Path = "params.yaml", overrides: list[str] = ()) -> Config:
     """Read `params`, apply `key=value` overrides, validate. Raises ConfigError on any problem."""
     path = Path(params)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such params file", hint="pass --params FILE")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(
-            f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}",
-            hint="fix the YAML syntax there (unclosed brackets or quotes, tabs, bad indentation)",
-        ) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections", hint="start from params.yaml")
+    raw = _read(path)
     for item in overrides:
         apply_override(raw, item)
     try:
@@ -44,6 +32,39 @@ def load_config(params: str | Path = "params.yaml", overrides: list[str] = ()) -
     cfg._root = path.resolve().parent
     cfg.check_paths()
     return cfg
+
+
+def _read(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The params file as a mapping; a file with `extends: BASE` is BASE (relative to it) with the file's
+    own keys merged over it, mappings key by key (an overlay such as params.gpu.yaml)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file", hint="pass --params FILE" if not children else
+                          f"fix `extends` in {children[-1]}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(
+            f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}",
+            hint="fix the YAML syntax there (unclosed brackets or quotes, tabs, bad indentation)",
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections", hint="start from params.yaml")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in (path.resolve(), *children):
+        raise ConfigError(f"{path}: `extends: {base}` comes back to itself", hint="extend a file that does not extend this one")
+    return _merge(_read(base_path, (*children, path.resolve())), raw)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

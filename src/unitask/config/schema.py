@@ -12,6 +12,7 @@ from unitask.config.base import Strict, project_paths
 from unitask.config.evaluate import Evaluate, Register
 from unitask.config.fusion import Fusion
 from unitask.config.kubeflow import Kubeflow
+from unitask.config.llm import Llm
 from unitask.config.stages import Finetune, Model, Multitask, Paths, Prepare, Pretrain, Tracking, Validate
 from unitask.config.tasks import TASK_NAME, TaskConfig
 from unitask.config.tune import Tune
@@ -35,6 +36,7 @@ class Config(Strict):
     finetune: Finetune = Finetune()
     multitask: Multitask = Multitask()
     fusion: Fusion = Fusion()
+    llm: Llm = Llm()
     evaluate: Evaluate = Evaluate()
     register: Register = Register()
     kubeflow: Kubeflow = Kubeflow()
@@ -93,6 +95,22 @@ class Config(Strict):
     def finetune_tasks(self) -> list[str]:
         """The tasks `unitask finetune` trains, one model each."""
         return self.stage_tasks(self.finetune.tasks, _is_text)
+
+    @model_validator(mode="after")
+    def _llm_tasks(self) -> Config:
+        names = [*(self.llm.tasks or []), *self.llm.rates, *self.llm.prompts]
+        unknown = sorted({n for n in names if n not in self.tasks})
+        if unknown:
+            raise ValueError(f"llm: tasks {unknown} (in tasks, rates or prompts) are not declared under tasks")
+        not_text = [n for n in self.llm.tasks or [] if not self.tasks[n].is_text]
+        if not_text:
+            raise ValueError(f"llm.tasks: {not_text} are text+image tasks; this LLM is text-only (fusion trains those)")
+        return self
+
+    def llm_tasks(self) -> list[str]:
+        """The tasks `unitask llm` trains, all with one model: `llm.tasks`, else every text task whose
+        `tasks.<task>.llm.enabled` is true."""
+        return self.stage_tasks(self.llm.tasks, lambda t: t.is_text and t.llm.enabled)
 
     def multitask_tasks(self) -> list[str]:
         """The tasks `unitask multitask` trains together."""

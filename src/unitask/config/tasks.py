@@ -111,6 +111,12 @@ class TaskMultitask(Strict):
     weight: float = Field(default=1.0, gt=0, description="its loss weight under multitask.weighting: static")
 
 
+class TaskLlm(Strict):
+    """This task in the LLM stage."""
+
+    enabled: bool = Field(default=True, description="train and score the LLM on this task (a text task)")
+
+
 class Grouping(Strict):
     """Where each row's group comes from, for accuracy per group (e.g. per question kind): a raw
     column, or the label (each group lists its labels). `unitask prepare` writes it as column `group`."""
@@ -165,6 +171,7 @@ class TaskConfig(Strict):
     multitask: TaskMultitask = Field(
         default_factory=lambda: TaskMultitask(), description="this task in the multi-task model: rate, weight"
     )
+    llm: TaskLlm = Field(default_factory=lambda: TaskLlm(), description="this task in the LLM stage: enabled")
 
     @property
     def is_text(self) -> bool:

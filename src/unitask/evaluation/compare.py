@@ -24,6 +24,8 @@ STAGE_OF = {
     "fusion": "unitask fusion",
     "fusion_text": "unitask fusion (with fusion.baselines: true)",
     "fusion_image": "unitask fusion (with fusion.baselines: true)",
+    "llm": "unitask llm",
+    "llm_zeroshot": "unitask llm (with llm.zeroshot: true)",
 }
 CLASSIFICATION_TYPES = ("classification", "pair_classification", "multimodal_classification")
 
@@ -39,6 +41,10 @@ def turned_off(cfg: Config) -> set[str]:
         off.add("finetune")
     if not cfg.multitask_tasks():
         off.add("multitask")
+    if not cfg.llm.zeroshot:
+        off.add("llm_zeroshot")
+    if not cfg.llm_tasks():  # no text task for the LLM
+        off |= {"llm", "llm_zeroshot"}
     return off
 
 

@@ -21,6 +21,7 @@ MANIFEST = "unitask-model.json"
 KINDS = {
     "multitask": "unitask.inference.multitask:MultitaskPredictor",
     "fusion": "unitask.inference.fusion:FusionPredictor",
+    "llm": "unitask.llm.predictor:LlmPredictor",
 }
 
 

@@ -381,6 +381,25 @@ def run_fusion(params: str, seed: int, pipeline_run: str, dataset: Any, encoder:
 
 
 @stage_errors
+def run_llm(params: str, seed: int, pipeline_run: str, dataset: Any, model: Any, reports: Any, metrics: Any) -> None:
+    """Train the LLM on its tasks (`Config.llm_tasks`); with none, empty outputs."""
+    with workspace(params, seed, pipeline_run, dataset) as cfg:
+        link_dataset(cfg, dataset)
+        Path(model.path).mkdir(parents=True, exist_ok=True)
+        if not cfg.llm_tasks():
+            log_metrics(metrics, {})
+            Path(reports.path).mkdir(parents=True, exist_ok=True)
+            return
+        from unitask.llm.train import llm
+
+        summary = llm(cfg)
+        export(cfg.path(cfg.llm.output), model.path)
+        export_paths(cfg, [cfg.paths.reports], reports)
+        model.metadata.update({"tasks": cfg.llm_tasks(), "base": cfg.llm.model})
+        log_metrics(metrics, {k: summary[k] for k in ("validation", "test")})
+
+
+@stage_errors
 def run_evaluate(
     params: str, seed: int, pipeline_run: str, reports: list[Any], multitask: Any, fusion: Any, evaluation: Any, metrics: Any, comparison: Any
 ) -> bool:
