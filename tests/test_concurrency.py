@@ -86,7 +86,8 @@ def _clone(root: Path, url: str, max_rows: int) -> Path:
         validate={"data_docs": False},
         finetune={"tasks": []},
     )
-    for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"], [str(BIN / "unitask"), "data", "fetch"]):
+    commands = (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"], [str(BIN / "unitask"), "dvc"], [str(BIN / "unitask"), "data", "fetch"])
+    for command in commands:  # `unitask dvc`: the DVC stages of this project's one task
         subprocess.run(command, cwd=root, check=True, capture_output=True, env=ENV)
     return root
 

@@ -77,7 +77,9 @@ def clone(stack, tmp_path_factory) -> dict[str, Any]:
     _only(params, TASK)
     params["tracking"]["uri"] = stack.url
     params["register"]["include_fusion"] = False  # fusion needs the text+image task (5,000 images): not here
+    params["llm"]["tasks"] = []  # a real decoder LLM: tests/test_llm.py (evaluate then skips its models)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run([str(BIN / "unitask"), "dvc"], root)  # the DVC stages of the one task
     _run(["git", "init", "-q"], root)
     _run([str(BIN / "dvc"), "init", "-q"], root)
     shutil.copy(REPO / ".dvc/config", root / ".dvc/config")  # the committed remote `team`
