@@ -23,7 +23,9 @@ def test_summary_puts_each_models_main_metric_side_by_side_with_the_champion_and
     cfg = load_config(params)
     table = {"toy": {"baseline": {"macro_f1": 0.8125, "accuracy": 0.9}, "finetune": {"macro_f1": 0.93333, "accuracy": 0.95}}}
     (tmp_path / "reports/evaluate").mkdir(parents=True)
-    (tmp_path / "reports/evaluate/comparison.json").write_text(json.dumps(table))
+    # evaluate's layout: a validation and a test table (the summary shows test, the reported split)
+    validation = {"toy": {m: {k: 0.0 for k in v} for m, v in table["toy"].items()}}
+    (tmp_path / "reports/evaluate/comparison.json").write_text(json.dumps({"validation": validation, "test": table}))
     record = {"name": "unitask", "version": 2, "decision": "not promoted", "reason": "toy: -0.03 below the champion",
               "routes": {"toy": "multitask"}}  # fmt: skip
     (tmp_path / "reports/register.json").write_text(json.dumps(record))

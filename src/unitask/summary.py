@@ -23,7 +23,7 @@ def _read(path: Path, hint: str) -> Any:
 
 def comparison_rows(cfg: Config) -> tuple[list[str], list[list[str]]]:
     """(header, rows): per task its main metric and each model's test value of it ('-': no such model)."""
-    table = _read(cfg.path(cfg.evaluate.output) / "comparison.json", "run `unitask evaluate` (or `make demo`) first")
+    table = _read(cfg.path(cfg.evaluate.output) / "comparison.json", "run `unitask evaluate` (or `make demo`) first")["test"]
     models = list(dict.fromkeys(m for entry in table.values() for m in entry))
     rows = []
     for task, entry in table.items():
