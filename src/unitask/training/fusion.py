@@ -297,7 +297,6 @@ def train_model(
     with stage_run(cfg, "fusion", name, params=params) if main else nullcontext():
         if main:
             mlflow.set_tags({"mlflow.runName": f"fusion:{name}:{model_name}", "unitask.model": model_name})
-        if main:
             log_datasets(cfg, [name])
         started = time.perf_counter()
         result = train_from(trainer, last)
