@@ -413,7 +413,3 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         metrics=("{c.register.output}",),
     ),
 )}  # fmt: skip
-
-
-def stage(name: str) -> Stage:
-    return STAGES[name]
