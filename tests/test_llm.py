@@ -139,7 +139,8 @@ def llm_project(root: Path, model: Path, kinds=("classification", "regression"),
         tasks[name] = task
     settings = {"model": str(model), "max_steps": 6, "batch_size": 4, "eval_batch_size": 8, "learning_rate": 5e-3,
                 "logging_steps": 2, "save_steps": 3, "bf16": False, "shots": 1, "max_new_tokens": 8,
-                "max_input_tokens": 24, "max_length": 96, **llm}
+                "max_input_tokens": 24, "max_length": 96, "max_eval_rows": None, "weight_decay": 0.01, **llm}
+    settings["lora"] = {"last_layers": None, **llm.get("lora", {})}  # every layer of the 2-layer model
     return write_project(root, tasks, llm=settings, tracking={"uri": "sqlite:///mlflow/mlflow.db"},
                          evaluate={"models": ["llm", "llm_zeroshot"], "curves": False})
 

@@ -250,8 +250,8 @@ def llm(cfg: Config, resume: bool = False) -> dict[str, Any]:
         shots = {n: frames[n]["train"].sample(n=min(lc.shots, len(frames[n]["train"])), random_state=cfg.seed).to_dict("records")
                  for n in names}
         started = time.perf_counter()
-        # test only: nothing is chosen on the base model's validation scores
-        zeroshot = score_model(Answerer(base, tokenizer, lim), prompts, frames, shots, splits=("test",))
+        # validation too: evaluate picks each task's best model on validation, the base model among them
+        zeroshot = score_model(Answerer(base, tokenizer, lim), prompts, frames, shots, splits=EVAL_SPLITS)
         zeroshot["seconds"] = round(time.perf_counter() - started, 1)
         if main:
             for name, prompt in prompts.items():
@@ -293,15 +293,16 @@ def llm(cfg: Config, resume: bool = False) -> dict[str, Any]:
             "validation": tuned["validation"], "test": tuned["test"],
             "seconds": {"scoring": round(scoring, 1), "stage": round(time.perf_counter() - stage_started, 1)},
             "zeroshot": None if zeroshot is None else {
-                "shots": lc.shots, "seconds": zeroshot["seconds"], "test": zeroshot["test"]},
+                "shots": lc.shots, "seconds": zeroshot["seconds"], "validation": zeroshot["validation"], "test": zeroshot["test"]},
         }
         if main:
             summary["mlflow_run_id"] = run.info.run_id
             for name in names:
-                gold = frames[name]["gold"]["test"]
-                write_predictions(cfg, "llm", name, gold, tuned["outputs"]["test"][name])
-                if zeroshot is not None:
-                    write_predictions(cfg, "llm_zeroshot", name, gold, zeroshot["outputs"]["test"][name])
+                for split in EVAL_SPLITS:
+                    gold = frames[name]["gold"][split]
+                    write_predictions(cfg, "llm", name, gold, tuned["outputs"][split][name], split)
+                    if zeroshot is not None:
+                        write_predictions(cfg, "llm_zeroshot", name, gold, zeroshot["outputs"][split][name], split)
             save_llm(cfg, model, tokenizer, prompts, base_path, summary)
             shutil.rmtree(checkpoints, ignore_errors=True)
     return summary
