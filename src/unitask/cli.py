@@ -222,7 +222,8 @@ def _repro(cfg: Config, args: argparse.Namespace) -> None:
     from unitask.tracking import pipeline
 
     with pipeline(cfg, "dvc"):
-        done = subprocess.run(["dvc", "repro", *[a for a in args.dvc_args if a != "--"]], cwd=cfg.root)
+        # the dvc of this environment (python -m dvc), whatever PATH holds
+        done = subprocess.run([sys.executable, "-m", "dvc", "repro", *[a for a in args.dvc_args if a != "--"]], cwd=cfg.root)
         if done.returncode:
             raise UnitaskError(f"dvc repro exited with {done.returncode}", hint="see dvc's message above")
 
