@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, logged_model_files
 from test_dvc_pipeline import _merge
 from unitask.teamstack import DATA_BUCKET, MLFLOW_BUCKET, Ports, TeamStack, healthy, free_port
 
@@ -110,6 +110,7 @@ def _runs(stack: TeamStack) -> dict[str, Any]:
 
 def test_the_smoke_chain_logs_runs_metrics_and_artifacts_to_the_team_server(stack, clone):
     import boto3
+    import mlflow
     import psycopg
 
     runs = _runs(stack)
@@ -119,7 +120,8 @@ def test_the_smoke_chain_logs_runs_metrics_and_artifacts_to_the_team_server(stac
     assert f"test/{TASK}/macro_f1" in finetune.data.metrics and finetune.data.params["task"] == TASK
     assert finetune.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied: clients hold no S3 endpoint
     client = _client(stack)
-    assert {"model/model.safetensors", "model/labels.json"} <= {f.path for f in client.list_artifacts(finetune.info.run_id, "model")}
+    mlflow.set_tracking_uri(stack.url)
+    assert {"model.safetensors", "labels.json"} <= logged_model_files(finetune)  # the fine-tune's LoggedModel
     history = client.get_metric_history(finetune.info.run_id, "loss")
     assert history, "per-step training metrics reached the server"
 
@@ -129,7 +131,9 @@ def test_the_smoke_chain_logs_runs_metrics_and_artifacts_to_the_team_server(stac
     assert set(runs) <= names
     s3 = boto3.client("s3", endpoint_url=stack.s3_url, **stack.s3_credentials())
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=MLFLOW_BUCKET, Prefix=finetune.info.experiment_id)["Contents"]]
-    assert f"{finetune.info.experiment_id}/{finetune.info.run_id}/artifacts/model/model.safetensors" in keys
+    (model,) = mlflow.search_logged_models(experiment_ids=[finetune.info.experiment_id], output_format="list",
+                                           filter_string=f"source_run_id = '{finetune.info.run_id}'")
+    assert any(k.endswith("/model.safetensors") and model.model_id in k for k in keys), keys  # a LoggedModel's bytes
 
 
 def test_unitask_register_registers_a_version_that_loads_by_alias(stack, clone):
