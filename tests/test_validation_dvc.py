@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+
 from conftest import REPO
 from test_validation import make_project
+from unitask.cli import main
 
 BIN = Path(sys.executable).parent
 
@@ -31,10 +33,9 @@ def test_dvc_repro_runs_validate_and_stops_at_a_broken_label(tmp_path):
     params.write_text(yaml.safe_dump(config, sort_keys=False))
     (root / "data/raw/topic").mkdir(parents=True)
     (root / "data/raw/topic/source.txt").write_text("raw\n")
-    shutil.copytree(
-        REPO / "src/unitask/validation", root / "src/unitask/validation", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    stages = {"validate": yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["validate"]}
+    shutil.copytree(REPO / "src/unitask", root / "src/unitask", ignore=shutil.ignore_patterns("__pycache__"))
+    assert main(["dvc", "--params", str(params)]) == 0  # the generated validate stage of this project
+    stages = {"validate": yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["validate"]}
     stages["train"] = {  # stands in for the training stages, which depend on the summary
         "foreach": "${tasks}",
         "do": {

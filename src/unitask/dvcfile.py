@@ -73,6 +73,10 @@ def render(cfg: Config, root: Path | None = None) -> str:
     return HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
 
 
+def _stage_entry(text: str, name: str) -> Any:
+    return (yaml.safe_load(text) or {}).get("stages", {}).get(name)
+
+
 def dvc_file(cfg: Config) -> Path:
     return cfg.root / "dvc.yaml"
 
@@ -98,6 +102,16 @@ def check(cfg: Config) -> None:
 
 
 def check_under_dvc(cfg: Config, params: str | Path) -> None:
-    """Inside `dvc repro` (DVC sets DVC_STAGE), refuse to run against a stale dvc.yaml."""
-    if os.environ.get("DVC_STAGE") and Path(params).name == "params.yaml":
-        check(cfg)
+    """Inside `dvc repro` (DVC sets DVC_STAGE to `<stage>` or `<stage>@<item>`), refuse to run a stage
+    whose entry in dvc.yaml is not what its declaration and this config make (other stages a project
+    adds by hand are its own)."""
+    running = os.environ.get("DVC_STAGE", "").partition("@")[0]
+    path = dvc_file(cfg)
+    if running not in STAGES or Path(params).name != "params.yaml" or not path.is_file():
+        return
+    if _stage_entry(path.read_text(encoding="utf-8"), running) != _stage_entry(render(cfg), running):
+        raise ConfigError(
+            f"{path}: stage '{running}' is out of date with {cfg.root / 'params.yaml'} and its declaration "
+            "(tasks, stage settings or the stage's imports changed)",
+            hint="run `unitask dvc` to regenerate dvc.yaml, then `dvc repro`",
+        )
