@@ -1,8 +1,8 @@
 """`dvc.yaml`, generated from the stage declarations (`unitask.stages`) and the config.
 
-`unitask dvc` writes it; `unitask dvc --check` fails when the file on disk differs; and every stage that
-DVC runs checks it first (DVC sets DVC_STAGE), so a dvc.yaml that no longer matches params.yaml or the
-code's imports cannot silently keep stale outputs.
+`unitask dvc` writes it; `unitask dvc --check` fails when the file on disk differs; and every declared
+stage that DVC runs checks its own entry first (DVC sets DVC_STAGE), so a dvc.yaml that no longer
+matches params.yaml or the code's imports cannot silently keep stale outputs.
 """
 
 from __future__ import annotations
