@@ -146,7 +146,7 @@ class Pretrain(TrainSettings):
     """Continued pretraining of the encoder on unlabeled text (masked-LM or causal-LM)."""
 
     # the budget of the offline default (~4 CPU-minutes); the MLM head starts fresh, so a higher rate
-    max_steps: int | None = Field(default=100, gt=0, description="cap optimizer steps (overrides epochs)")
+    max_steps: int | None = Field(default=30, gt=0, description="cap optimizer steps (overrides epochs)")
     learning_rate: float = Field(default=1e-4, gt=0)
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     logging_steps: int = Field(default=10, gt=0)
@@ -161,13 +161,13 @@ class Pretrain(TrainSettings):
     )
     corpus: Corpus | None = Field(default=None, description="train on this corpus instead of task text")
     max_texts: int | None = Field(
-        default=3200, gt=0, description="cap the corpus (seeded sample, an even share per task); null: all"
+        default=1000, gt=0, description="cap the corpus (seeded sample, an even share per task); null: all"
     )
     heldout_fraction: float = Field(
         default=0.05, gt=0, lt=0.5, description="seeded share of the corpus held out for perplexity"
     )
     mlm_probability: float = Field(default=0.15, gt=0, lt=1, description="mlm: share of tokens masked")
-    save_steps: int = Field(default=50, gt=0, description="checkpoint every N steps, for --resume")
+    save_steps: int = Field(default=15, gt=0, description="checkpoint every N steps, for --resume")
     checkpoints: ProjectPath = Field(default="models/checkpoints/pretrain", description="checkpoints, for --resume")
     metrics: ProjectPath = Field(default="reports/pretrain.json", description="perplexity before/after, corpus size")
 
