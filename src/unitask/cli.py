@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "task with Optuna's TPE sampler and median pruning on the validation metric; each trial trains with "
         "tune.budget (e.g. a cap on train rows) in a temporary folder and is a child MLflow run of one `tune` "
         "run. Prints one line per trial; writes the best values to <tune.output>/<task>.yaml "
-        "(finetune.per_task.<task>, to merge into params.yaml) and the same search as a Katib v1beta1 "
+        "(tasks.<task>.finetune, to merge into params.yaml) and the same search as a Katib v1beta1 "
         "Experiment to <tune.output>/<task>-katib.yaml. The fine-tune stage's outputs are not touched.",
     )
     search.add_argument("--stage", default="finetune", choices=["finetune"], help="the stage to tune (default: %(default)s)")

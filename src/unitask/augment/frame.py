@@ -38,7 +38,7 @@ def augment_frame(frame: pd.DataFrame, task_type: str, settings: Augment, seed: 
             f"finetune.augment: tasks of type {task_type} cannot be augmented",
             hint="augment classification, pair classification, regression or token classification "
             "tasks only (extractive QA: word edits would move the answer spans); set the task's "
-            "finetune.per_task.<task>.augment operations to 0",
+            "tasks.<task>.finetune.augment operations to 0",
         )
     if settings.mask > 0 and mask is None:
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""`finetune.augment`: text augmentation of training rows (off by default; set per task in per_task)."""
+"""`finetune.augment`: text augmentation of training rows (off by default; a task sets its own in tasks.<task>.finetune.augment)."""
 
 from __future__ import annotations
 
