@@ -82,7 +82,7 @@ def main() -> None:
     for seed in args.seeds:
         for arm, settings in arms.items():
             overrides = [
-                f"seed={seed}", "finetune.per_task={}", f"finetune.epochs={args.epochs}",
+                f"seed={seed}", f"tasks.{args.task}.finetune={{}}", f"finetune.epochs={args.epochs}",
                 f"finetune.max_train_rows={rows}", "finetune.early_stopping_patience=null", "finetune.augment={}",
                 *(f"finetune.{key}={json.dumps(value)}" for key, value in settings.items()),
             ]  # fmt: skip

@@ -11,7 +11,8 @@ interleaved (A, B, C, A, B, C, ...):
 - `run_glue padded`: a plain transformers Trainer as in `run_glue.py`'s default, every example
   padded to model.max_length (128) and random batches;
 - `run_glue dynamic`: the same plain Trainer with DataCollatorWithPadding (`--pad_to_max_length False`);
-- ablations, with `--variants`: `unitask without dropout` and `unitask compiled` (torch.compile).
+- ablations, with `--variants`: `unitask without dropout`, `unitask compiled` (torch.compile),
+  `unitask eager attention` (not sdpa) and `unitask unfused AdamW` (not adamw_torch_fused).
 Each run times `--steps` optimizer steps after 3 warm-up steps, from one step's end to the next (data
 loading and collation included, evaluation excluded), and reports samples/s, real (non-pad) tokens/s
 and MFU: achieved training FLOP/s (6·N·tokens + 12·layers·tokens·seq·hidden for attention, over the
@@ -44,8 +45,12 @@ REPO = Path(__file__).resolve().parents[1]
 WARMUP = 3
 VARIANTS = ["unitask", "run_glue padded", "run_glue dynamic"]
 # ablations of the unitask variant: what dropout's random masks cost (no dropout anywhere; not a way to
-# train), and torch.compile (inductor; TrainingArguments.torch_compile)
+# train), torch.compile (inductor; TrainingArguments.torch_compile), and two of the defaults undone:
+# eager attention instead of transformers' default `sdpa`, and torch's plain AdamW (`adamw_torch`: on
+# CPU tensors, its per-parameter loop) instead of the default fused one (`adamw_torch_fused`)
 NO_DROPOUT, COMPILED = "unitask without dropout", "unitask compiled"
+EAGER, LOOP_ADAMW = "unitask eager attention", "unitask unfused AdamW"
+ABLATIONS = (NO_DROPOUT, COMPILED, EAGER, LOOP_ADAMW)
 
 
 class StepClock(TrainerCallback):
@@ -146,10 +151,14 @@ def one_run(
     task = text_task(cfg, name)
     tokenizer = load_tokenizer(cfg)
     frame = read_split(cfg, name, "train")
-    model = build_model(cfg, task, dropout=0.0 if variant == NO_DROPOUT else cfg.finetune.for_task(name).dropout)
+    model = build_model(cfg, task, dropout=0.0 if variant == NO_DROPOUT else cfg.finetune_for(name).dropout)
+    if variant == EAGER:
+        model.set_attn_implementation("eager")
     with tempfile.TemporaryDirectory() as tmp:
         common = {"max_steps": WARMUP + steps, "bf16": bf16, "save_strategy": "no", "eval_strategy": "no", "torch_compile": variant == COMPILED}
-        if variant in ("unitask", NO_DROPOUT, COMPILED):
+        if variant == LOOP_ADAMW:
+            common["optim"] = "adamw_torch"
+        if variant in ("unitask", *ABLATIONS):
             features = task.encode(frame, tokenizer, cfg.model.max_length)
             args = training_arguments(cfg, task, Path(tmp))
             args = TrainingArguments(**{**args.to_dict(), **common, "load_best_model_at_end": False, "output_dir": tmp})
@@ -204,7 +213,7 @@ def main() -> None:
     parser.add_argument("--bf16", default="auto", choices=["auto", "true", "false"])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--profile", action="store_true", help="profile the unitask variant once per task instead")
-    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=[*VARIANTS, NO_DROPOUT, COMPILED])
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=[*VARIANTS, *ABLATIONS])
     args = parser.parse_args()
     cfg = load_config(args.params, args.overrides)
     bf16 = use_bf16(args.bf16 if args.bf16 == "auto" else args.bf16 == "true")

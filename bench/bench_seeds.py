@@ -49,14 +49,14 @@ def arm(text: str) -> tuple[str, str, list[str]]:
 
 def scratch_params(workdir: Path, params: Path, tasks: list[str] | None) -> tuple[Path, list[str]]:
     """`params` with every output (data, models, reports, MLflow) under `workdir` and only `tasks`
-    (default: multitask.tasks) in `tasks` and in every section's task lists and per-task settings."""
+    (default: the multi-task stage's) in `tasks` and in every section's task lists and task-keyed maps."""
     raw = yaml.safe_load(params.read_text(encoding="utf-8"))
-    tasks = tasks or list(raw["multitask"]["tasks"])
+    tasks = tasks or load_config(params).multitask_tasks()
     raw["tasks"] = {name: raw["tasks"][name] for name in tasks}
     for section in raw.values():
         if isinstance(section, dict) and isinstance(section.get("tasks"), list):
             section["tasks"] = [t for t in section["tasks"] if t in tasks]
-        for key in ("per_task", "augment_per_task", "weights", "rates"):
+        for key in ("augment_per_task", "rates", "prompts"):  # fusion's, llm's
             if isinstance(section, dict) and isinstance(section.get(key), dict):
                 section[key] = {t: v for t, v in section[key].items() if t in tasks}
     raw["tracking"] = {**raw.get("tracking", {}), "uri": "sqlite:///mlflow/mlflow.db", "artifact_location": "mlflow/artifacts"}

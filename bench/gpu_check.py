@@ -51,7 +51,7 @@ def finetune(args: argparse.Namespace) -> None:
     for name in args.tasks:
         runs = [one_run("unitask", cfg, name, args.steps, bf16=True) for _ in range(args.repeats)]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        rows.append({"task": name, "batch_size": cfg.finetune.for_task(name).batch_size, **med, "mfu": med["flops_per_s"] / args.peak})
+        rows.append({"task": name, "batch_size": cfg.finetune_for(name).batch_size, **med, "mfu": med["flops_per_s"] / args.peak})
     print("| task | batch | samples/s | real tokens/s | padding | TFLOP/s | MFU |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['task']} | {r['batch_size']} | {r['samples_per_s']:.0f} | {r['tokens_per_s']:.0f} | {r['padded_share']:.0%} "
