@@ -314,13 +314,11 @@ def llm(cfg: Config, resume: bool = False) -> dict[str, Any]:
         trainer.remove_callback(MlflowMetrics)
         model = trained_model(cfg, trainer, model, base_path, names)
         if main:
-            summary = {
-                "train": {"loss": result.training_loss, "steps": trainer.state.global_step, "seconds": round(seconds, 1),
-                          "examples": sizes, "trainable_parameters": trainable, "world_size": args.world_size,
-                          "fsdp": trainer.is_fsdp_enabled},
-                "mlflow_run_id": run.info.run_id,
-            }
-            summary.update(score_and_save(cfg, model, tokenizer, prompts, frames, base_path, zeroshot, summary, stage_started))
+            train = {"loss": result.training_loss, "steps": trainer.state.global_step, "seconds": round(seconds, 1),
+                     "examples": sizes, "trainable_parameters": trainable, "world_size": args.world_size,
+                     "fsdp": trainer.is_fsdp_enabled}
+            summary = score_and_save(cfg, model, tokenizer, prompts, frames, base_path, zeroshot,
+                                     {"train": train, "mlflow_run_id": run.info.run_id}, stage_started)
             shutil.rmtree(checkpoints, ignore_errors=True)
     return from_rank_zero(summary)
 
@@ -362,7 +360,7 @@ def trained_model(cfg: Config, trainer: LlmTrainer, model: Any, base_path: str, 
 def score_and_save(cfg: Config, model: Any, tokenizer: Any, prompts: dict[str, TaskPrompt], frames: dict[str, dict[str, Any]],
                    base_path: str, zeroshot: dict[str, Any] | None, head: dict[str, Any], stage_started: float) -> dict[str, Any]:
     """Rank 0: score the trained model on validation and test, write both models' predictions, the
-    adapter, the metrics and the MLflow run's metrics; return the summary (after `head`'s keys)."""
+    adapter, the metrics and the MLflow run's metrics; return the summary (with `head`'s keys)."""
     lc, names = cfg.llm, list(prompts)
     if lc.adapters == "per_task":
         activate(model, names[0])  # inference names each row's adapter
