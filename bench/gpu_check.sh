@@ -5,9 +5,11 @@
 # 2. the bf16 matmul peak of GPU 0, the MFU denominator (bench/gpu_check.py peak);
 # 3. fine-tuning throughput and MFU in bf16 (bench/gpu_check.py finetune: unitask's trainer, the default
 #    encoder straight from its package, pretrain.enabled=false), at the default batch and at batch 256;
-# 4. the LLM stage in bf16, if this unitask has `unitask llm` (extra args: $GPU_CHECK_LLM_ARGS);
+# 4. the LLM stage in bf16, if this unitask has `unitask llm` (extra args: $GPU_CHECK_LLM_ARGS; one
+#    process, so not llm.fsdp.enabled, which the stage refuses outside torchrun);
 # 5. with more than one GPU: NCCL all-reduce bandwidth, and `unitask finetune` under torchrun (DDP on nccl)
-#    against one process with the same global batch.
+#    against one process with the same global batch; then the LLM stage under torchrun with FSDP2
+#    (llm.fsdp.enabled=true, extra args: $GPU_CHECK_LLM_ARGS).
 # Every step has its own timeout and the script stops starting steps once the 8 minutes are nearly spent;
 # a failed step is recorded (status.tsv) and the others still run. Exit status: non-zero if any step failed.
 set -euo pipefail
@@ -90,6 +92,12 @@ if (( GPUS > 1 )); then
        --set finetune.output=models/gpu_check/ddp --set paths.reports=reports/gpu_check/ddp
   cp reports/gpu_check/one/finetune/trec_coarse.json "$RESULTS/ddp_one_process.json" 2>/dev/null || true
   cp reports/gpu_check/ddp/finetune/trec_coarse.json "$RESULTS/ddp_nccl.json" 2>/dev/null || true
+  # shellcheck disable=SC2086  # GPU_CHECK_LLM_ARGS is a list of words on purpose
+  step llm_fsdp 120 $PY -m torch.distributed.run --standalone --nproc_per_node="$GPUS" -m unitask.cli llm "${SETS[@]}" \
+       --set llm.fsdp.enabled=true --set llm.zeroshot=false ${GPU_CHECK_LLM_ARGS:-} \
+       --set llm.output=models/gpu_check/llm_fsdp --set llm.checkpoints=models/gpu_check/llm_fsdp-checkpoints \
+       --set llm.metrics=reports/gpu_check/llm_fsdp/llm.json --set paths.reports=reports/gpu_check/llm_fsdp
+  cp reports/gpu_check/llm_fsdp/llm.json "$RESULTS/llm_fsdp.json" 2>/dev/null || true
 else
   printf 'ddp_nccl\tskipped (one GPU)\t0\n' >> "$RESULTS/status.tsv"
 fi

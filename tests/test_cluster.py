@@ -187,7 +187,7 @@ def test_distributed_config(tmp_path: Path) -> None:
     kf = job_config("trainjob").kubeflow
     assert kf.stages.finetune.distributed and kf.stages.finetune.gpus_per_node == 4 and not kf.stages.multitask.distributed
     params = write_project(tmp_path, {"t": classification_task("x.csv")})
-    with pytest.raises(ConfigError, match=r"kubeflow.stages.evaluate: nodes and procs_per_node apply to pretrain, finetune, multitask, fusion only"):
+    with pytest.raises(ConfigError, match=r"kubeflow.stages.evaluate: nodes and procs_per_node apply to pretrain, finetune, multitask, fusion, llm only"):
         load_config(params, ["kubeflow.stages.evaluate.nodes=2"])
     with pytest.raises(ConfigError, match=r"kubeflow.job_kind"):
         load_config(params, ["kubeflow.job_kind=mpijob"])

@@ -354,7 +354,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "score the base model llm.model (hub id, folder, or package:...; a GGUF file is converted once) with llm.shots "
         "in-context examples, train LoRA (PEFT) adapters on all tasks at once (llm.adapters: shared or per_task), and "
         "score it again. Writes test predictions to reports/predictions/{llm,llm_zeroshot}/, llm.metrics, llm.output "
-        "(adapters, tokenizer, unitask-model.json: `unitask predict --model` answers from it) and an MLflow run.",
+        "(adapters, tokenizer, unitask-model.json: `unitask predict --model` answers from it) and an MLflow run. "
+        "Runs under `torchrun --nproc_per_node=N -m unitask.cli llm ...` as DDP (llm.fsdp.enabled: FSDP2 on GPUs).",
         "unitask.llm.train:llm", _llm, options=(RESUME,),
         runs=lambda c: c.llm_tasks(),
         params=("seed", "llm", task_data, lambda c: task_keys(c, ("llm",))),

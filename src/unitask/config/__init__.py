@@ -9,7 +9,7 @@ from unitask.config.base import Strict
 from unitask.config.evaluate import Evaluate, Gate, Register
 from unitask.config.fusion import Fusion, FusionMethod, ImageAugment, LossWeights
 from unitask.config.kubeflow import Kubeflow
-from unitask.config.llm import Llm, Lora, Prompt
+from unitask.config.llm import Fsdp, Llm, Lora, Prompt
 from unitask.config.loader import apply_override, load_config
 from unitask.config.schema import Config
 from unitask.config.stages import (
@@ -47,5 +47,5 @@ __all__ = [
     "Severity", "Source", "SplitName", "Strict", "TaskConfig", "Tracking", "TrainSettings",
     "Validate", "apply_override", "load_config",
     "Evaluate", "Gate", "Register",
-    "Augment", "Llm", "Lora", "Prompt", "Katib", "SearchRange", "Tune",
+    "Augment", "Fsdp", "Llm", "Lora", "Prompt", "Katib", "SearchRange", "Tune",
 ]  # fmt: skip

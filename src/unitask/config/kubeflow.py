@@ -55,7 +55,7 @@ class KubeflowStage(Strict):
         return max(self.gpus, self.procs_per_node) if self.gpus else 0
 
 
-TRAINING_STAGES = ("pretrain", "finetune", "multitask", "fusion")  # the stages that run under torchrun
+TRAINING_STAGES = ("pretrain", "finetune", "multitask", "fusion", "llm")  # the stages that run under torchrun
 
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "prepare": {"cpu": "2", "memory": "8Gi"},

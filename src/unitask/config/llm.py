@@ -55,6 +55,23 @@ class Lora(Strict):
     )
 
 
+class Fsdp(Strict):
+    """`llm.fsdp`: FSDP2 through Trainer/accelerate (TrainingArguments `fsdp` and `fsdp_config`) under
+    torchrun on GPUs, instead of DDP. The model's decoder layers are the wrapped units (its
+    `_no_split_modules`); PEFT's LoRA parameters are handled by Trainer (`update_fsdp_plugin_peft`)."""
+
+    enabled: bool = Field(default=False, description="shard the model with FSDP2 instead of DDP (GPUs only)")
+    reshard_after_forward: bool = Field(default=True, description="free gathered parameters after forward (ZeRO-3); false: ZeRO-2")
+    cpu_offload: bool = Field(default=False, description="keep sharded parameters and gradients in CPU memory")
+    activation_checkpointing: bool = Field(default=False, description="recompute layer activations in backward")
+
+    def training_arguments(self) -> dict[str, object]:
+        """TrainingArguments' `fsdp` and `fsdp_config` (FSDP version 2); none when off."""
+        if not self.enabled:
+            return {}
+        return {"fsdp": True, "fsdp_config": {"version": 2, **self.model_dump(exclude={"enabled"})}}
+
+
 class Llm(TrainSettings):
     """`unitask llm`: LoRA on a causal LM over the text tasks, with each task as instruction -> answer."""
 
@@ -76,6 +93,7 @@ class Llm(TrainSettings):
         default="shared", description="one LoRA adapter for every task, or one per task on one base model"
     )
     lora: Lora = Lora()
+    fsdp: Fsdp = Fsdp()
     max_length: int = Field(default=192, gt=16, description="tokens per training example (prompt + answer)")
     max_input_tokens: int = Field(default=64, gt=0, description="each input text is cut to this many tokens")
     max_new_tokens: int = Field(default=32, gt=0, description="generation cap (regression, NER, QA answers)")

@@ -383,7 +383,7 @@ def run_fusion(params: str, seed: int, pipeline_run: str, dataset: Any, encoder:
 @stage_errors
 def run_llm(params: str, seed: int, pipeline_run: str, dataset: Any, model: Any, reports: Any, metrics: Any) -> None:
     """Train the LLM on its tasks (`Config.llm_tasks`); with none, empty outputs."""
-    with workspace(params, seed, pipeline_run, dataset) as cfg:
+    with workspace(params, seed, pipeline_run, dataset, stage="llm") as cfg:
         link_dataset(cfg, dataset)
         Path(model.path).mkdir(parents=True, exist_ok=True)
         if not cfg.llm_tasks():
@@ -392,7 +392,7 @@ def run_llm(params: str, seed: int, pipeline_run: str, dataset: Any, model: Any,
             return
         from unitask.llm.train import llm
 
-        summary = llm(cfg)
+        summary = train(cfg, "llm", ["llm"], lambda: llm(cfg), cfg.path(cfg.llm.metrics))
         export(cfg.path(cfg.llm.output), model.path)
         export_paths(cfg, [cfg.paths.reports], reports)
         model.metadata.update({"tasks": cfg.llm_tasks(), "base": cfg.llm.model})

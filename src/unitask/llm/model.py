@@ -63,9 +63,13 @@ def base_model_path(cfg: Config) -> str:
     source, gguf = model_source(cfg)
     if gguf is None:
         return source
+    from filelock import FileLock
+
     folder = cfg.path(cfg.llm.converted) / Path(gguf).stem
-    if not (folder / "config.json").is_file():
-        convert_gguf(Path(source) / gguf, folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{folder}.lock"):  # torchrun's processes: the first converts, the others wait for it
+        if not (folder / "config.json").is_file():
+            convert_gguf(Path(source) / gguf, folder)
     return str(folder)
 
 

@@ -10,6 +10,12 @@ Before training, the base model answers the test rows with `llm.shots` in-contex
 (`llm_zeroshot`); after it, the LoRA model answers validation and the same test rows (`llm`). Both write test predictions
 to reports/predictions/<model>/<task>.jsonl for `unitask evaluate`. Outputs: the adapter(s)
 (safetensors), tokenizer and unitask-model.json in `llm.output`, `llm.metrics`, one MLflow run.
+
+Under `torchrun --nproc_per_node=N` every process trains (DDP; with `llm.fsdp.enabled` on GPUs, FSDP2)
+on its shard of each global batch (`llm.batch_size` rows per process, all ranks on the same task),
+with the loss a mean over the global batch's answer tokens, as one process with an N times larger
+batch computes it. The ranks must end with the same adapter weights (checked). Only rank 0 scores
+the models (the others wait) and writes outputs and the MLflow run.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from unitask.llm.model import base_model_path, load_base, load_tokenizer
 from unitask.llm.prompts import TaskPrompt
 from unitask.tasks.text import read_split, text_task
 from unitask.tracking import flatten, stage_run
+from unitask.training.distributed import from_rank_zero, same_on_every_rank, weights_fingerprint
 from unitask.training.finetune import resume_point, sample_rows
 from unitask.training.multitask import TaskCollator, TaskRows
 from unitask.training.sampling import TaskBatchSampler, steps_per_epoch, task_probabilities
@@ -85,17 +92,19 @@ class LeftPadCollator:
         return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0), "labels": labels}
 
 
-def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over target tokens; logits only over the last (answer width + 1) positions.
-    With left padding every target ends at the last column, so those positions hold every target."""
+def answer_loss(model: Any, batch: dict[str, torch.Tensor], num_items: torch.Tensor | int | None = None) -> torch.Tensor:
+    """Cross-entropy over target tokens, their mean (or their sum over `num_items`); logits only over
+    the last (answer width + 1) positions. With left padding every target ends at the last column, so
+    those positions hold every target."""
     labels = batch["labels"]
     answer = (labels != IGNORE).sum(-1).max()
     keep = int(answer) + 1
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    position_ids=batch["position_ids"], logits_to_keep=keep).logits
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, -(keep - 1):].reshape(-1), ignore_index=IGNORE
-    )
+    flat = (logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, -(keep - 1):].reshape(-1))
+    if num_items is None:
+        return torch.nn.functional.cross_entropy(*flat, ignore_index=IGNORE)
+    return torch.nn.functional.cross_entropy(*flat, ignore_index=IGNORE, reduction="sum") / num_items
 
 
 # ---- adapters and trainer ----------------------------------------------------------------------
@@ -145,23 +154,40 @@ def activate(model: Any, adapter: str) -> None:
 
 
 class LlmTrainer(Trainer):
-    """Trainer with one task per batch (the task sampler), the answer-only loss, and per-task adapters."""
+    """Trainer with one task per batch (the task sampler, which under DDP yields this rank's shard of
+    each global batch), the answer-only loss over the global batch's target tokens, and per-task adapters."""
 
     def __init__(self, *args: Any, batch_sampler: TaskBatchSampler, adapters: list[str] | None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_sampler = batch_sampler
         self.adapters = adapters  # task index -> adapter name (per_task), or None
+        # `compute_loss` divides by `num_items_in_batch` (the target tokens of every rank and
+        # accumulation step): Trainer must count them and not divide again for accumulation
+        self.model_accepts_loss_kwargs = True
 
     def get_train_dataloader(self) -> DataLoader:
+        """The sampler's batches as they are: it already yields this rank's shard of each global batch,
+        which accelerate's own sharding (every N-th batch to each rank) must not split again."""
+        from accelerate.data_loader import prepare_data_loader
+
+        same_on_every_rank(
+            self.batch_sampler.fingerprint(), "llm: the task batches (rows, sampler settings, seed)",
+            hint="every process must read the same params.yaml and prepared data, or the ranks train different tasks in a step",
+        )
         loader = DataLoader(self.train_dataset, batch_sampler=self.batch_sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
-        return self.accelerator.prepare(loader)  # under DDP, each process takes its share of the batches
+        return prepare_data_loader(loader, self.args.device, num_processes=1, process_index=0,
+                                   put_on_device=self.accelerator.device_placement)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+        """This rank's sum of target-token losses over the global count, times the number of processes,
+        which DDP's gradient mean divides again: the gradient of the global batch's mean token loss."""
         task = int(inputs.pop("task_id").reshape(-1)[0])
         if self.adapters:
             activate(self.model, self.adapters[task])
-        loss = answer_loss(model, inputs)
+        loss = answer_loss(model, inputs, num_items_in_batch)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes
         return (loss, {}) if return_outputs else loss
 
 
@@ -175,22 +201,39 @@ def make_trainer(cfg: Config, model: Any, tokenizer: Any, prompts: dict[str, Tas
     lim = limits(cfg)
     rows = [[training_row(tokenizer, prompts[n], r, lim, lc.max_length) for r in trains[n].to_dict("records")] for n in names]
     sizes = {n: len(r) for n, r in zip(names, rows)}
+    args = TrainingArguments(output_dir=output_dir, **{**training_settings(cfg), **overrides})
     probabilities = task_probabilities(sizes, lc.sampler, lc.temperature, lc.size_cap, lc.rates)
-    steps = steps_per_epoch(list(sizes.values()), lc.batch_size)
-    sampler = TaskBatchSampler([[len(r["input_ids"]) for r in task] for task in rows], lc.batch_size,
-                               [probabilities[n] for n in names], steps, cfg.seed, round_robin=lc.sampler == "round_robin")
-    settings = {
-        **trainer_arguments(lc, cfg.seed), "save_strategy": "steps", "save_steps": lc.save_steps, "save_total_limit": 2,
-        "logging_first_step": True, "remove_unused_columns": False, "label_names": [],
-        "ddp_find_unused_parameters": lc.adapters == "per_task", **overrides,
-    }
+    global_batch = lc.batch_size * args.world_size
+    steps = steps_per_epoch(list(sizes.values()), global_batch)
+    sampler = TaskBatchSampler([[len(r["input_ids"]) for r in task] for task in rows], global_batch,
+                               [probabilities[n] for n in names], steps, cfg.seed, round_robin=lc.sampler == "round_robin",
+                               rank=args.process_index, world_size=args.world_size)
     trainer = LlmTrainer(
-        model=model, args=TrainingArguments(output_dir=output_dir, **settings), train_dataset=TaskRows(list(enumerate(rows))),
+        model=model, args=args, train_dataset=TaskRows(list(enumerate(rows))),
         data_collator=TaskCollator([LeftPadCollator(tokenizer.pad_token_id)] * len(names)),
         processing_class=tokenizer, callbacks=[MlflowMetrics(), *(callbacks or [])], batch_sampler=sampler,
         adapters=names if lc.adapters == "per_task" else None,
     )
+    if lc.fsdp.enabled and not trainer.is_fsdp_enabled:  # accelerate shards only across several GPU processes
+        raise ConfigError(f"llm.fsdp.enabled: accelerate did not set up FSDP for {args.world_size} process(es)",
+                          hint="run under torchrun with one process per GPU, or set llm.fsdp.enabled to false")
     return trainer, {"sizes": sizes, "probabilities": probabilities, "steps": steps}
+
+
+def training_settings(cfg: Config) -> dict[str, Any]:
+    """The stage's TrainingArguments (besides output_dir): the shared ones, checkpoints for --resume,
+    the loss averaged over every rank's target tokens, and FSDP2 from `llm.fsdp` (GPUs only:
+    accelerate applies FSDP on GPUs and the like, and on CPU would quietly wrap the model in DDP)."""
+    lc = cfg.llm
+    settings = {
+        **trainer_arguments(lc, cfg.seed), "save_strategy": "steps", "save_steps": lc.save_steps, "save_total_limit": 2,
+        "logging_first_step": True, "remove_unused_columns": False, "label_names": [],
+        "average_tokens_across_devices": True, "ddp_find_unused_parameters": lc.adapters == "per_task",
+    }
+    if lc.fsdp.enabled and not torch.cuda.is_available():
+        raise ConfigError("llm.fsdp.enabled: FSDP needs GPUs; on CPU accelerate ignores its FSDP plugin and wraps the model in DDP",
+                          hint="set llm.fsdp.enabled to false on CPU (torchrun then trains with DDP)")
+    return {**settings, **lc.fsdp.training_arguments()}
 
 
 # ---- the stage -------------------------------------------------------------------------------
@@ -240,71 +283,109 @@ def llm(cfg: Config, resume: bool = False) -> dict[str, Any]:
     tokenizer = load_tokenizer(base_path)
     set_seed(cfg.seed)
     base = load_base(base_path)
-    lim = limits(cfg)
     checkpoints = cfg.path(lc.checkpoints)
     last = resume_point(checkpoints, resume)
     main = is_main_process()
 
-    zeroshot = None
-    if lc.zeroshot:
-        shots = {n: frames[n]["train"].sample(n=min(lc.shots, len(frames[n]["train"])), random_state=cfg.seed).to_dict("records")
-                 for n in names}
-        started = time.perf_counter()
-        # validation too: evaluate picks each task's best model on validation, the base model among them
-        zeroshot = score_model(Answerer(base, tokenizer, lim), prompts, frames, shots, splits=EVAL_SPLITS)
-        zeroshot["seconds"] = round(time.perf_counter() - started, 1)
-        if main:
-            for name, prompt in prompts.items():
-                metric = MAIN_METRIC[prompt.type]
-                print(f"unitask: llm_zeroshot {name} test {metric} {zeroshot['test'][name][metric]:.4f} "
-                      f"({zeroshot['seconds']} s for every task)", flush=True)
-
     model = lora_model(cfg, base, names)
     trainer, plan = make_trainer(cfg, model, tokenizer, prompts, {n: frames[n]["train"] for n in names}, str(checkpoints))
     args, sizes, probabilities, steps = trainer.args, plan["sizes"], plan["probabilities"], plan["steps"]
+    zeroshot = None
+    if lc.zeroshot:  # rank 0 scores the base model (the adapters off), the other ranks wait
+        if main:
+            zeroshot = score_zeroshot(cfg, model, tokenizer, prompts, frames)
+        trainer.accelerator.wait_for_everyone()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     params = {
         "tasks": ",".join(names), "model": lc.model, "base_path": base_path, "seed": cfg.seed, "bf16": args.bf16,
-        "steps_per_epoch": steps, "resumed_from": last or "", "trainable_parameters": trainable,
+        "steps_per_epoch": steps, "world_size": args.world_size, "fsdp": trainer.is_fsdp_enabled,
+        "resumed_from": last or "", "trainable_parameters": trainable,
         **{f"train_rows.{n}": s for n, s in sizes.items()},
         **{f"sampling.{n}": round(p, 6) for n, p in probabilities.items()},
         **flatten("llm", lc.model_dump(exclude={"tasks", "rates", "prompts", "lora"})),
         **{f"llm.lora.{k}": (",".join(v) if isinstance(v, list) else v) for k, v in lc.lora.model_dump().items()},
         **{f"llm.rates.{n}": v for n, v in lc.rates.items()},
     }
+    summary: dict[str, Any] | None = None
     with stage_run(cfg, "llm", params=params) if main else nullcontext() as run:
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=last)
         seconds = time.perf_counter() - started
         trainer.remove_callback(MlflowMetrics)
-        if lc.adapters == "per_task":
-            activate(model, names[0])  # inference names each row's adapter
-        scoring = time.perf_counter()
-        tuned = score_model(Answerer(model, tokenizer, lim, lc.adapters == "per_task"), prompts, frames)
-        scoring = time.perf_counter() - scoring
-        summary: dict[str, Any] = {
-            "tasks": names,
-            "types": {n: p.type for n, p in prompts.items()},
-            "main_metrics": {n: MAIN_METRIC[p.type] for n, p in prompts.items()},
-            "model": lc.model,
-            "adapters": lc.adapters,
-            "train": {"loss": result.training_loss, "steps": trainer.state.global_step, "seconds": round(seconds, 1),
-                      "examples": sizes, "trainable_parameters": trainable},
-            "validation": tuned["validation"], "test": tuned["test"],
-            "seconds": {"scoring": round(scoring, 1), "stage": round(time.perf_counter() - stage_started, 1)},
-            "zeroshot": None if zeroshot is None else {
-                "shots": lc.shots, "seconds": zeroshot["seconds"], "validation": zeroshot["validation"], "test": zeroshot["test"]},
-        }
+        model = trained_model(cfg, trainer, model, base_path, names)
         if main:
-            summary["mlflow_run_id"] = run.info.run_id
-            for name in names:
-                for split in EVAL_SPLITS:
-                    gold = frames[name]["gold"][split]
-                    write_predictions(cfg, "llm", name, gold, tuned["outputs"][split][name], split)
-                    if zeroshot is not None:
-                        write_predictions(cfg, "llm_zeroshot", name, gold, zeroshot["outputs"][split][name], split)
-            save_llm(cfg, model, tokenizer, prompts, base_path, summary)
+            train = {"loss": result.training_loss, "steps": trainer.state.global_step, "seconds": round(seconds, 1),
+                     "examples": sizes, "trainable_parameters": trainable, "world_size": args.world_size,
+                     "fsdp": trainer.is_fsdp_enabled}
+            summary = score_and_save(cfg, model, tokenizer, prompts, frames, base_path, zeroshot,
+                                     {"train": train, "mlflow_run_id": run.info.run_id}, stage_started)
             shutil.rmtree(checkpoints, ignore_errors=True)
+    return from_rank_zero(summary)
+
+
+def score_zeroshot(cfg: Config, model: Any, tokenizer: Any, prompts: dict[str, TaskPrompt], frames: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The base model's answers (`model` with its adapters off), with `llm.shots` in-context examples
+    from train, on validation (evaluate picks each task's best model there, the base model among them) and test."""
+    shots = {n: frames[n]["train"].sample(n=min(cfg.llm.shots, len(frames[n]["train"])), random_state=cfg.seed).to_dict("records")
+             for n in prompts}
+    started = time.perf_counter()
+    with model.disable_adapter():
+        zeroshot = score_model(Answerer(model, tokenizer, limits(cfg)), prompts, frames, shots, splits=EVAL_SPLITS)
+    zeroshot["seconds"] = round(time.perf_counter() - started, 1)
+    for name, prompt in prompts.items():
+        metric = MAIN_METRIC[prompt.type]
+        print(f"unitask: llm_zeroshot {name} test {metric} {zeroshot['test'][name][metric]:.4f} "
+              f"({zeroshot['seconds']} s for every task)", flush=True)
+    return zeroshot
+
+
+def trained_model(cfg: Config, trainer: LlmTrainer, model: Any, base_path: str, names: list[str]) -> Any:
+    """The trained LoRA model whole on rank 0 (None on the others). Under DDP every rank holds it, and
+    every rank must hold the same adapter weights, or a process trained alone (a model DDP never
+    wrapped). Under FSDP the shards are gathered (every rank takes part) into a fresh copy on rank 0."""
+    if trainer.is_fsdp_enabled:
+        state = trainer.accelerator.get_state_dict(trainer.model)  # the full state dict, on rank 0
+        if not is_main_process():
+            return None
+        model = lora_model(cfg, load_base(base_path), names)
+        model.load_state_dict(state)
+        return model
+    same_on_every_rank(
+        weights_fingerprint(model), "llm: the trained adapter weights",
+        hint="the processes trained apart: the model was not wrapped in DistributedDataParallel (a bug); run one process meanwhile",
+    )
+    return model if is_main_process() else None
+
+
+def score_and_save(cfg: Config, model: Any, tokenizer: Any, prompts: dict[str, TaskPrompt], frames: dict[str, dict[str, Any]],
+                   base_path: str, zeroshot: dict[str, Any] | None, head: dict[str, Any], stage_started: float) -> dict[str, Any]:
+    """Rank 0: score the trained model on validation and test, write both models' predictions, the
+    adapter, the metrics and the MLflow run's metrics; return the summary (with `head`'s keys)."""
+    lc, names = cfg.llm, list(prompts)
+    if lc.adapters == "per_task":
+        activate(model, names[0])  # inference names each row's adapter
+    scoring = time.perf_counter()
+    tuned = score_model(Answerer(model, tokenizer, limits(cfg), lc.adapters == "per_task"), prompts, frames)
+    scoring = time.perf_counter() - scoring
+    summary: dict[str, Any] = {
+        "tasks": names,
+        "types": {n: p.type for n, p in prompts.items()},
+        "main_metrics": {n: MAIN_METRIC[p.type] for n, p in prompts.items()},
+        "model": lc.model,
+        "adapters": lc.adapters,
+        **head,
+        "validation": tuned["validation"], "test": tuned["test"],
+        "seconds": {"scoring": round(scoring, 1), "stage": round(time.perf_counter() - stage_started, 1)},
+        "zeroshot": None if zeroshot is None else {
+            "shots": lc.shots, "seconds": zeroshot["seconds"], "validation": zeroshot["validation"], "test": zeroshot["test"]},
+    }
+    for name in names:
+        for split in EVAL_SPLITS:
+            gold = frames[name]["gold"][split]
+            write_predictions(cfg, "llm", name, gold, tuned["outputs"][split][name], split)
+            if zeroshot is not None:
+                write_predictions(cfg, "llm_zeroshot", name, gold, zeroshot["outputs"][split][name], split)
+    save_llm(cfg, model, tokenizer, prompts, base_path, summary)
     return summary
 
 
