@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from unitask.atomic import write_json
+from unitask.config.kubeflow import TRAINING_STAGES  # the stages that train (and log their curves)
 
-TRAINING_STAGES = ("pretrain", "finetune", "multitask", "fusion")
 CURVES = ("loss", "eval_loss")  # Trainer's logs, as `MlflowMetrics` logs them into each stage's run
 
 
