@@ -42,7 +42,8 @@ def _tasks(root: Path) -> dict[str, Any]:
     return tasks
 
 
-def _project(root: Path, declared: dict[str, Any], uri: str, routes: dict[str, str], **llm: Any) -> Config:
+def _project(root: Path, declared: dict[str, Any], uri: str, routes: dict[str, str],
+             evaluated: tuple[str, ...] = ("multitask", "llm"), **llm: Any) -> Config:
     llm = {"model": BASE, "adapters": "per_task", "zeroshot": False, "max_steps": 4, "batch_size": 4, "eval_batch_size": 8,
            "learning_rate": 5e-3, "logging_steps": 2, "save_steps": 4, "bf16": False, "max_new_tokens": 8,
            "max_input_tokens": 24, "max_length": 96, "max_eval_rows": None, "lora": {"last_layers": None}, **llm}  # fmt: skip
@@ -52,7 +53,7 @@ def _project(root: Path, declared: dict[str, Any], uri: str, routes: dict[str, s
         tracking={"uri": uri, "experiment": f"llmserve-{root.name}"},
         multitask={"max_steps": 8, "batch_size": 8, "eval_batch_size": 16, "learning_rate": 2e-3, "bf16": False, "logging_steps": 4},
         llm=llm,
-        evaluate={"models": ["multitask", "llm"], "curves": False},
+        evaluate={"models": list(evaluated), "curves": False},
         register={"name": f"llmserve-{root.name}", "routes": routes},
     )  # fmt: skip
     return load_config(params)
@@ -119,6 +120,10 @@ def _close(got: Any, want: Any) -> None:
         assert set(got) == set(want), (got, want)
         for key in want:
             _close(got[key], want[key])
+    elif isinstance(want, list):
+        assert len(got) == len(want), (got, want)
+        for g, w in zip(got, want):
+            _close(g, w)
     else:
         assert got == want
 
@@ -182,6 +187,37 @@ def test_llm_routes_are_served_from_the_registry_in_a_fresh_process(trained, mlf
     assert v2["predictors"] == ["llm"] and v2["adapters"] == ["class", "regre"] and v2["base"] == "LlamaForCausalLM"
     _close(v2["outputs"], llm)
     assert [set(out) for out in v2["outputs"]] == [{"label", "scores"}, {"value"}] * 2
+
+
+def test_a_local_base_travels_in_the_bundle(tmp_path: Path, single_thread: None) -> None:
+    """A base from a local folder is on no other machine: register bundles it (artifact `llm_base`), and
+    the pyfunc puts the LLM's (shared) adapter on that copy when the original folder is gone."""
+    import shutil
+
+    from mlflow.pyfunc import PythonModelContext
+
+    from unitask.evaluation.stage import evaluate
+    from unitask.llm.train import llm
+    from unitask.registry.pyfunc import UnitaskModel
+    from unitask.registry.stage import served_scores
+
+    tasks = _tasks(tmp_path)
+    tiny_llama(tmp_path / "base")
+    cfg = _project(tmp_path, tasks, "sqlite:///mlflow/mlflow.db", {"class": "llm", "regre": "llm"}, evaluated=("llm",),
+                   model="base", adapters="shared")  # fmt: skip
+    llm(cfg)
+    evaluate(cfg)
+    folders, router, routes, _ = served_scores(cfg)
+    assert set(folders) == {"llm", "llm_base"} and folders["llm_base"] == (tmp_path / "base").resolve()
+    rows = [{"task": "regre", "text": "two is the"}, {"task": "class", "text": "the pizza of"}]
+    want = router.predict(rows)
+    bundled = shutil.copytree(tmp_path / "base", tmp_path / "artifacts" / "llm_base")  # what MLflow downloads
+    shutil.rmtree(tmp_path / "base")
+    served = UnitaskModel()
+    served.load_context(PythonModelContext({"llm": str(folders["llm"]), "llm_base": str(bundled)}, {"routes": routes}))
+    _close(served.predict(None, rows), want)
+    with pytest.raises(ConfigError, match="base model .* is not here"):
+        UnitaskModel().load_context(PythonModelContext({"llm": str(folders["llm"])}, {"routes": routes}))
 
 
 def test_routes_are_validated_and_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
