@@ -47,8 +47,12 @@ def served_routes(cfg: Config) -> dict[str, str]:
 def served_folders(cfg: Config, routes: dict[str, str] | None = None) -> dict[str, Path]:
     """{artifact name: model folder} of the models the routes name, in routing priority (the multi-task
     model first)."""
+    routes = served_routes(cfg) if routes is None else routes
+    if not routes:
+        raise DataError("register: no task to serve (no text task the multi-task model trains, no text+image task "
+                        "with register.include_fusion, no register.routes)", hint="declare tasks, or set register.routes")
     outputs = {"multitask": cfg.multitask.output, "fusion": cfg.fusion.output, "llm": cfg.llm.output}
-    folders = {name: cfg.path(outputs[name]) for name in sorted(set((routes or served_routes(cfg)).values()), key=priority)}
+    folders = {name: cfg.path(outputs[name]) for name in sorted(set(routes.values()), key=priority)}
     for name, folder in folders.items():
         if not (folder / MANIFEST).is_file():
             hint = {"fusion": ", or set register.include_fusion: false", "llm": ", or route its tasks elsewhere in register.routes"}
