@@ -230,7 +230,7 @@ def test_routes_are_validated_and_name_the_fix(tmp_path: Path, monkeypatch: pyte
     tasks = _tasks(tmp_path)
     with pytest.raises(ConfigError, match=r"register.routes: 'nope' is not declared under tasks"):
         _project(tmp_path, tasks, "sqlite:///mlflow/mlflow.db", {"nope": "llm"})
-    with pytest.raises(ConfigError, match=r"'class' -> fusion, but fusion does not train 'class'.*route 'class' to one of: multitask, llm"):
+    with pytest.raises(ConfigError, match=r"'class' -> fusion, but fusion does not train 'class' \(fusion trains text\+image tasks, not classification; or route 'class' to one of: multitask, llm\)"):
         _project(tmp_path, tasks, "sqlite:///mlflow/mlflow.db", {"class": "fusion"})
     with pytest.raises(ConfigError, match=r"'class' -> llm, but llm does not train 'class' \(set it in llm.tasks"):
         _project(tmp_path, tasks, "sqlite:///mlflow/mlflow.db", {"class": "llm"}, tasks=["regre"])
@@ -254,6 +254,43 @@ def test_routes_are_validated_and_name_the_fix(tmp_path: Path, monkeypatch: pyte
         resolve_base({"source": "package", "model": BASE, "gguf": None, "sha256": "0" * 64}, str(tmp_path / "gone"))
     with pytest.raises(ConfigError, match="base model .*gone is not here"):
         resolve_base({"source": "local", "model": "base", "gguf": None, "sha256": "0" * 64}, str(tmp_path / "gone"))
+
+
+# in a process whose hub cache is HF_HUB_CACHE: the hub id's commit now, and the base loaded at a recorded one
+HUB = """
+import json, sys
+import torch
+from unitask.llm.model import hub_revision, load_base, resolve_base
+model_id, trained, folder = sys.argv[1:]
+resolved = resolve_base({"source": "hub", "model": model_id, "gguf": None, "revision": trained}, model_id).state_dict()
+same = all(torch.equal(v, load_base(folder).state_dict()[k]) for k, v in resolved.items())
+print("RESULT " + json.dumps({"revision": hub_revision(model_id), "same": same}))
+"""
+
+
+def test_a_hub_base_is_recorded_at_its_commit_and_loaded_at_it(tmp_path: Path) -> None:
+    """A hub id's base: its commit is read from the hub cache, and a saved LLM's base loads at the
+    commit it was trained on even after `main` moved (offline: a hub cache laid out as huggingface_hub
+    lays it out, in a fresh process)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    trained, newer = "0123456789abcdef0123456789abcdef01234567", "fedcba9876543210fedcba9876543210fedcba98"
+    repo = tmp_path / "hub" / "models--unitask--tiny-llama"
+    tiny_llama(tmp_path / "tiny")
+    for commit in (trained, newer):
+        shutil.copytree(tmp_path / "tiny", repo / "snapshots" / commit)
+    weights = repo / "snapshots" / newer / "model.safetensors"
+    save_file({k: v * 2 for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})  # main moved on
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(newer)
+    env = {**single_thread_env(), "PYTHONPATH": str(REPO / "src"), "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", HUB, "unitask/tiny-llama", trained, str(tmp_path / "tiny")], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("RESULT "))
+    assert json.loads(line.removeprefix("RESULT ")) == {"revision": newer, "same": True}
 
 
 @pytest.mark.slow

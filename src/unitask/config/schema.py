@@ -117,10 +117,14 @@ class Config(Strict):
             if task not in self.tasks:
                 problems.append(f"'{task}' is not declared under tasks (declared: {', '.join(self.tasks)})")
             elif task not in trains[model]:
-                where = {"multitask": "multitask.tasks (text tasks)", "llm": "llm.tasks or tasks.<task>.llm.enabled (text tasks)",
-                         "fusion": "fusion.tasks (text+image tasks) with register.include_fusion"}[model]  # fmt: skip
-                problems.append(f"'{task}' -> {model}, but {model} does not train '{task}' (set it in {where}, "
-                                f"or route '{task}' to one of: {', '.join(m for m, t in trains.items() if task in t) or 'none'})")
+                kind = self.tasks[task].type
+                if (model == "fusion") == self.tasks[task].is_text:
+                    why = f"{model} trains {'text+image' if model == 'fusion' else 'text'} tasks, not {kind}"
+                else:
+                    why = "set it in " + {"multitask": "multitask.tasks", "llm": "llm.tasks or tasks.<task>.llm.enabled",
+                                          "fusion": "fusion.tasks, with register.include_fusion"}[model]  # fmt: skip
+                problems.append(f"'{task}' -> {model}, but {model} does not train '{task}' ({why}; or route '{task}' to "
+                                f"one of: {', '.join(m for m, t in trains.items() if task in t) or 'none'})")
         if problems:
             raise ValueError("register.routes: " + "; ".join(problems))
         return self
