@@ -165,6 +165,8 @@ def test_llm_routes_are_served_from_the_registry_in_a_fresh_process(trained, mlf
     base_params = parameters(site / "tiny_llm_pkg" / "model")
     assert f"- Parameters: base {base_params:,} (frozen), LoRA adapters {parameters(llm_folder):,} (trained)." in card
     assert "LLM label scoring:" in card and "- Text encoder" not in card  # no encoder is bundled in version 2
+    assert "come from these validation / test rows (`unitask llm` scores a seeded sample of llm.max_eval_rows rows): " \
+           "class 12 / 12, regre 12 / 12." in card
 
     test = {t: read_split(both, t, "test") for t in tasks}
     rows = [{"task": "class", "text": str(test["class"]["text"][0])}, {"task": "regre", "text": str(test["regre"]["text"][0])},

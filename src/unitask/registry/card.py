@@ -139,6 +139,14 @@ def llm_facts(folder: Path, routes: dict[str, str], model: Any | None) -> list[s
     return lines
 
 
+def llm_scored_rows(cfg: Config, tasks: list[str]) -> list[str]:
+    """How many rows the LLM's scores come from (`unitask llm` scores a seeded sample of llm.max_eval_rows)."""
+    summary = _json(cfg.path(cfg.llm.metrics)) or {}
+    counts = {t: [summary.get(split, {}).get(t, {}).get("rows", "?") for split in ("validation", "test")] for t in tasks}
+    return ["The LLM's scores below come from these validation / test rows (`unitask llm` scores a seeded sample of "
+            "llm.max_eval_rows rows): " + ", ".join(f"{t} {v} / {w}" for t, (v, w) in counts.items()) + ".", ""]
+
+
 LLM_LIMITS = [
     "LLM prompts: each task is asked with the instruction and template it was trained with (in the tokenizer's "
     "chat template); other wordings are untested.",
@@ -193,12 +201,13 @@ def model_card(
         f"- Languages: {languages(cfg, list(routes))}.",
         *(["- Parameters: " + ", ".join(counted) + "."] if counted else []),
         *(["- LLM: see below."] if "llm" in models else []),
-        f"- max_length {cfg.model.max_length} tokens, seed {cfg.seed}.",
+        f"- {f'max_length {cfg.model.max_length} tokens, ' if encoders else ''}seed {cfg.seed}.",
         "",
     ]
     if "llm" in models:
         llm = (predictors or {}).get("llm")
         lines += llm_facts(models["llm"], routes, llm.answerer.model if llm is not None else None)
+        lines += llm_scored_rows(cfg, [task for task, model in routes.items() if model == "llm"])
     lines += [
         "## Data and metrics",
         "",
