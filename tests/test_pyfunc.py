@@ -7,6 +7,9 @@ from typing import Any
 
 import pandas as pd
 
+import pytest
+
+from unitask.errors import ConfigError
 from unitask.registry.pyfunc import INPUT_COLUMNS, Router, as_rows, priority, signature
 
 
@@ -55,3 +58,14 @@ def test_signature_requires_only_the_task_and_multitask_routes_first() -> None:
     assert [c.name for c in inputs.inputs if c.required] == ["task"]
     assert sorted(["fusion", "multitask", "fusion_b"], key=priority) == ["multitask", "fusion", "fusion_b"]
 
+
+
+def test_routes_name_the_predictor_of_each_task_and_only_those_tasks_are_answered() -> None:
+    multitask, llm = Echo({"topic": "classification", "spam": "classification"}), Echo({"topic": "classification", "qa": "extractive_qa"})
+    router = Router({"multitask": multitask, "llm": llm}, {"topic": "llm", "spam": "multitask"})
+    rows = [{"task": "topic", "text": "ab"}, {"task": "spam", "text": "a"}, {"task": "qa", "text": "abc"}]
+    out = router.predict(rows)
+    assert out[:2] == [{"value": 2}, {"value": 1}] and out[2]["error"] == "unknown task 'qa'; this model answers: spam, topic"
+    assert llm.batches == [[rows[0]]] and multitask.batches == [[rows[1]]]
+    with pytest.raises(ConfigError, match="the multitask model does not answer task 'qa'"):
+        Router({"multitask": multitask, "llm": llm}, {"qa": "multitask"})

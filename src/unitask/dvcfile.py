@@ -35,7 +35,7 @@ def _paths(templates: tuple[str, ...], cfg: Config) -> list[str]:
 
 
 def _entry(stage: Stage, cfg: Config, root: Path, dropped: set[str]) -> dict[str, Any]:
-    deps = [d for d in _paths(stage.deps, cfg) if not any(d == o or d.startswith(o + "/") for o in dropped)]
+    deps = [d for d in _paths(stage.dep_templates(cfg), cfg) if not any(d == o or d.startswith(o + "/") for o in dropped)]
     entry: dict[str, Any] = {
         "cmd": f"unitask {stage.command}" + (f" --task {ITEM}" if stage.per_task else ""),
         "deps": deps + code_files(stage.module, root),

@@ -206,7 +206,7 @@ class Stage:
     per_task: Callable[[Config], list[str]] | None = None  # a DVC foreach over these tasks, `--task` required
     runs: Callable[[Config], list[str]] | None = None  # a whole stage's tasks: none means it is left out of DVC
     params: Params = ()  # config keys it reads; `{task}` in a per-task stage
-    deps: tuple[str, ...] = ()
+    deps: Params = ()  # path templates; a callable gives those that depend on the config
     outs: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()  # DVC metric files (cache: false)
     plain_outs: tuple[str, ...] = ()  # small outputs kept in git's view (cache: false), not metrics
@@ -226,12 +226,20 @@ class Stage:
 
     def param_keys(self, cfg: Config) -> list[str]:
         """The config keys this stage reads, with the task-level ones spelled out."""
-        keys: list[str] = []
-        for item in self.params:
-            for key in item(cfg) if callable(item) else [item]:
-                if key not in keys:
-                    keys.append(key)
-        return keys
+        return _expand(self.params, cfg)
+
+    def dep_templates(self, cfg: Config) -> tuple[str, ...]:
+        """The path templates of what this stage reads, the config-dependent ones included."""
+        return tuple(_expand(self.deps, cfg))
+
+
+def _expand(items: Params, cfg: Config) -> list[str]:
+    found: list[str] = []
+    for item in items:
+        for value in item(cfg) if callable(item) else [item]:
+            if value not in found:
+                found.append(value)
+    return found
 
 
 def _baseline_tasks(cfg: Config) -> list[str]:
@@ -401,16 +409,18 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         ),  # fmt: skip
     ),
     Stage(
-        "register", "register the served model (multi-task + fusion) in MLflow; gate the champion alias",
+        "register", "register the served model (multi-task + fusion, + the LLM where routed) in MLflow; gate the champion",
         "Log one MLflow pyfunc that answers every task (multitask.output, plus fusion.output when "
-        "register.include_fusion) with a signature, an input example and a model card, and register it as "
+        "register.include_fusion, plus llm.output for the tasks register.routes sends to the LLM) with a signature, an "
+        "input example and a model card, and register it as "
         "register.name. The new version gets the alias `challenger`; `champion` moves to it only when it beats the "
         "current champion on register.gate.primary and no task's main metric drops by more than "
         "register.gate.max_task_regression. The decision and its numbers go to register.output and the MLflow run "
         "`register`. Rerunning with unchanged models and metrics registers nothing new.",
         "unitask.registry:register", _register,
         params=("register", "tracking", task_data),
-        deps=("{c.evaluate.output}/comparison.json", "{c.multitask.output}", "{c.fusion.output}"),
+        deps=("{c.evaluate.output}/comparison.json", "{c.multitask.output}", "{c.fusion.output}",
+              lambda c: ["{c.llm.output}"] if "llm" in c.register.routes.values() else []),
         metrics=("{c.register.output}",),
     ),
 )}  # fmt: skip

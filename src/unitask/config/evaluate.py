@@ -3,6 +3,8 @@ model's name, what it bundles, and the gate that decides whether a new version b
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from unitask.config.base import ProjectPath, Strict
@@ -55,13 +57,23 @@ class Gate(Strict):
     )
 
 
+# the models a served task can be routed to (the pyfunc's artifacts)
+ServedModel = Literal["multitask", "fusion", "llm"]
+
+
 class Register(Strict):
-    """`unitask register`: one MLflow pyfunc that answers every task (the multi-task model, plus the
-    fusion model for text+image tasks), registered as `name` with aliases challenger/champion."""
+    """`unitask register`: one MLflow pyfunc that answers every task (by default the multi-task model,
+    plus the fusion model for text+image tasks; `routes` sends tasks elsewhere, e.g. to the LLM),
+    registered as `name` with aliases challenger/champion."""
 
     name: str = Field(default="unitask", min_length=1, description="the registered model's name")
     include_fusion: bool = Field(
         default=True, description="bundle fusion.output too (text+image tasks); false: the multi-task model only"
+    )
+    routes: dict[str, ServedModel] = Field(
+        default_factory=dict,
+        description="task -> the model that answers it (multitask, fusion or llm); unlisted tasks: multitask for "
+        "text tasks, fusion for text+image tasks. A route to llm bundles llm.output",
     )
     gate: Gate = Gate()
     output: ProjectPath = Field(default="reports/register.json", description="the decision and the numbers behind it")

@@ -107,6 +107,28 @@ class Config(Strict):
             raise ValueError(f"llm.tasks: {not_text} are text+image tasks; this LLM is text-only (fusion trains those)")
         return self
 
+    @model_validator(mode="after")
+    def _register_routes(self) -> Config:
+        """Each route names a declared task and a model that trains it (all problems at once)."""
+        trains = {"multitask": self.multitask_tasks(), "fusion": self.fusion_tasks() if self.register.include_fusion else [],
+                  "llm": self.llm_tasks()}  # fmt: skip
+        problems = []
+        for task, model in self.register.routes.items():
+            if task not in self.tasks:
+                problems.append(f"'{task}' is not declared under tasks (declared: {', '.join(self.tasks)})")
+            elif task not in trains[model]:
+                kind = self.tasks[task].type
+                if (model == "fusion") == self.tasks[task].is_text:
+                    why = f"{model} trains {'text+image' if model == 'fusion' else 'text'} tasks, not {kind}"
+                else:
+                    why = "set it in " + {"multitask": "multitask.tasks", "llm": "llm.tasks or tasks.<task>.llm.enabled",
+                                          "fusion": "fusion.tasks, with register.include_fusion"}[model]  # fmt: skip
+                problems.append(f"'{task}' -> {model}, but {model} does not train '{task}' ({why}; or route '{task}' to "
+                                f"one of: {', '.join(m for m, t in trains.items() if task in t) or 'none'})")
+        if problems:
+            raise ValueError("register.routes: " + "; ".join(problems))
+        return self
+
     def llm_tasks(self) -> list[str]:
         """The tasks `unitask llm` trains, all with one model: `llm.tasks`, else every text task whose
         `tasks.<task>.llm.enabled` is true."""

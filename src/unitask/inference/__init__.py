@@ -42,14 +42,15 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_predictor(folder: str | Path) -> Predictor:
-    """The predictor for a saved model folder, chosen by the `kind` in its manifest."""
+def load_predictor(folder: str | Path, **options: Any) -> Predictor:
+    """The predictor for a saved model folder, chosen by the `kind` in its manifest (`options` go to its
+    `load`, e.g. an LLM's bundled `base`)."""
     folder = Path(folder)
     kind = read_manifest(folder).get("kind")
     if kind not in KINDS:
         raise ConfigError(f"{folder / MANIFEST}: unknown model kind {kind!r}", hint=f"kinds: {', '.join(KINDS)}")
     module, _, name = KINDS[kind].partition(":")
-    return getattr(importlib.import_module(module), name).load(folder)
+    return getattr(importlib.import_module(module), name).load(folder, **options)
 
 
 def missing_fields(row: dict[str, Any], fields: tuple[str, ...]) -> str | None:
@@ -59,13 +60,19 @@ def missing_fields(row: dict[str, Any], fields: tuple[str, ...]) -> str | None:
 
 
 class Router:
-    """Predictors in priority order; a task goes to the first predictor that answers it."""
+    """Predictors in priority order; a task goes to the first predictor that answers it, or with
+    `routes` ({task: predictor name}) to the one named there (and only those tasks are answered)."""
 
-    def __init__(self, predictors: dict[str, Predictor]) -> None:
+    def __init__(self, predictors: dict[str, Predictor], routes: dict[str, str] | None = None) -> None:
         self.predictors = predictors
         self.routes: dict[str, str] = {}
         self.tasks: dict[str, str] = {}
-        for name, predictor in predictors.items():
+        for task, name in (routes or {}).items():
+            if task not in predictors[name].tasks:
+                raise ConfigError(f"routes: the {name} model does not answer task '{task}'",
+                                  hint=f"it answers: {', '.join(predictors[name].tasks)}")
+            self.routes[task], self.tasks[task] = name, predictors[name].tasks[task]
+        for name, predictor in predictors.items() if routes is None else ():
             for task, kind in predictor.tasks.items():
                 self.routes.setdefault(task, name)
                 self.tasks.setdefault(task, kind)

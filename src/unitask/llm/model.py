@@ -5,6 +5,13 @@ A GGUF file (the offline default is SmolLM2-135M-Instruct in 4-bit Q4_1, from th
 keeps a GGUF quantizer that `save_pretrained` and Trainer refuse. So it is converted once, quantizer and
 `quantization_config` dropped, to a plain safetensors folder under `llm.converted`, which later runs
 load in seconds.
+
+A saved LLM records where its base came from (`base_identity`), so that it loads where that converted
+folder does not exist (a registered model served elsewhere): `resolve_base` finds a packaged base again
+in the installed package (sha256 checked; a GGUF file dequantized in memory, as the conversion does) and
+a hub model at the commit that was trained on. Recording the source instead of bundling the 517 MB
+fp32 copy keeps each registered version small; only a base from a local folder, which no other machine
+has, travels in the bundle (`unitask.registry`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import Any
 
 from unitask.atomic import atomic_dir
 from unitask.config import Config
+from unitask.data.hashing import sha256_path, verify_sha256
 from unitask.errors import ConfigError
 
 PACKAGE_PREFIX = "package:"
@@ -37,15 +45,23 @@ def package_path(spec: str) -> Path:
     return path
 
 
-def model_source(cfg: Config) -> tuple[str, str | None]:
-    """(folder or hub id, GGUF file name or None) for `llm.model`."""
+def source_kind(cfg: Config) -> str:
+    """What `llm.model` names: "package", "local" (a file or folder under the project) or "hub" (an id)."""
     spec = cfg.llm.model
     if spec.startswith(PACKAGE_PREFIX):
+        return "package"
+    return "local" if spec.startswith((".", "/")) or (cfg.root / spec).exists() else "hub"
+
+
+def model_source(cfg: Config) -> tuple[str, str | None]:
+    """(folder or hub id, GGUF file name or None) for `llm.model`."""
+    spec, kind = cfg.llm.model, source_kind(cfg)
+    if kind == "hub":
+        return spec, None
+    if kind == "package":
         path = package_path(spec)
     else:
         local = cfg.root / spec
-        if not (spec.startswith((".", "/")) or local.exists()):
-            return spec, None  # a hub id
         if not local.exists():
             raise ConfigError(f"llm.model: no such file or folder '{spec}' (under {cfg.root})",
                               hint="give a hub id, a saved model folder, a .gguf file or package:<distribution>/<path>")
@@ -73,16 +89,25 @@ def base_model_path(cfg: Config) -> str:
     return str(folder)
 
 
-def convert_gguf(file: Path, folder: Path) -> Path:
-    """Dequantize a GGUF file into a plain safetensors folder with its tokenizer (atomically)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_gguf(file: Path) -> Any:
+    """A GGUF file's causal LM, dequantized to fp32, its GGUF quantizer dropped (a plain model)."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
-    print(f"unitask: converting {file.name} to {folder} (once)", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
-    model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name)
+    model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32)
     model.hf_quantizer = None  # what keeps save_pretrained and Trainer from taking it
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    return model
+
+
+def convert_gguf(file: Path, folder: Path) -> Path:
+    """Dequantize a GGUF file into a plain safetensors folder with its tokenizer (atomically)."""
+    from transformers import AutoTokenizer
+
+    print(f"unitask: converting {file.name} to {folder} (once)", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
+    model = load_gguf(file)
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -105,10 +130,49 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
-def load_base(path: str, trust_remote_code: bool = False) -> Any:
+def load_base(path: str, trust_remote_code: bool = False, revision: str | None = None) -> Any:
     """The causal LM at `path` (fp32 weights; training autocasts to bf16 where the device has it)."""
     from transformers import AutoModelForCausalLM
 
     import torch
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                                                revision=revision)
+
+
+def hub_revision(model_id: str) -> str | None:
+    """The commit of a hub model that loads now (from the local hub cache), or None where unknown."""
+    from transformers.utils import cached_file
+
+    parts = Path(cached_file(model_id, "config.json")).parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+
+
+def base_identity(cfg: Config, base_path: str) -> dict[str, Any]:
+    """What the base model at `base_path` is and where it comes from, recorded in the saved LLM's manifest:
+    {"source": package | local | hub, "model": llm.model, "gguf": the GGUF file or None, and "sha256" of the
+    packaged or local file/folder, or the hub "revision"}."""
+    kind = source_kind(cfg)
+    source, gguf = model_source(cfg)
+    identity: dict[str, Any] = {"source": kind, "model": cfg.llm.model, "gguf": gguf}
+    if kind == "hub":
+        return identity | {"revision": hub_revision(source)}
+    return identity | {"sha256": sha256_path(Path(source) / gguf if gguf else Path(base_path))}
+
+
+def resolve_base(recorded: dict[str, Any] | None, trained_at: str, bundled: str | None = None) -> Any:
+    """The base model of a saved LLM: its bundled copy, else the folder it was trained from where that
+    exists here, else found again from its `recorded` identity (`base_identity`)."""
+    if bundled is not None:
+        return load_base(bundled)
+    if Path(trained_at).is_dir():
+        return load_base(trained_at)
+    if recorded is None or recorded["source"] == "local":
+        origin = recorded["model"] if recorded else trained_at
+        raise ConfigError(f"the LLM's base model {trained_at} is not here (from {origin})",
+                          hint="run `unitask llm` again here; a registered model bundles a local base itself")
+    if recorded["source"] == "hub":
+        return load_base(recorded["model"], revision=recorded.get("revision"))
+    path = package_path(recorded["model"])
+    verify_sha256(path, recorded["sha256"], "llm.model", f"the LLM's base model {recorded['model']}")
+    return load_gguf(path) if path.is_file() else load_base(str(path))

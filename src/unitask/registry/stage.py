@@ -1,5 +1,6 @@
-"""`unitask register`: log the served model (one pyfunc over the multi-task and fusion models), register
-it, and move the aliases: every new version is `challenger`; `champion` only when the gate says so.
+"""`unitask register`: log the served model (one pyfunc over the multi-task, fusion and LLM models, each
+task answered by the model `register.routes` names), register it, and move the aliases: every new
+version is `challenger`; `champion` only when the gate says so.
 
 The gate compares validation scores only (`DECIDING_SPLIT`); test scores are reported (register.json,
 version tags, the model card) and decide nothing.
@@ -20,11 +21,11 @@ from unitask.atomic import write_json
 from unitask.config import Config
 from unitask.data.hashing import sha256_path
 from unitask.errors import DataError
-from unitask.inference import MANIFEST, load_predictor
+from unitask.inference import MANIFEST, load_predictor, read_manifest
 from unitask.registry.card import model_card
 from unitask.registry.examples import as_frame, example_rows
 from unitask.registry.gate import decide, task_scores
-from unitask.registry.pyfunc import Router, UnitaskModel, pip_requirements, priority, signature
+from unitask.registry.pyfunc import LLM_BASE, Router, UnitaskModel, pip_requirements, priority, signature
 from unitask.tracking import configure, logged_models_of, stage_run
 
 DECIDING_SPLIT = "validation"  # the split whose scores the gate compares; test is only reported
@@ -34,19 +35,46 @@ BUNDLES_TAG = "unitask.bundles."  # + artifact: the ids of the training stages' 
 FINGERPRINT_TAG = "unitask.fingerprint"
 
 
-def served_folders(cfg: Config) -> dict[str, Path]:
-    """{artifact name: model folder} the pyfunc bundles, in routing priority: the multi-task model, then
-    (with register.include_fusion and tasks in fusion.tasks) the fusion model."""
-    folders = {"multitask": cfg.path(cfg.multitask.output)}
-    if cfg.register.include_fusion and cfg.fusion_tasks():
-        folders["fusion"] = cfg.path(cfg.fusion.output)
+def served_routes(cfg: Config) -> dict[str, str]:
+    """{task: model} for every served task, in declaration order: `register.routes`, else the multi-task
+    model for the text tasks it trains and (with register.include_fusion) the fusion model for text+image."""
+    defaults = {"multitask": cfg.multitask_tasks(), "fusion": cfg.fusion_tasks() if cfg.register.include_fusion else []}
+    routes = {task: cfg.register.routes.get(task) or next((m for m, ts in defaults.items() if task in ts), None)
+              for task in cfg.tasks}  # fmt: skip
+    return {task: model for task, model in routes.items() if model}
+
+
+def served_folders(cfg: Config, routes: dict[str, str] | None = None) -> dict[str, Path]:
+    """{artifact name: model folder} of the models the routes name, in routing priority (the multi-task
+    model first)."""
+    routes = served_routes(cfg) if routes is None else routes
+    if not routes:
+        raise DataError("register: no task to serve (no text task the multi-task model trains, no text+image task "
+                        "with register.include_fusion, no register.routes)", hint="declare tasks, or set register.routes")
+    outputs = {"multitask": cfg.multitask.output, "fusion": cfg.fusion.output, "llm": cfg.llm.output}
+    folders = {name: cfg.path(outputs[name]) for name in sorted(set(routes.values()), key=priority)}
     for name, folder in folders.items():
         if not (folder / MANIFEST).is_file():
-            raise DataError(
-                f"{folder}: no saved {name} model (no {MANIFEST})",
-                hint=f"run `unitask {name}` first" + ("" if name == "multitask" else ", or set register.include_fusion: false"),
-            )
-    return dict(sorted(folders.items(), key=lambda item: priority(item[0])))
+            hint = {"fusion": ", or set register.include_fusion: false", "llm": ", or route its tasks elsewhere in register.routes"}
+            raise DataError(f"{folder}: no saved {name} model (no {MANIFEST})", hint=f"run `unitask {name}` first" + hint.get(name, ""))
+    return folders
+
+
+def llm_base_folder(folders: dict[str, Path]) -> Path | None:
+    """The base model folder to bundle beside the LLM: only a base from a local folder (a packaged or
+    hub base is found again where the model is loaded, from the identity its manifest records)."""
+    if "llm" not in folders:
+        return None
+    spec = read_manifest(folders["llm"])
+    if "base" not in spec:
+        raise DataError(f"{folders['llm']}: the saved LLM records no base identity (an older `unitask llm`)",
+                        hint="rerun `unitask llm` (dvc repro llm)")
+    if spec["base"]["source"] != "local":
+        return None
+    base = Path(spec["base_path"])
+    if not base.is_dir():
+        raise DataError(f"{folders['llm']}: its base model folder {base} is gone", hint="rerun `unitask llm`")
+    return base
 
 
 def comparison_table(cfg: Config) -> dict[str, Any]:
@@ -63,9 +91,10 @@ def comparison_table(cfg: Config) -> dict[str, Any]:
     return table
 
 
-def fingerprint(folders: dict[str, Path], scores: dict[str, dict[str, float]]) -> str:
-    """One hash of the bundled folders' bytes and the scores the gate saw."""
-    parts = {name: sha256_path(folder) for name, folder in folders.items()} | {"scores": scores}
+def fingerprint(folders: dict[str, Path], scores: dict[str, dict[str, float]], routes: dict[str, str]) -> str:
+    """One hash of the bundled folders' bytes (the LLM's manifest holds its base's identity), the
+    routes and the scores the gate saw."""
+    parts = {name: sha256_path(folder) for name, folder in folders.items()} | {"scores": scores, "routes": routes}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -101,14 +130,23 @@ def _check_examples(cfg: Config, routes: dict[str, str], router: Router) -> list
 
 
 def served_scores(cfg: Config) -> tuple[dict[str, Path], Router, dict[str, str], dict[str, dict[str, float]]]:
-    """The bundled model folders, their router, task -> folder routes, and {split: {task: score (0-1)}}
-    from evaluate's comparison: validation (what the gate judges) and test (reported)."""
-    folders = served_folders(cfg)
-    router = Router({artifact: load_predictor(folder) for artifact, folder in folders.items()})
-    routes = {task: router.routes[task] for task in cfg.tasks if task in router.routes}
+    """The bundled folders (models, and a local LLM base as `llm_base`), their router, task -> model
+    routes, and {split: {task: score (0-1)}} of the model each task is routed to, from evaluate's
+    comparison: validation (what the gate judges) and test (reported)."""
+    routes = served_routes(cfg)
+    folders = served_folders(cfg, routes)
+    base = llm_base_folder(folders)
+    predictors = {artifact: load_predictor(folder, **({"base": str(base)} if artifact == "llm" and base else {}))
+                  for artifact, folder in folders.items()}  # fmt: skip
+    for task, model in routes.items():
+        if task not in predictors[model].tasks:
+            raise DataError(f"{folders[model]}: the saved {model} model does not answer task '{task}' "
+                            f"(it answers: {', '.join(predictors[model].tasks)})",
+                            hint=f"rerun `unitask {model}`, or route '{task}' elsewhere in register.routes")
+    router = Router(predictors, routes)
     table = comparison_table(cfg)
     scores = {split: task_scores(table[split], routes, router.tasks, split) for split in ("validation", "test")}
-    return folders, router, routes, scores
+    return folders | ({LLM_BASE: base} if base else {}), router, routes, scores
 
 
 def gate_now(cfg: Config) -> dict[str, Any]:
@@ -127,7 +165,7 @@ def register(cfg: Config) -> dict[str, Any]:
 
     name = cfg.register.name
     folders, router, routes, scores = served_scores(cfg)
-    digest = fingerprint(folders, scores)
+    digest = fingerprint(folders, scores, routes)
     configure(cfg)
     client = MlflowClient()
     record: dict[str, Any] = {"name": name, "routes": routes, "decided_on": DECIDING_SPLIT, "scores": scores}
@@ -141,12 +179,12 @@ def register(cfg: Config) -> dict[str, Any]:
         gate = decide(scores[DECIDING_SPLIT], _scores_of(champion), cfg.register.gate)
         examples = _check_examples(cfg, routes, router)
         record |= {"champion_before": int(champion.version) if champion else None}
-        record |= _new_version(cfg, client, folders, examples, gate, record, digest)
+        record |= _new_version(cfg, client, folders, router, examples, gate, record, digest)
     write_json(cfg.path(cfg.register.output), record)
     return record
 
 
-def _new_version(cfg: Config, client: Any, folders: dict[str, Path], examples: list[dict[str, Any]],
+def _new_version(cfg: Config, client: Any, folders: dict[str, Path], router: Router, examples: list[dict[str, Any]],
                  gate: dict[str, Any], record: dict[str, Any], digest: str) -> dict[str, Any]:
     """Log the pyfunc in a `register` run, register it, tag it, move the aliases; the record's rest."""
     import mlflow
@@ -154,21 +192,24 @@ def _new_version(cfg: Config, client: Any, folders: dict[str, Path], examples: l
     name, scores = cfg.register.name, record["scores"]
     settings = cfg.register.gate
     params = {"name": name, "bundled": ",".join(folders), "gate.primary": settings.primary,
-              "gate.max_task_regression": settings.max_task_regression, "gate.min_improvement": settings.min_improvement}
-    bundles = {BUNDLES_TAG + artifact: ",".join(logged_models_of(folder)) for artifact, folder in folders.items()}
+              "gate.max_task_regression": settings.max_task_regression, "gate.min_improvement": settings.min_improvement,
+              **{f"route.{task}": model for task, model in record["routes"].items()}}  # fmt: skip
+    bundles = {BUNDLES_TAG + artifact: ",".join(logged_models_of(folder)) for artifact, folder in folders.items()
+               if artifact != LLM_BASE}  # fmt: skip
     with stage_run(cfg, "register", params=params | bundles) as run:
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=UnitaskModel(),
             artifacts={artifact: str(folder) for artifact, folder in folders.items()},
+            model_config={"routes": record["routes"]},
             code_paths=[str(Path(unitask.__file__).parent)],
             signature=signature(),
             input_example=as_frame(examples),
-            pip_requirements=pip_requirements(),
+            pip_requirements=pip_requirements(llm="llm" in folders),
             registered_model_name=name,
         )
         version = str(info.registered_model_version)
-        card = model_card(cfg, name, record["routes"], scores, gate, folders, DECIDING_SPLIT)
+        card = model_card(cfg, name, record["routes"], scores, gate, folders, DECIDING_SPLIT, router.predictors)
         tags = {FINGERPRINT_TAG: digest, "unitask.run_id": run.info.run_id, "unitask.primary": str(gate["candidate"]["primary"]),
                 "unitask.gate_split": DECIDING_SPLIT,
                 **{SCORE_TAG + task: str(value) for task, value in scores[DECIDING_SPLIT].items()},
