@@ -158,6 +158,7 @@ def evaluate(
     llm_reports: Input[Dataset],
     multitask_model: Input[Model],
     fusion_model: Input[Model],
+    llm_model: Input[Model],
     evaluation: Output[Dataset],
     metrics: Output[Metrics],
     comparison: Output[HTML],
@@ -167,7 +168,8 @@ def evaluate(
     from unitask.kubeflow.runtime import run_evaluate
 
     reports = [baseline_reports, *finetune_reports, multitask_reports, fusion_reports, llm_reports]
-    return run_evaluate(params, seed, pipeline_run, reports, multitask_model, fusion_model, evaluation, metrics, comparison)
+    return run_evaluate(params, seed, pipeline_run, reports, multitask_model, fusion_model, llm_model, evaluation, metrics,
+                        comparison)
 
 
 def register(
@@ -177,14 +179,16 @@ def register(
     dataset: Input[Dataset],
     multitask_model: Input[Model],
     fusion_model: Input[Model],
+    llm_model: Input[Model],
     evaluation: Input[Dataset],
     metrics: Output[Metrics],
     card: Output[Markdown],
 ):
-    """Register one MLflow pyfunc over the multi-task and fusion models; move the aliases by the gate."""
+    """Register one MLflow pyfunc over the multi-task, fusion and (for the tasks register.routes gives it)
+    LLM models; move the aliases by the gate."""
     from unitask.kubeflow.runtime import run_register
 
-    run_register(params, seed, pipeline_run, dataset, multitask_model, fusion_model, evaluation, metrics, card)
+    run_register(params, seed, pipeline_run, dataset, multitask_model, fusion_model, llm_model, evaluation, metrics, card)
 
 
 STAGES = {

@@ -114,6 +114,7 @@ def build_pipeline(cfg: Any, ops: dict, arguments: dict, parallelism: int | None
             llm_reports=lm.outputs["reports"],
             multitask_model=joint.outputs["multitask_model"],
             fusion_model=fused.outputs["fusion_model"],
+            llm_model=lm.outputs["llm_model"],
         )
         place(scored, "evaluate", kf, "evaluate")
 
@@ -122,7 +123,8 @@ def build_pipeline(cfg: Any, ops: dict, arguments: dict, parallelism: int | None
         with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - a pipeline condition
             registered = ops["register"](
                 **config, dataset=dataset, multitask_model=joint.outputs["multitask_model"],
-                fusion_model=fused.outputs["fusion_model"], evaluation=scored.outputs["evaluation"],
+                fusion_model=fused.outputs["fusion_model"], llm_model=lm.outputs["llm_model"],
+                evaluation=scored.outputs["evaluation"],
             )
             place(registered, "register", kf, "register")
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, TINY_BERT, classification_task, keyword_rows, write_project
+from conftest import REPO, TINY_BERT, classification_task, keyword_rows, tiny_llama, write_project
 from unitask.cli import main
 
 SECRET_URI = "postgresql://mlflow:pl4nted-Mlflow-S3cret@db.internal/mlflow"
@@ -267,10 +267,14 @@ def reports_of(task_dir: Path, name: str = "reports") -> Path:
 def test_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The whole chain with kfp's SubprocessRunner: every output lands, MLflow has each stage's run, the
     gate lets register make version 1 champion. The text+image task's files travel in the Dataset
-    (validate checks them, fusion trains on them); finetune and multitask skip it."""
+    (validate checks them, fusion trains on them); finetune and multitask skip it. A tiny decoder LLM
+    trains on beta, and register.routes has it serve beta in the registered model."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    llm = {"tasks": ["beta"], "model": str(tiny_llama(tmp_path / "tiny-llama")), "max_steps": 2, "batch_size": 4,
+           "bf16": False, "shots": 0, "max_input_tokens": 24, "max_length": 64, "max_eval_rows": 5, "lora": {"last_layers": None}}
     params = tiny_project(
-        tmp_path, {"alpha": keyword_rows(60), "beta": keyword_rows(60)}, {"vqa": image_task(tmp_path)},
+        tmp_path, {"alpha": keyword_rows(60), "beta": keyword_rows(60)}, {"vqa": image_task(tmp_path)}, llm=llm,
+        register={"routes": {"beta": "llm"}},
         multitask={"max_steps": 3, "batch_size": 8, "bf16": False, "logging_steps": 1},
         fusion={"tasks": ["vqa"], "image_weights": None, "max_steps": 2, "batch_size": 8, "bf16": False, "fusion_dim": 16, "attention_heads": 2,
                 "image_config": {"model_type": "vit", "image_size": 16, "patch_size": 8, "hidden_size": 16,
@@ -326,6 +330,7 @@ def test_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyte
     comparison = json.loads((run / "evaluate" / "evaluation" / "reports" / "evaluate" / "comparison.json").read_text())
     for split in ("validation", "test"):
         assert set(comparison[split]["alpha"]) == {"baseline", "finetune", "multitask"}
+        assert set(comparison[split]["beta"]) == {"baseline", "finetune", "multitask", "llm", "llm_zeroshot"}
         assert set(comparison[split]["vqa"]) == {"fusion", "fusion_text", "fusion_image"}
         for task in ("alpha", "beta"):  # the metric the finetune component logged is the one its predictions score
             logged = tuned[task][f"{task}.{split}.accuracy"]
@@ -338,7 +343,8 @@ def test_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyte
     registered = executor_output(run / "register")["artifacts"]
     assert registered["metrics"]["artifacts"][0]["metadata"]["version"] == 1
     assert registered["card"]["artifacts"][0]["metadata"]["decision"] == "promoted"
-    assert "alpha" in (run / "register" / "card").read_text()
+    card = (run / "register" / "card").read_text()
+    assert "alpha" in card and "tiny-llama" in card  # the LLM that serves beta is on the card
 
     with sqlite3.connect(tmp_path / "mlflow" / "mlflow.db") as db:  # the project's store, not a workspace's
         stages = {v for (v,) in db.execute("select value from tags where key = 'unitask.stage'")}
@@ -346,9 +352,11 @@ def test_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyte
         (parent,) = db.execute("select r.run_uuid, r.status from runs r join tags t on t.run_uuid = r.run_uuid "
                                "where t.key = 'unitask.pipeline_driver' and t.value = 'kubeflow-local'").fetchall()
         nested_under = db.execute("select distinct value from tags where key = 'mlflow.parentRunId'").fetchall()
-    assert {"prepare", "validate", "pretrain", "baseline", "finetune", "multitask", "fusion", "evaluate", "register"} <= stages
+        routes = dict(db.execute("select key, value from params where key like 'route.%'").fetchall())
+    assert {"prepare", "validate", "pretrain", "baseline", "finetune", "multitask", "fusion", "llm", "evaluate", "register"} <= stages
     assert parent[1] == "FINISHED" and nested_under == [(parent[0],)]  # one parent over every component's runs
     assert sorted(aliases) == [("challenger", 1), ("champion", 1)]
+    assert routes == {"route.alpha": "multitask", "route.beta": "llm", "route.vqa": "fusion"}
 
     # Again with the local cache: the training tasks are reused; evaluate (never cached) runs again and
     # its gate holds, since the same scores do not beat the champion they made: register does not run.

@@ -133,11 +133,14 @@ def link_dataset(cfg: Config, dataset: Any) -> None:
         link(folder / "raw", cfg.path(cfg.paths.raw))
 
 
-def link_models(cfg: Config, multitask: Any, fusion: Any) -> None:
-    """The multi-task and (with fusion.tasks) fusion model folders where evaluate and register read them."""
+def link_models(cfg: Config, multitask: Any, fusion: Any, llm: Any) -> None:
+    """The multi-task, (with fusion.tasks) fusion and (when register.routes names it) LLM model folders
+    where evaluate and register read them."""
     link(multitask.path, cfg.path(cfg.multitask.output))
     if cfg.fusion_tasks():
         link(fusion.path, cfg.path(cfg.fusion.output))
+    if "llm" in cfg.register.routes.values():
+        link(llm.path, cfg.path(cfg.llm.output))
 
 
 def link_encoder(cfg: Config, encoder: Any) -> None:
@@ -401,7 +404,8 @@ def run_llm(params: str, seed: int, pipeline_run: str, dataset: Any, model: Any,
 
 @stage_errors
 def run_evaluate(
-    params: str, seed: int, pipeline_run: str, reports: list[Any], multitask: Any, fusion: Any, evaluation: Any, metrics: Any, comparison: Any
+    params: str, seed: int, pipeline_run: str, reports: list[Any], multitask: Any, fusion: Any, llm: Any, evaluation: Any,
+    metrics: Any, comparison: Any,
 ) -> bool:
     """Compare the multi-task model with the fine-tunes, score every model's test predictions, and
     return the registry gate: whether the served model would replace the champion."""
@@ -409,9 +413,9 @@ def run_evaluate(
     from unitask.evaluation.stage import evaluate
     from unitask.registry.stage import gate_now
 
-    with workspace(params, seed, pipeline_run, *reports, multitask, fusion) as cfg:
+    with workspace(params, seed, pipeline_run, *reports, multitask, fusion, llm) as cfg:
         import_reports(cfg, reports)
-        link_models(cfg, multitask, fusion)
+        link_models(cfg, multitask, fusion, llm)
         versus = compare_multitask(cfg)
         result = evaluate(cfg)
         export_paths(cfg, [cfg.evaluate.output, cfg.multitask.comparison, cfg.multitask.comparison_table], evaluation)
@@ -455,16 +459,18 @@ def comparison_html(result: dict[str, Any], gate: dict[str, Any]) -> str:
 
 @stage_errors
 def run_register(
-    params: str, seed: int, pipeline_run: str, dataset: Any, multitask: Any, fusion: Any, evaluation: Any, metrics: Any, card: Any
+    params: str, seed: int, pipeline_run: str, dataset: Any, multitask: Any, fusion: Any, llm: Any, evaluation: Any,
+    metrics: Any, card: Any,
 ) -> None:
-    """Register the served model (multi-task + fusion) in MLflow; the model card as Markdown."""
+    """Register the served model (multi-task, fusion, and the LLM for the tasks routed to it) in MLflow;
+    the model card as Markdown."""
     from mlflow.tracking import MlflowClient
 
     from unitask.registry import register
 
-    with workspace(params, seed, pipeline_run, dataset, multitask, fusion, evaluation) as cfg:
+    with workspace(params, seed, pipeline_run, dataset, multitask, fusion, llm, evaluation) as cfg:
         link_dataset(cfg, dataset)
-        link_models(cfg, multitask, fusion)
+        link_models(cfg, multitask, fusion, llm)
         import_reports(cfg, [evaluation])
         record = register(cfg)
         log_metrics(metrics, {"version": record["version"], "promoted": int(record["decision"] == "promoted"),
