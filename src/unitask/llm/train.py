@@ -245,22 +245,33 @@ def eval_rows(cfg: Config, name: str, split: str) -> Any:
 
 
 def score_model(answerer: Answerer, prompts: dict[str, TaskPrompt], frames: dict[str, dict[str, Any]],
-                shots: dict[str, list[dict[str, Any]]] | None = None, splits: tuple[str, ...] = EVAL_SPLITS) -> dict[str, Any]:
-    """Outputs, metrics and unparsed counts per split and task, and the mean of the main metrics."""
+                shots: dict[str, list[dict[str, Any]]] | None = None, splits: tuple[str, ...] = EVAL_SPLITS,
+                desc: str = "llm: scoring") -> dict[str, Any]:
+    """Outputs, metrics and unparsed counts per split and task, and the mean of the main metrics (with a
+    progress bar over the rows)."""
+    from tqdm.auto import tqdm
+
     result: dict[str, Any] = {"outputs": {}, "unparsed": {}}
-    for split in splits:
-        result[split], result["outputs"][split], result["unparsed"][split] = {}, {}, {}
-        for name, prompt in prompts.items():
-            frame = frames[name][split]
-            outputs, unparsed = answerer.answer(prompt, frame.to_dict("records"), (shots or {}).get(name, []))
-            metrics = task_metrics(prompt.type, frames[name]["gold"][split], outputs)
-            result[split][name] = {**metrics, "unparsed": unparsed, "rows": len(frame)}
-            result["outputs"][split][name] = outputs
-            result["unparsed"][split][name] = unparsed
-        result[split][MEAN] = sum(
-            unit_score(p.type, MAIN_METRIC[p.type], result[split][n][MAIN_METRIC[p.type]]) for n, p in prompts.items()
-        ) / len(prompts)
+    total = sum(len(frames[name][split]) for split in splits for name in prompts)
+    with tqdm(total=total, desc=desc, unit="row") as bar:
+        for split in splits:
+            _score_split(answerer, prompts, frames, shots or {}, split, result, bar.update)
     return result
+
+
+def _score_split(answerer: Answerer, prompts: dict[str, TaskPrompt], frames: dict[str, dict[str, Any]],
+                 shots: dict[str, list[dict[str, Any]]], split: str, result: dict[str, Any], progress: Any) -> None:
+    result[split], result["outputs"][split], result["unparsed"][split] = {}, {}, {}
+    for name, prompt in prompts.items():
+        frame = frames[name][split]
+        outputs, unparsed = answerer.answer(prompt, frame.to_dict("records"), shots.get(name, []), progress)
+        metrics = task_metrics(prompt.type, frames[name]["gold"][split], outputs)
+        result[split][name] = {**metrics, "unparsed": unparsed, "rows": len(frame)}
+        result["outputs"][split][name] = outputs
+        result["unparsed"][split][name] = unparsed
+    result[split][MEAN] = sum(
+        unit_score(p.type, MAIN_METRIC[p.type], result[split][n][MAIN_METRIC[p.type]]) for n, p in prompts.items()
+    ) / len(prompts)
 
 
 def llm(cfg: Config, resume: bool = False) -> dict[str, Any]:
@@ -330,7 +341,8 @@ def score_zeroshot(cfg: Config, model: Any, tokenizer: Any, prompts: dict[str, T
              for n in prompts}
     started = time.perf_counter()
     with model.disable_adapter():
-        zeroshot = score_model(Answerer(model, tokenizer, limits(cfg)), prompts, frames, shots, splits=EVAL_SPLITS)
+        zeroshot = score_model(Answerer(model, tokenizer, limits(cfg)), prompts, frames, shots, splits=EVAL_SPLITS,
+                               desc="llm: scoring the base model (llm_zeroshot)")
     zeroshot["seconds"] = round(time.perf_counter() - started, 1)
     for name, prompt in prompts.items():
         metric = MAIN_METRIC[prompt.type]
@@ -365,7 +377,8 @@ def score_and_save(cfg: Config, model: Any, tokenizer: Any, prompts: dict[str, T
     if lc.adapters == "per_task":
         activate(model, names[0])  # inference names each row's adapter
     scoring = time.perf_counter()
-    tuned = score_model(Answerer(model, tokenizer, limits(cfg), lc.adapters == "per_task"), prompts, frames)
+    tuned = score_model(Answerer(model, tokenizer, limits(cfg), lc.adapters == "per_task"), prompts, frames,
+                        desc="llm: scoring the LoRA model")
     scoring = time.perf_counter() - scoring
     summary: dict[str, Any] = {
         "tasks": names,
