@@ -1,0 +1,47 @@
+"""The benchmark scripts follow the code they measure: each one's measuring function runs on a tiny
+project (numbers are not checked here; BENCHMARKS.md holds them). bench/gpu_check.py measures with
+bench_finetune's `one_run`, so this also covers what the GPU check runs before it reaches a GPU."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_BERT, classification_task, keyword_rows, write_project
+from unitask.cli import main
+from unitask.config import load_config
+
+sys.path.insert(0, str(REPO / "bench"))
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    import pandas as pd
+
+    data = tmp_path / "data" / "external" / "toy.csv"
+    data.parent.mkdir(parents=True)
+    pd.DataFrame(keyword_rows(60)).to_csv(data, index=False)
+    params = write_project(tmp_path, {"toy": classification_task("data/external/toy.csv")},
+                           model={"backbone_config": TINY_BERT, "max_length": 32}, tracking={"uri": "sqlite:///mlflow/mlflow.db"},
+                           finetune={"batch_size": 8, "bf16": False})  # fmt: skip
+    assert main(["data", "fetch", "--params", str(params)]) == 0 and main(["prepare", "--params", str(params)]) == 0
+    return params
+
+
+def test_every_fine_tuning_variant_runs(tiny: Path) -> None:
+    import bench_finetune
+
+    cfg = load_config(tiny)
+    for variant in [*bench_finetune.VARIANTS, *(v for v in bench_finetune.ABLATIONS if v != bench_finetune.COMPILED)]:
+        measured = bench_finetune.one_run(variant, cfg, "toy", steps=1, bf16=False)
+        assert measured["samples_per_s"] > 0 and measured["flops_per_s"] > 0, variant
+
+
+def test_seeds_scratch_params_default_to_the_multitask_tasks(tiny: Path, tmp_path: Path) -> None:
+    import bench_seeds
+
+    params, tasks = bench_seeds.scratch_params(tmp_path / "scratch", REPO / "params.yaml", None)
+    assert tasks == load_config(REPO / "params.yaml").multitask_tasks()
+    assert list(load_config(params).tasks) == tasks
