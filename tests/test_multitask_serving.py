@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import TINY_BERT, synthetic_task
 
-from unitask.inference.multitask import BATCH_SIZE, MultitaskPredictor, input_frame
+from unitask.inference.multitask import BATCH_SIZE, MultitaskPredictor, input_frame, length_batches
 from unitask.models.backbone import resolve_backbone
 from unitask.models.multitask import HeadSpec, MultitaskModel
 
@@ -128,21 +128,43 @@ def test_a_mixed_request_is_answered_as_each_task_alone(predictor: MultitaskPred
     ])
 
 
-def test_one_encoder_pass_per_batch_of_every_task_s_features(predictor: MultitaskPredictor) -> None:
-    rows = mixed_request(9, seed=4)
-    calls: list[int] = []
-    handle = predictor.model.encoder.register_forward_hook(lambda module, args, kwargs, out: calls.append(len(kwargs["input_ids"])), with_kwargs=True)
+def encoder_batches(predictor: MultitaskPredictor, rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(rows, padded length) of every encoder call made to answer `rows`."""
+    calls: list[tuple[int, int]] = []
+    hook = predictor.model.encoder.register_forward_hook(lambda module, args, kwargs, out: calls.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
     try:
         predictor.predict(rows)
     finally:
-        handle.remove()
-    qa = [r for r in rows if r.get("task") == "t_extractive_qa"]
-    windows = len(predictor._objects["t_extractive_qa"].encode(input_frame(predictor._objects["t_extractive_qa"], [
-        {"text": r["question"], "text_pair": r["context"]} for r in qa]), predictor.tokenizer, MAX_LENGTH))
-    assert windows > len(qa)  # the QA contexts span several windows each
-    features = 9 * 4 + 1 + windows  # four sequence/token tasks, the `tokens` row, and the QA windows
-    assert calls == [BATCH_SIZE] * (features // BATCH_SIZE) + [features % BATCH_SIZE]
-    assert predictor.predict([]) == []
+        hook.remove()
+    return calls
+
+
+def test_rows_of_every_task_share_one_encoder_pass(predictor: MultitaskPredictor) -> None:
+    same_length = {  # six tokens each with [CLS] and [SEP]s
+        "t_classification": {"text": "the pizza is good"},
+        "t_regression": {"text": "it was four then"},
+        "t_token_classification": {"text": "bob is in paris"},
+        "t_pair_classification": {"text": "the pizza", "text_pair": "good"},
+        "t_extractive_qa": {"question": "the answer", "context": "two"},
+    }
+    rows = [{"task": name, **fields} for name, fields in same_length.items()] * 6
+    assert encoder_batches(predictor, rows) == [(30, 6)]  # one call for the 30 rows of five tasks
+    rows = mixed_request(9, seed=4)
+    qa = predictor._objects["t_extractive_qa"]
+    windows = len(qa.encode(input_frame(qa, [{"text": r["question"], "text_pair": r["context"]} for r in rows
+                                             if r.get("task") == "t_extractive_qa"]), predictor.tokenizer, MAX_LENGTH))
+    assert windows > 9  # the QA contexts span several windows each
+    calls = encoder_batches(predictor, rows)
+    assert sum(n for n, _ in calls) == 9 * 4 + 1 + windows  # four sequence/token tasks, the `tokens` row, the windows: each once
+    assert all(n <= BATCH_SIZE for n, _ in calls) and [w for _, w in calls] == sorted((w for _, w in calls), reverse=True)
+    assert encoder_batches(predictor, []) == [] and predictor.predict([]) == []
+
+
+def test_batches_are_cut_where_padding_costs_more_than_a_call() -> None:
+    assert length_batches([]) == []
+    assert length_batches([10] * 70) == [(0, 6), (6, 38), (38, 70)]  # as few calls as BATCH_SIZE allows
+    assert length_batches([128] * 6 + [12] * 26) == [(0, 6), (6, 32)]  # the short rows are not padded to 128
+    assert length_batches([12, 11, 10, 9]) == [(0, 4)]  # a call costs more than that padding
 
 
 def test_a_batch_is_padded_to_its_longest_row_only(predictor: MultitaskPredictor) -> None:
@@ -150,11 +172,6 @@ def test_a_batch_is_padded_to_its_longest_row_only(predictor: MultitaskPredictor
     short = [{"task": "t_classification", "text": "pizza"}] * BATCH_SIZE
     long = [{"task": "t_token_classification", "text": " ".join(["the"] * 50)}] * BATCH_SIZE
     rows = [r for pair in zip(short, long) for r in pair]
-    widths: list[int] = []
-    handle = predictor.model.encoder.register_forward_hook(lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
-    try:
-        answers = predictor.predict(rows)
-    finally:
-        handle.remove()
-    assert widths == [52, 3]  # [CLS] 50 words [SEP], then [CLS] pizza [SEP]
+    assert encoder_batches(predictor, rows) == [(32, 52), (32, 3)]  # [CLS] 50 words [SEP], then [CLS] pizza [SEP]
+    answers = predictor.predict(rows)
     assert np.allclose([a["scores"]["sports"] for a in answers[::2]], answers[0]["scores"]["sports"])
