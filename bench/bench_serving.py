@@ -46,8 +46,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
@@ -177,7 +178,9 @@ def http_side(path: str, traffic_file: Path, concurrency: int, log: Path) -> tup
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     with open(log, "ab") as out:
         start = time.perf_counter()
-        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # its own process group, to stop it with its uvicorn child; the bench's session, so that the kernel's
+        # per-session CPU share (autogroup) treats the HTTP and the in-process sides alike
+        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, process_group=0)
     try:
         while True:
             if server.poll() is not None:
@@ -197,7 +200,7 @@ def http_side(path: str, traffic_file: Path, concurrency: int, log: Path) -> tup
         rss = tree_rss(server.pid)
         return started, rss, json.loads(result_file.read_text())
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
+        os.killpg(server.pid, signal.SIGTERM)  # the server's own process group
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -296,14 +299,14 @@ def print_tables(args: Any, rows: list[dict[str, Any]], tasks: dict[str, str], t
             key = (*side, size)
             print(f"| {side[0]} | {side[1]} | {size} | {rate[key]:.1f} | {p50[key]:.1f} | {p95[key]:.1f} | "
                   f"{statistics.median(loads[side]):.2f} | {memory[side] / 2**20:.0f} |")  # fmt: skip
-    print(f"\nweights MB: " + ", ".join(f"{model} {b / 2**20:.0f}" for model, b in weights.items()))
+    print("\nweights MB: " + ", ".join(f"{model} {b / 2**20:.0f}" for model, b in weights.items()))
     print("\nunified/separate rows/s:")
     for layer in dict.fromkeys(layer for layer, _ in sides):
         print(f"- {layer}: " + ", ".join(f"request size {n}: {rate[layer, 'unified', n] / rate[layer, 'separate', n]:.2f}x" for n in traffic))
     print("\nover the bare predictor, p50 ms per request:")
     for layer in [layer for layer in dict.fromkeys(layer for layer, _ in sides) if layer != "bare"]:
         print(f"- {layer}: " + "; ".join(
-            f"request size {n}: " + ", ".join(f"{m} +{p50[layer, m, n] - p50['bare', m, n]:.1f}" for m in MODELS) for n in traffic))
+            f"request size {n}: " + ", ".join(f"{m} {p50[layer, m, n] - p50['bare', m, n]:+.1f}" for m in MODELS) for n in traffic))
     biggest = max(traffic)
     answers = {side: results[(*side, biggest)][-1]["outputs"] for side in sides}
     errors = {f"{layer} {model}": sum("error" in o for o in outs) for (layer, model), outs in answers.items()}

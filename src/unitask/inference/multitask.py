@@ -23,7 +23,12 @@ from transformers import DataCollatorWithPadding
 
 from unitask.config import TaskConfig
 from unitask.inference import check_text_rows
-from unitask.models.multitask import SEQUENCE_TYPES, MultitaskModel, load_multitask, pooled
+from unitask.models.multitask import (
+    SEQUENCE_TYPES,
+    MultitaskModel,
+    load_multitask,
+    pooled,
+)
 from unitask.tasks.text import TextTask
 
 BATCH_SIZE = 32  # rows an encoder call takes at most
