@@ -23,7 +23,8 @@ HTTP load comes from a second process (bench/load_client.py): a closed loop of `
 keep-alive connections (at most that many requests in flight), one warm-up request per size.
 Each repeat (sides interleaved) loads each side afresh (load s; for HTTP the server's start until
 /ping answers), sends one warm-up request, then times all requests: rows/s, and the p50 and p95 of the
-per-request latency. Memory MB: for in-process sides the process's resident-memory growth over the
+per-request latency; for in-process sides also the process's CPU time per row (every thread's: on a
+busy machine a steadier measure of the work than the wall clock). Memory MB: for in-process sides the process's resident-memory growth over the
 side's first load and traffic (weights are memory-mapped, so they count once touched; earlier sides
 pay the first-use allocations), for HTTP the server's whole resident memory. Checks: rows answered
 with "error" (must be 0), the unified model's labels equal at every layer, and the share of
@@ -145,16 +146,17 @@ def load_pyfunc(path: str) -> tuple[Serve, list[torch.nn.Module]]:
 
 
 def timed_requests(serve: Serve, requests: list[list[dict[str, Any]]]) -> dict[str, Any]:
-    """One warm-up request, then every request in turn: wall seconds, seconds per request, outputs."""
+    """One warm-up request, then every request in turn: wall seconds, seconds per request, outputs,
+    and the process's CPU seconds (every thread's)."""
     serve(requests[0])
     outputs: list[dict[str, Any]] = []
     latencies = []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for request in requests:
         sent = time.perf_counter()
         outputs += serve(request)
         latencies.append(time.perf_counter() - sent)
-    return {"seconds": time.perf_counter() - start, "latencies": latencies, "outputs": outputs}
+    return {"seconds": time.perf_counter() - start, "latencies": latencies, "outputs": outputs, "cpu": time.process_time() - cpu}
 
 
 def free_port() -> int:
@@ -292,17 +294,25 @@ def print_tables(args: Any, rows: list[dict[str, Any]], tasks: dict[str, str], t
     print(f"\n{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end; {len(rows)} mixed rows "
           f"({args.rows_per_task} per task, {len(tasks)} tasks); HTTP concurrency {args.concurrency}; median of {args.repeats}\n")  # fmt: skip
-    print("| layer | model | request size | rows/s | p50 ms | p95 ms | load s | memory MB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| layer | model | request size | rows/s | p50 ms | p95 ms | CPU ms/row | load s | memory MB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for side in sides:
         for size in traffic:
             key = (*side, size)
-            print(f"| {side[0]} | {side[1]} | {size} | {rate[key]:.1f} | {p50[key]:.1f} | {p95[key]:.1f} | "
+            cpu = f"{statistics.median(1000 * r['cpu'] / served[size] for r in results[key]):.1f}" if side[0] != "HTTP" else "–"
+            print(f"| {side[0]} | {side[1]} | {size} | {rate[key]:.1f} | {p50[key]:.1f} | {p95[key]:.1f} | {cpu} | "
                   f"{statistics.median(loads[side]):.2f} | {memory[side] / 2**20:.0f} |")  # fmt: skip
     print("\nweights MB: " + ", ".join(f"{model} {b / 2**20:.0f}" for model, b in weights.items()))
-    print("\nunified/separate rows/s:")
+    print("\nunified/separate rows/s (in-process layers: and by CPU time):")
     for layer in dict.fromkeys(layer for layer, _ in sides):
-        print(f"- {layer}: " + ", ".join(f"request size {n}: {rate[layer, 'unified', n] / rate[layer, 'separate', n]:.2f}x" for n in traffic))
+        ratios = []
+        for n in traffic:
+            ratio = f"request size {n}: {rate[layer, 'unified', n] / rate[layer, 'separate', n]:.2f}x"
+            if layer != "HTTP":
+                cpu = {m: statistics.median(r["cpu"] for r in results[layer, m, n]) for m in MODELS}
+                ratio += f" ({cpu['separate'] / cpu['unified']:.2f}x)"
+            ratios.append(ratio)
+        print(f"- {layer}: " + ", ".join(ratios))
     print("\nover the bare predictor, p50 ms per request:")
     for layer in [layer for layer in dict.fromkeys(layer for layer, _ in sides) if layer != "bare"]:
         print(f"- {layer}: " + "; ".join(
