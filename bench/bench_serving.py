@@ -202,12 +202,24 @@ def http_side(path: str, traffic_file: Path, concurrency: int, log: Path) -> tup
         rss = tree_rss(server.pid)
         return started, rss, json.loads(result_file.read_text())
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server's own process group
+        stop_group(server)
+
+
+def stop_group(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's own process group, then wait until every process of it (its uvicorn
+    child too) is gone, so that the next side is timed on an idle machine; SIGKILL after 30 s."""
+    os.killpg(server.pid, signal.SIGTERM)
+    deadline = time.perf_counter() + 30
+    while True:
+        server.poll()  # reaps the group leader once it exits
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 0)
+        except ProcessLookupError:
+            return
+        if time.perf_counter() > deadline:
             os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+            deadline = float("inf")
+        time.sleep(0.1)
 
 
 def main() -> None:
