@@ -59,6 +59,49 @@ def missing_fields(row: dict[str, Any], fields: tuple[str, ...]) -> str | None:
     return f"row for task '{row.get('task')}' lacks {', '.join(missing)}" if missing else None
 
 
+# the fields a text row needs per task type (after `text_aliases`); token classification takes
+# `tokens` instead of `text`
+TEXT_FIELDS = {
+    "classification": ("text",),
+    "regression": ("text",),
+    "pair_classification": ("text", "text_pair"),
+    "token_classification": ("text",),
+    "extractive_qa": ("text", "text_pair"),
+}
+
+
+def text_aliases(row: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the row with `question`/`context` as the QA names of `text`/`text_pair`."""
+    row = dict(row)
+    if row.get("text") in (None, "") and row.get("question"):
+        row["text"] = row["question"]
+    if row.get("text_pair") in (None, "") and row.get("context"):
+        row["text_pair"] = row["context"]
+    return row
+
+
+def check_text_rows(
+    rows: list[dict[str, Any]], tasks: dict[str, str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any] | None], dict[str, list[int]]]:
+    """A text predictor's input rows against its `tasks` (name -> type): (the rows with `text_aliases`
+    applied, an {"error"} output for each row that names an unknown task or lacks a field and None for
+    the others, and the indices of the answerable rows of each task, in order)."""
+    rows = [text_aliases(row) for row in rows]
+    outputs: list[dict[str, Any] | None] = [None] * len(rows)
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        name = row.get("task")
+        if name not in tasks:
+            outputs[i] = {"error": f"unknown task {name!r}; this model answers {', '.join(tasks)}"}
+            continue
+        fields = () if tasks[name] == "token_classification" and row.get("tokens") else TEXT_FIELDS[tasks[name]]
+        if problem := missing_fields(row, fields):
+            outputs[i] = {"error": problem}
+            continue
+        groups.setdefault(name, []).append(i)
+    return rows, outputs, groups
+
+
 class Router:
     """Predictors in priority order; a task goes to the first predictor that answers it, or with
     `routes` ({task: predictor name}) to the one named there (and only those tasks are answered)."""

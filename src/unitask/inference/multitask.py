@@ -2,8 +2,14 @@
 
 Row fields by task type: `text` (classification, regression; token classification splits it on
 white space, or takes `tokens`), `text` and `text_pair` (pair classification), and `text` as the
-question with `text_pair` as the context (extractive QA; `question`/`context` work too). Rows are
-grouped by task, encoded exactly as in training, run in batches, and decoded by the task type.
+question with `text_pair` as the context (extractive QA; `question`/`context` work too).
+
+A request is answered with one encoder pass over all of its rows, whatever their tasks: each task's rows
+are encoded exactly as in training (QA contexts as doc-stride windows, token classification with its
+word alignment), the features of every task are sorted by length and run through the encoder together
+in batches of at most BATCH_SIZE cut where padding would cost more than another call (`length_batches`),
+each task's head takes its rows' encoder outputs, and each task decodes its own rows, in the
+request's order.
 """
 
 from __future__ import annotations
@@ -13,24 +19,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import DataCollatorWithPadding
 
 from unitask.config import TaskConfig
-from unitask.inference import missing_fields
-from unitask.models.multitask import MultitaskModel, load_multitask
+from unitask.inference import check_text_rows
+from unitask.models.multitask import (
+    SEQUENCE_TYPES,
+    MultitaskModel,
+    load_multitask,
+    pooled,
+)
 from unitask.tasks.text import TextTask
 
-BATCH_SIZE = 32
+BATCH_SIZE = 32  # rows an encoder call takes at most
+# what one more encoder call costs, in padded tokens: its fixed cost (MiniLM, 2 CPU threads: ~38 ms for a
+# 4-token row against ~1 ms a token in a 32 x 32 batch, on a busy machine) over the cost of a token
+BATCH_COST = 32
 PAD = -100  # how Trainer pads predictions of different lengths; decoding ignores it
-
-# the fields a row needs per task type (after the QA aliases are applied)
-FIELDS = {
-    "classification": ("text",),
-    "regression": ("text",),
-    "pair_classification": ("text", "text_pair"),
-    "token_classification": ("text",),
-    "extractive_qa": ("text", "text_pair"),
-}
-
 
 def task_object(name: str, spec: dict[str, Any]) -> TextTask:
     """The task implementation for a manifest entry, without the params file it was trained from."""
@@ -71,8 +76,25 @@ def input_frame(task: TextTask, rows: list[dict[str, Any]]) -> Any:
     return frame
 
 
+def length_batches(lengths: list[int]) -> list[tuple[int, int]]:
+    """Rows sorted by length, longest first -> (start, end) of each batch: at most BATCH_SIZE rows, cut
+    where the padded tokens plus BATCH_COST per batch are least (dynamic programming), so that a few
+    long rows do not pad a request's short ones, whatever their tasks."""
+    cost, cut = [0.0] + [float("inf")] * len(lengths), [0] * (len(lengths) + 1)
+    for end in range(1, len(lengths) + 1):
+        for start in range(max(0, end - BATCH_SIZE), end):
+            total = cost[start] + (end - start) * lengths[start] + BATCH_COST  # padded to its first (longest) row
+            if total < cost[end]:
+                cost[end], cut[end] = total, start
+    spans, end = [], len(lengths)
+    while end > 0:
+        spans.append((cut[end], end))
+        end = cut[end]
+    return spans[::-1]
+
+
 def _stack(parts: list[np.ndarray]) -> np.ndarray:
-    """Batches of outputs -> one array, shorter sequences padded with PAD (as Trainer does)."""
+    """Outputs of some rows each -> one array, shorter sequences padded with PAD (as Trainer does)."""
     if parts[0].ndim == 1 or all(p.shape[1:] == parts[0].shape[1:] for p in parts):
         return np.concatenate(parts)
     width = max(p.shape[1] for p in parts)
@@ -89,6 +111,7 @@ class MultitaskPredictor:
         self.specs = manifest["tasks"]
         self.tasks = {name: spec["type"] for name, spec in self.specs.items()}
         self._objects = {name: task_object(name, spec) for name, spec in self.specs.items()}
+        self.collate = DataCollatorWithPadding(tokenizer)  # pads the encoder inputs of mixed tasks alike
 
     @classmethod
     def load(cls, folder: str | Path) -> MultitaskPredictor:
@@ -96,53 +119,50 @@ class MultitaskPredictor:
         return cls(model, tokenizer, manifest)
 
     def predict(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        rows = [_aliases(row) for row in rows]
-        outputs: list[dict[str, Any] | None] = [None] * len(rows)
-        groups: dict[str, list[int]] = {}
-        for i, row in enumerate(rows):
-            name = row.get("task")
-            if name not in self.tasks:
-                outputs[i] = {"error": f"unknown task {name!r}; this model answers {', '.join(self.tasks)}"}
-                continue
-            fields = FIELDS[self.tasks[name]]
-            if self.tasks[name] == "token_classification" and row.get("tokens"):
-                fields = ()
-            problem = missing_fields(row, fields)
-            if problem:
-                outputs[i] = {"error": problem}
-                continue
-            groups.setdefault(name, []).append(i)
-        for name, indices in groups.items():
-            for i, output in zip(indices, self._run(name, [rows[i] for i in indices])):
+        rows, outputs, groups = check_text_rows(rows, self.tasks)
+        frames, features = {}, {}
+        for name, index in groups.items():
+            frames[name] = input_frame(self._objects[name], [rows[i] for i in index])
+            # plain columns, not a Dataset: building and indexing one cost ~15% of a one-row request
+            features[name] = self._objects[name].encode_columns(frames[name], self.tokenizer, self.max_length)
+        predictions = self._heads(features)
+        for name, index in groups.items():
+            for i, output in zip(index, self._objects[name].decode(predictions[name], features[name], frames[name])):
                 outputs[i] = output
         return outputs  # type: ignore[return-value]
 
     @torch.no_grad()
-    def _run(self, name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        task = self._objects[name]
-        frame = input_frame(task, rows)
-        features = task.encode(frame, self.tokenizer, self.max_length)
-        columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in features.column_names]
-        collate = task.collator(self.tokenizer)
-        task_id = self.model.task_index(name)
-        parts: list[list[np.ndarray]] = []
-        for start in range(0, len(features), BATCH_SIZE):
-            # slicing, not Dataset.select, which hashes a new fingerprint per call (see features_dataset)
-            chunk = features[start : start + BATCH_SIZE]
-            batch = collate([dict(zip(columns, values)) for values in zip(*(chunk[c] for c in columns))])
-            out = self.model(task_id, **{k: v for k, v in batch.items()})
-            keys = ("start_logits", "end_logits") if task.type == "extractive_qa" else ("logits",)
-            parts.append([out[k].float().numpy() for k in keys])
-        stacked = [_stack([p[k] for p in parts]) for k in range(len(parts[0]))]
-        predictions = tuple(stacked) if task.type == "extractive_qa" else stacked[0]
-        return task.decode(predictions, features, frame)
-
-
-def _aliases(row: dict[str, Any]) -> dict[str, Any]:
-    """`question`/`context` as the QA names of `text`/`text_pair`."""
-    row = dict(row)
-    if row.get("text") in (None, "") and row.get("question"):
-        row["text"] = row["question"]
-    if row.get("text_pair") in (None, "") and row.get("context"):
-        row["text_pair"] = row["context"]
-    return row
+    def _heads(self, features: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
+        """Each task's head outputs on its encoded features, as Trainer predicts them (one row per
+        feature, token outputs padded with PAD), from one encoder pass over every task's features."""
+        inputs = {
+            name: {c: columns[c] for c in ("input_ids", "attention_mask", "token_type_ids") if c in columns}
+            for name, columns in features.items()
+        }
+        lengths = {name: [len(ids) for ids in columns["input_ids"]] for name, columns in inputs.items()}
+        # every (task, feature index), longest first, so that a batch's rows have similar lengths
+        order = sorted(((name, k) for name in features for k in range(len(lengths[name]))), key=lambda f: -lengths[f[0]][f[1]])
+        outputs: dict[str, list[Any]] = {name: [None] * len(lengths[name]) for name in features}
+        for start, end in length_batches([lengths[name][k] for name, k in order]):
+            chunk = order[start:end]
+            batch = self.collate([{c: values[k] for c, values in inputs[name].items()} for name, k in chunk])
+            encoded = self.model.encoder(**batch)
+            sequence = pooled(encoded, batch["attention_mask"])
+            rows: dict[str, list[int]] = {}  # the batch rows of each task
+            for j, (name, _) in enumerate(chunk):
+                rows.setdefault(name, []).append(j)
+            for name, index in rows.items():
+                picked = torch.tensor(index)
+                out = self.model.head_outputs(name, encoded.last_hidden_state[picked], sequence[picked])
+                keys = ("start_logits", "end_logits") if self.tasks[name] == "extractive_qa" else ("logits",)
+                values = [out[key].float().numpy() for key in keys]
+                for r, j in enumerate(index):
+                    k = chunk[j][1]
+                    # a token-level output cut to its feature's length: the rest is the batch's padding
+                    cut = slice(None) if self.tasks[name] in SEQUENCE_TYPES else slice(lengths[name][k])
+                    outputs[name][k] = [v[r, cut][None] for v in values]
+        predictions: dict[str, Any] = {}
+        for name, parts in outputs.items():
+            stacked = [_stack([part[key] for part in parts]) for key in range(len(parts[0]))]
+            predictions[name] = tuple(stacked) if self.tasks[name] == "extractive_qa" else stacked[0]
+        return predictions

@@ -16,8 +16,8 @@ from typing import Any
 
 from unitask.config import Config, Prompt, TaskConfig
 from unitask.evaluation.metrics import MAIN_METRIC
-from unitask.inference import missing_fields, read_manifest
-from unitask.inference.multitask import FIELDS, _aliases, input_frame
+from unitask.inference import check_text_rows, read_manifest
+from unitask.inference.multitask import input_frame
 from unitask.llm.decode import Answerer, Limits
 from unitask.llm.model import base_identity, load_tokenizer, resolve_base
 from unitask.llm.prompts import TaskPrompt
@@ -79,19 +79,7 @@ class LlmPredictor:
         return cls(*load_llm(Path(folder), base))
 
     def predict(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        rows = [_aliases(row) for row in rows]
-        outputs: list[dict[str, Any] | None] = [None] * len(rows)
-        groups: dict[str, list[int]] = {}
-        for i, row in enumerate(rows):
-            name = row.get("task")
-            if name not in self.tasks:
-                outputs[i] = {"error": f"unknown task {name!r}; this model answers {', '.join(self.tasks)}"}
-                continue
-            fields = () if self.tasks[name] == "token_classification" and row.get("tokens") else FIELDS[self.tasks[name]]
-            if problem := missing_fields(row, fields):
-                outputs[i] = {"error": problem}
-                continue
-            groups.setdefault(name, []).append(i)
+        rows, outputs, groups = check_text_rows(rows, self.tasks)
         for name, index in groups.items():
             prompt = self.prompts[name]
             # input_frame reads a task's type and labels only

@@ -48,7 +48,9 @@ def _dropout(config: Any) -> float:
 
 class MultitaskModel(nn.Module):
     """`encoder` (a transformers `AutoModel`) with a head per task. `forward(task_id, ...)` runs one
-    encoder pass over a batch of one task and that task's head; with targets it returns the loss."""
+    encoder pass over a batch of one task and that task's head; with targets it returns the loss.
+    `head_outputs` applies one task's head to encoder outputs, so that inference can encode the rows
+    of several tasks in one batch."""
 
     def __init__(self, encoder: nn.Module, heads: dict[str, HeadSpec]) -> None:
         super().__init__()
@@ -90,10 +92,9 @@ class MultitaskModel(nn.Module):
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
         encoded = self.encoder(**inputs)
-        head = self.heads[name]
+        sequence = pooled(encoded, attention_mask) if spec.type in SEQUENCE_TYPES else None
+        out = self.head_outputs(name, encoded.last_hidden_state, sequence)
         if spec.type == "extractive_qa":
-            start, end = head(encoded.last_hidden_state).split(1, dim=-1)
-            out = {"start_logits": start.squeeze(-1).contiguous(), "end_logits": end.squeeze(-1).contiguous()}
             if start_positions is not None and end_positions is not None:
                 length = out["start_logits"].size(1)
                 s, e = start_positions.clamp(0, length), end_positions.clamp(0, length)
@@ -101,20 +102,30 @@ class MultitaskModel(nn.Module):
                         + F.cross_entropy(out["end_logits"].float(), e, ignore_index=length)) / 2
                 out = {"loss": loss, **out}
             return out
+        logits = out["logits"]
+        if labels is None:
+            return out
         if spec.type == "token_classification":
-            logits = head(self.dropout(encoded.last_hidden_state))
-            loss = None
-            if labels is not None:
-                loss = F.cross_entropy(logits.float().view(-1, spec.num_labels), labels.view(-1), ignore_index=-100)
+            loss = F.cross_entropy(logits.float().view(-1, spec.num_labels), labels.view(-1), ignore_index=-100)
+        elif spec.type == "regression":
+            loss = F.mse_loss(logits.float().squeeze(-1), labels.float())
         else:
-            logits = head(self.dropout(pooled(encoded, attention_mask)))
-            loss = None
-            if labels is not None:
-                if spec.type == "regression":
-                    loss = F.mse_loss(logits.float().squeeze(-1), labels.float())
-                else:
-                    loss = F.cross_entropy(logits.float(), labels.view(-1))
-        return {"logits": logits} if loss is None else {"loss": loss, "logits": logits}
+            loss = F.cross_entropy(logits.float(), labels.view(-1))
+        return {"loss": loss, "logits": logits}
+
+    def head_outputs(self, name: str, states: torch.Tensor, sequence: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Task `name`'s head on the encoder outputs of its rows, whatever batch they were encoded in:
+        token states [rows, length, hidden], and for sequence-level types the pooled vectors [rows,
+        hidden] (see `pooled`). {"logits"}, or {"start_logits", "end_logits"} for extractive QA."""
+        spec, head = self.specs[name], self.heads[name]
+        if spec.type == "extractive_qa":
+            start, end = head(states).split(1, dim=-1)
+            return {"start_logits": start.squeeze(-1).contiguous(), "end_logits": end.squeeze(-1).contiguous()}
+        if spec.type == "token_classification":
+            return {"logits": head(self.dropout(states))}
+        if sequence is None:
+            raise ValueError(f"multitask: task '{name}' ({spec.type}) needs the pooled encoder outputs")
+        return {"logits": head(self.dropout(sequence))}
 
 
 def pooled(encoded: Any, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -45,6 +45,9 @@ class ExtractiveQATask:
         return 2
 
     def encode(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> Dataset:
+        return features_dataset(self.encode_columns(frame, tokenizer, max_length))
+
+    def encode_columns(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> dict[str, list[Any]]:
         """Windows of (question, context) with start/end token targets (CLS when the answer is
         outside the window), character offsets of context tokens, and the example index."""
         if self.doc_stride >= max_length // 2:
@@ -78,15 +81,13 @@ class ExtractiveQATask:
                     end = next(k for k in range(hi, lo - 1, -1) if window[k][0] < last)
             starts.append(start)
             ends.append(end)
-        return features_dataset(
-            {
-                **encoded,
-                "start_positions": starts,
-                "end_positions": ends,
-                "offset_mapping": offsets,
-                "example_index": list(examples),
-            }
-        )
+        return {
+            **encoded,
+            "start_positions": starts,
+            "end_positions": ends,
+            "offset_mapping": offsets,
+            "example_index": list(examples),
+        }
 
     def collator(self, tokenizer: Any) -> Any:
         from transformers import DataCollatorWithPadding
@@ -96,7 +97,7 @@ class ExtractiveQATask:
     def gold(self, frame: pd.DataFrame) -> list[list[str]]:
         return [_answers(a)[0] for a in frame["answers"]]
 
-    def decode(self, predictions: Any, features: Dataset, frame: pd.DataFrame) -> list[dict[str, Any]]:
+    def decode(self, predictions: Any, features: Dataset | dict[str, list[Any]], frame: pd.DataFrame) -> list[dict[str, Any]]:
         """The best valid span per example over all of its windows ("" when none is valid)."""
         start_logits, end_logits = (np.asarray(p) for p in predictions)
         contexts = frame["context"].astype(str).tolist()

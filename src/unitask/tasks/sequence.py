@@ -50,9 +50,12 @@ class SequenceTask:
         return [index[v] for v in values]
 
     def encode(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> Dataset:
+        return features_dataset(self.encode_columns(frame, tokenizer, max_length))
+
+    def encode_columns(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> dict[str, list[Any]]:
         pairs = frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None
         encoded = tokenizer(frame["text"].astype(str).tolist(), pairs, truncation=True, max_length=max_length)
-        return features_dataset({**encoded, "labels": self.targets(frame)})
+        return {**encoded, "labels": self.targets(frame)}
 
     def collator(self, tokenizer: Any) -> Any:
         from transformers import DataCollatorWithPadding
@@ -62,7 +65,7 @@ class SequenceTask:
     def gold(self, frame: pd.DataFrame) -> list[Any]:
         return frame["label"].astype(float).tolist() if self.regression else frame["label"].astype(str).tolist()
 
-    def decode(self, predictions: Any, features: Dataset, frame: pd.DataFrame) -> list[dict[str, Any]]:
+    def decode(self, predictions: Any, features: Dataset | dict[str, list[Any]], frame: pd.DataFrame) -> list[dict[str, Any]]:
         logits = np.asarray(predictions, dtype=float)
         if self.regression:
             return [{"value": float(v)} for v in logits.reshape(-1)]

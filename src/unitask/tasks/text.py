@@ -31,7 +31,11 @@ class TextTask(Protocol):
         """Outputs of the head."""
 
     def encode(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> Dataset:
-        """Prepared rows -> model features (unpadded) with their training targets."""
+        """Prepared rows -> model features (unpadded) with their training targets:
+        `features_dataset(encode_columns(...))`."""
+
+    def encode_columns(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> dict[str, list[Any]]:
+        """The same features as columns of Python lists (what the served predictor batches)."""
 
     def collator(self, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
         """Pads a batch of features dynamically."""
@@ -39,8 +43,8 @@ class TextTask(Protocol):
     def gold(self, frame: pd.DataFrame) -> list[Any]:
         """The target of each row of `frame`, as `unitask.evaluation.metrics.task_metrics` takes it."""
 
-    def decode(self, predictions: Any, features: Dataset, frame: pd.DataFrame) -> list[dict[str, Any]]:
-        """Model outputs over `features` (encoded from `frame`) -> one output per row of `frame`:
+    def decode(self, predictions: Any, features: Dataset | dict[str, list[Any]], frame: pd.DataFrame) -> list[dict[str, Any]]:
+        """Model outputs over `features` (encoded from `frame`, as a Dataset or its columns) -> one output per row of `frame`:
         {"label", "scores"}, {"value"}, {"tags", "entities"} or {"answer", "start", "end", "score"}."""
 
 

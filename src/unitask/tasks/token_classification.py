@@ -35,6 +35,9 @@ class TokenClassificationTask:
         return len(self.labels())
 
     def encode(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> Dataset:
+        return features_dataset(self.encode_columns(frame, tokenizer, max_length))
+
+    def encode_columns(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> dict[str, list[Any]]:
         index = {tag: i for i, tag in enumerate(self.labels())}
         words = [[str(w) for w in tokens] for tokens in frame["tokens"]]
         tags = [[str(t) for t in row] for row in frame["tags"]]
@@ -53,7 +56,7 @@ class TokenClassificationTask:
                 aligned.append(IGNORE if word is None or word == previous else index[row_tags[word]])
                 previous = word
             labels.append(aligned)
-        return features_dataset({**encoded, "labels": labels})
+        return {**encoded, "labels": labels}
 
     def collator(self, tokenizer: Any) -> Any:
         from transformers import DataCollatorForTokenClassification
@@ -63,7 +66,7 @@ class TokenClassificationTask:
     def gold(self, frame: pd.DataFrame) -> list[list[str]]:
         return [[str(t) for t in row] for row in frame["tags"]]
 
-    def decode(self, predictions: Any, features: Dataset, frame: pd.DataFrame) -> list[dict[str, Any]]:
+    def decode(self, predictions: Any, features: Dataset | dict[str, list[Any]], frame: pd.DataFrame) -> list[dict[str, Any]]:
         """Each word's tag from its first subword; words cut off by model.max_length are tagged O."""
         names = self.labels()
         outputs = []
