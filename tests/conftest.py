@@ -211,6 +211,23 @@ def torchrun(*args: str, procs: int = 2, module: str | None = "unitask.cli", che
     return done
 
 
+def assert_ranks_disagree(script: Path, setup: str, check: str, what: str) -> None:
+    """Under a 2-process torchrun (gloo; `rank` set), run the Python lines `setup`, then `check`: a
+    `same_on_every_rank(..., what, ...)` call that must stop every rank, naming `what` and rank 1."""
+    script.write_text(
+        "import sys\nimport torch\nimport torch.distributed as dist\n"
+        "from unitask.errors import UnitaskError\n"
+        "from unitask.training.distributed import same_on_every_rank, weights_fingerprint\n"
+        "dist.init_process_group('gloo')\nrank = dist.get_rank()\n"
+        + setup + "try:\n    " + check + "\nexcept UnitaskError as exc:\n    print(f'rank {rank}: {exc}', flush=True)\n"
+        "    sys.exit(3)\n"
+    )
+    done = torchrun(str(script), module=None, check=False, timeout=120)
+    assert done.returncode != 0
+    for rank in (0, 1):
+        assert f"rank {rank}: {what}: the DDP processes disagree: ranks [1] differ from rank 0" in done.stdout
+
+
 # ---- a real MLflow tracking server, shared by the tests that need one ---------------------------
 
 

@@ -391,6 +391,19 @@ class TrainerDouble(FakeApi):
         return created
 
 
+def compiles_to_a_launcher(params: Path, stage: str, volume: Path) -> None:
+    """`params` compiles to a pipeline that kfp's protobufs accept, in which the distributed `stage` is a
+    launching step on the workspace volume that asks for no GPU and no node of its own (the job's nodes do)."""
+    out = params.parent / "compiled.yaml"
+    assert main(["pipeline", "compile", "--params", str(params), "--output", str(out)]) == 0
+    compiled = out.read_text()
+    assert schemas.pipeline_errors(compiled) == []
+    spec, platform = yaml.safe_load_all(compiled)
+    executor = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][f"exec-{stage}"]
+    assert executor["pvcMount"][0]["mountPath"] == str(volume) and "nodeSelector" not in executor
+    assert "accelerator" not in spec["deploymentSpec"]["executors"][f"exec-{stage}"]["container"]["resources"]
+
+
 def test_a_distributed_finetune_runs_as_a_trainjob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`kubeflow.stages.finetune.nodes=2 x procs_per_node=4` compiles to a launching step on the
     workspace volume (no GPU of its own) and the component runs the fine-tune as a TrainJob there, waits
@@ -413,14 +426,7 @@ def test_a_distributed_finetune_runs_as_a_trainjob(tmp_path: Path, monkeypatch: 
         finetune={"max_steps": 2, "batch_size": 8, "bf16": False, "early_stopping_patience": None},
         kubeflow={"stages": {"finetune": {"nodes": 2, "procs_per_node": 4}}, "jobs": {"mount_path": str(volume)}},
     )  # fmt: skip
-    out = tmp_path / "compiled.yaml"
-    assert main(["pipeline", "compile", "--params", str(params), "--output", str(out)]) == 0
-    compiled = out.read_text()
-    assert schemas.pipeline_errors(compiled) == []
-    spec, platform = yaml.safe_load_all(compiled)
-    executor = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune"]
-    assert executor["pvcMount"][0]["mountPath"] == str(volume) and "nodeSelector" not in executor
-    assert "accelerator" not in spec["deploymentSpec"]["executors"]["exec-finetune"]["container"]["resources"]
+    compiles_to_a_launcher(params, "finetune", volume)
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config(params)

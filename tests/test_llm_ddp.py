@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import torchrun
+from conftest import assert_ranks_disagree, torchrun
 from test_llm import llm_project, tiny_llm  # noqa: F401  (tiny_llm: the tiny random-init Llama fixture)
 
 from unitask.config import load_config
@@ -98,15 +98,7 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path, tiny_llm: Path) -> 
 
 def test_ranks_with_different_weights_stop_with_a_clear_error(tmp_path: Path) -> None:
     """The check behind 'both ranks end with the same adapter': a process that trained alone is caught."""
-    script = tmp_path / "apart.py"
-    script.write_text(
-        "import sys\n"
-        "import torch\n"
-        "import torch.distributed as dist\n"
-        "from unitask.errors import UnitaskError\n"
-        "from unitask.training.distributed import same_on_every_rank, weights_fingerprint\n"
-        "dist.init_process_group('gloo')\n"
-        "rank = dist.get_rank()\n"
+    setup = (
         "torch.manual_seed(0)\n"
         "layer = torch.nn.Linear(4, 2)\n"
         "layer.bias.requires_grad_(False)\n"
@@ -116,16 +108,9 @@ def test_ranks_with_different_weights_stop_with_a_clear_error(tmp_path: Path) ->
         "same_on_every_rank(weights_fingerprint(layer), 'the weights', hint='-')\n"
         "with torch.no_grad():\n"
         "    layer.weight[0, 0] += 1e-7 * rank\n"
-        "try:\n"
-        "    same_on_every_rank(weights_fingerprint(layer), 'the weights', hint='-')\n"
-        "except UnitaskError as exc:\n"
-        "    print(f'rank {rank}: {exc}', flush=True)\n"
-        "    sys.exit(3)\n"
     )
-    done = torchrun(str(script), module=None, check=False, timeout=120)
-    assert done.returncode != 0
-    for rank in (0, 1):
-        assert f"rank {rank}: the weights: the DDP processes disagree: ranks [1] differ from rank 0" in done.stdout
+    assert_ranks_disagree(tmp_path / "apart.py", setup, "same_on_every_rank(weights_fingerprint(layer), 'the weights', hint='-')",
+                          "the weights")
 
 
 def test_fsdp_config_builds_accelerates_fsdp2_plugin_and_is_refused_on_cpu(tmp_path: Path, tiny_llm: Path) -> None:  # noqa: F811
@@ -158,9 +143,8 @@ def test_a_distributed_llm_stage_runs_as_a_trainjob(tmp_path: Path, tiny_llm: Pa
     component runs `torchrun -m unitask.cli llm` as a TrainJob there (a Trainer double runs it here),
     waits for it and exports what it wrote, as the other training stages do."""
     import yaml
-    from test_cluster import Artifact, TrainerDouble
+    from test_cluster import Artifact, TrainerDouble, compiles_to_a_launcher
 
-    from unitask.cli import main
     from unitask.kubeflow import jobs, runtime, schemas
     from unitask.kubeflow.project import pipeline_arguments
 
@@ -170,14 +154,7 @@ def test_a_distributed_llm_stage_runs_as_a_trainjob(tmp_path: Path, tiny_llm: Pa
     raw = yaml.safe_load(params.read_text())
     raw["kubeflow"] = {"stages": {"llm": {"nodes": 2, "procs_per_node": 2, "gpus": 1}}, "jobs": {"mount_path": str(volume)}}
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
-    out = tmp_path / "compiled.yaml"
-    assert main(["pipeline", "compile", "--params", str(params), "--output", str(out)]) == 0
-    compiled = out.read_text()
-    assert schemas.pipeline_errors(compiled) == []
-    spec, platform = yaml.safe_load_all(compiled)
-    executor = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-llm"]
-    assert executor["pvcMount"][0]["mountPath"] == str(volume) and "nodeSelector" not in executor
-    assert "accelerator" not in spec["deploymentSpec"]["executors"]["exec-llm"]["container"]["resources"]  # the nodes get the GPUs
+    compiles_to_a_launcher(params, "llm", volume)
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config(params)

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import torchrun
+from conftest import assert_ranks_disagree, torchrun
 from test_multitask import multitask_project
 
 from unitask.config import load_config
@@ -92,22 +92,5 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
 
 
 def test_ranks_that_disagree_on_the_batches_stop_with_a_clear_error(tmp_path: Path) -> None:
-    script = tmp_path / "disagree.py"
-    script.write_text(
-        "import sys\n"
-        "import torch.distributed as dist\n"
-        "from unitask.errors import UnitaskError\n"
-        "from unitask.training.distributed import same_on_every_rank\n"
-        "dist.init_process_group('gloo')\n"
-        "rank = dist.get_rank()\n"
-        "same_on_every_rank('same', 'the task batches', hint='-')\n"
-        "try:\n"
-        "    same_on_every_rank('a' if rank == 0 else 'b', 'the task batches', hint='-')\n"
-        "except UnitaskError as exc:\n"
-        "    print(f'rank {rank}: {exc}', flush=True)\n"
-        "    sys.exit(3)\n"
-    )
-    done = torchrun(str(script), module=None, check=False, timeout=120)
-    assert done.returncode != 0
-    for rank in (0, 1):
-        assert f"rank {rank}: the task batches: the DDP processes disagree: ranks [1] differ from rank 0" in done.stdout
+    assert_ranks_disagree(tmp_path / "disagree.py", "same_on_every_rank('same', 'the task batches', hint='-')\n",
+                          "same_on_every_rank('a' if rank == 0 else 'b', 'the task batches', hint='-')", "the task batches")
