@@ -110,8 +110,7 @@ class Config(Strict):
     @model_validator(mode="after")
     def _register_routes(self) -> Config:
         """Each route names a declared task and a model that trains it (all problems at once)."""
-        trains = {"multitask": self.multitask_tasks(), "fusion": self.fusion_tasks() if self.register.include_fusion else [],
-                  "llm": self.llm_tasks()}  # fmt: skip
+        trains = self.servable_tasks()
         problems = []
         for task, model in self.register.routes.items():
             if task not in self.tasks:
@@ -128,6 +127,12 @@ class Config(Strict):
         if problems:
             raise ValueError("register.routes: " + "; ".join(problems))
         return self
+
+    def servable_tasks(self) -> dict[str, list[str]]:
+        """{served model: the tasks it trains, which register may route to it}: the multi-task model, the
+        fusion model (with register.include_fusion) and the LLM, in routing priority."""
+        return {"multitask": self.multitask_tasks(), "fusion": self.fusion_tasks() if self.register.include_fusion else [],
+                "llm": self.llm_tasks()}  # fmt: skip
 
     def llm_tasks(self) -> list[str]:
         """The tasks `unitask llm` trains, all with one model: `llm.tasks`, else every text task whose

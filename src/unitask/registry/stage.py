@@ -38,7 +38,7 @@ FINGERPRINT_TAG = "unitask.fingerprint"
 def served_routes(cfg: Config) -> dict[str, str]:
     """{task: model} for every served task, in declaration order: `register.routes`, else the multi-task
     model for the text tasks it trains and (with register.include_fusion) the fusion model for text+image."""
-    defaults = {"multitask": cfg.multitask_tasks(), "fusion": cfg.fusion_tasks() if cfg.register.include_fusion else []}
+    defaults = {model: tasks for model, tasks in cfg.servable_tasks().items() if model != "llm"}  # the LLM only by route
     routes = {task: cfg.register.routes.get(task) or next((m for m, ts in defaults.items() if task in ts), None)
               for task in cfg.tasks}  # fmt: skip
     return {task: model for task, model in routes.items() if model}
