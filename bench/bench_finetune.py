@@ -12,7 +12,9 @@ interleaved (A, B, C, A, B, C, ...):
   padded to model.max_length (128) and random batches;
 - `run_glue dynamic`: the same plain Trainer with DataCollatorWithPadding (`--pad_to_max_length False`);
 - ablations, with `--variants`: `unitask without dropout`, `unitask compiled` (torch.compile),
-  `unitask eager attention` (not sdpa) and `unitask unfused AdamW` (not adamw_torch_fused).
+  `unitask sdpa attention` (transformers' default, not the model.attn_implementation default eager) and
+  `unitask unfused AdamW` (not adamw_torch_fused). The run_glue variants use transformers' default
+  attention (sdpa), as run_glue.py does.
 Each run times `--steps` optimizer steps after 3 warm-up steps, from one step's end to the next (data
 loading and collation included, evaluation excluded), and reports samples/s, real (non-pad) tokens/s
 and MFU: achieved training FLOP/s (6·N·tokens + 12·layers·tokens·seq·hidden for attention, over the
@@ -46,11 +48,11 @@ WARMUP = 3
 VARIANTS = ["unitask", "run_glue padded", "run_glue dynamic"]
 # ablations of the unitask variant: what dropout's random masks cost (no dropout anywhere; not a way to
 # train), torch.compile (inductor; TrainingArguments.torch_compile), and two of the defaults undone:
-# eager attention instead of transformers' default `sdpa`, and torch's plain AdamW (`adamw_torch`: on
-# CPU tensors, its per-parameter loop) instead of the default fused one (`adamw_torch_fused`)
+# transformers' default `sdpa` attention instead of model.attn_implementation's eager, and torch's plain
+# AdamW (`adamw_torch`: on CPU tensors, its per-parameter loop) instead of the fused one (`adamw_torch_fused`)
 NO_DROPOUT, COMPILED = "unitask without dropout", "unitask compiled"
-EAGER, LOOP_ADAMW = "unitask eager attention", "unitask unfused AdamW"
-ABLATIONS = (NO_DROPOUT, COMPILED, EAGER, LOOP_ADAMW)
+SDPA, LOOP_ADAMW = "unitask sdpa attention", "unitask unfused AdamW"
+ABLATIONS = (NO_DROPOUT, COMPILED, SDPA, LOOP_ADAMW)
 
 
 class StepClock(TrainerCallback):
@@ -152,8 +154,8 @@ def one_run(
     tokenizer = load_tokenizer(cfg)
     frame = read_split(cfg, name, "train")
     model = build_model(cfg, task, dropout=0.0 if variant == NO_DROPOUT else cfg.finetune_for(name).dropout)
-    if variant == EAGER:
-        model.set_attn_implementation("eager")
+    if variant == SDPA or variant.startswith("run_glue"):
+        model.set_attn_implementation("sdpa")
     with tempfile.TemporaryDirectory() as tmp:
         common = {"max_steps": WARMUP + steps, "bf16": bf16, "save_strategy": "no", "eval_strategy": "no", "torch_compile": variant == COMPILED}
         if variant == LOOP_ADAMW:

@@ -131,7 +131,7 @@ def _build(cfg: Config, auto: Any, kwargs: dict[str, Any], task: TextTask | None
         for name, value in dropout_kwargs(model_config, dropout).items():
             setattr(model_config, name, value)
         transformers.set_seed(cfg.seed)
-        return auto.from_config(model_config)
+        return auto.from_config(model_config, attn_implementation=cfg.model.attn_implementation)
     path = encoder_path(cfg)
     check_weights(path)
     try:
@@ -146,7 +146,10 @@ def _build(cfg: Config, auto: Any, kwargs: dict[str, Any], task: TextTask | None
     kwargs = {**kwargs, **dropout_kwargs(model_config, dropout)}
     transformers.set_seed(cfg.seed)
     try:
-        return auto.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code, use_safetensors=True, **kwargs)
+        return auto.from_pretrained(
+            path, trust_remote_code=cfg.model.trust_remote_code, use_safetensors=True,
+            attn_implementation=cfg.model.attn_implementation, **kwargs,
+        )
     except OSError as exc:
         raise ConfigError(
             f"model.backbone: cannot load weights from {path}: {exc}", hint="save the model again with save_pretrained"

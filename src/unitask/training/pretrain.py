@@ -264,10 +264,13 @@ def load_lm(cfg: Config, tokenizer):
                     f"{len(tokenizer)} tokens",
                     hint="leave vocab_size out (it defaults to the tokenizer's size)",
                 )
-            return auto.from_config(AutoConfig.for_model(**spec))
+            return auto.from_config(AutoConfig.for_model(**spec), attn_implementation=cfg.model.attn_implementation)
         source = backbone_path(cfg)
         check_weights(source)
-        return auto.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code, use_safetensors=True)
+        return auto.from_pretrained(
+            source, trust_remote_code=cfg.model.trust_remote_code, use_safetensors=True,
+            attn_implementation=cfg.model.attn_implementation,
+        )
     except (OSError, ValueError, TypeError) as exc:
         head = "masked-LM" if cfg.pretrain.objective == "mlm" else "causal-LM"
         if "Unrecognized configuration class" in str(exc):
