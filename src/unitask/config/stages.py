@@ -107,8 +107,8 @@ class Model(Strict):
     )
     max_length: int = Field(default=128, gt=0, description="tokens per example, at most the model's limit")
     trust_remote_code: bool = False
-    # eager: on the 2-core CPU, training with dropout ran 1.11x (TREC) and 1.25x (BBC) the samples/s of
-    # transformers' default sdpa (BENCHMARKS.md, fine-tuning MFU); sdpa's fused kernels win on GPUs
+    # eager: on the 2-core CPU, training with dropout ran 1.24-1.25x (BBC) and 0.97-1.11x (TREC) the
+    # samples/s of transformers' default sdpa (BENCHMARKS.md, fine-tuning MFU); sdpa's fused kernels win on GPUs
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flex_attention"] = Field(
         default="eager",
         description="the encoder's attention while training (pretrain, finetune, multitask, fusion): eager is "
