@@ -44,8 +44,12 @@ demo: data
 	unitask repro
 	unitask summary
 
+# two workers (the machine's two cores), each taking whole test files, so a module's fixtures are built once;
+# TEST_WORKERS=0 runs the suite in this process, one test after another
+TEST_WORKERS ?= 2
+
 test: env postgres browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 mlflow-ui: env
 	@echo "open $$(unitask summary --link)"

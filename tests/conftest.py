@@ -16,11 +16,17 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# a whole smoke chain (a test and the fixtures it starts): pyproject's --timeout is for a single test
+CHAIN_TIMEOUT = 2400
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one torch thread each (and in every process a test
+    # starts), so that two trainings at once do not fight over the cores with four threads
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def write_project(root: Path, tasks: dict[str, Any], **sections: Any) -> Path:

@@ -45,3 +45,23 @@ def test_seeds_scratch_params_default_to_the_multitask_tasks(tiny: Path, tmp_pat
     params, tasks = bench_seeds.scratch_params(tmp_path / "scratch", REPO / "params.yaml", None)
     assert tasks == load_config(REPO / "params.yaml").multitask_tasks()
     assert list(load_config(params).tasks) == tasks
+
+
+def test_the_avx2_only_emulation_reaches_every_process_the_suite_starts(tmp_path: Path) -> None:
+    """bench/bench_suite.py --avx2-only: a process started with bench/avx2_only on PYTHONPATH trains in
+    fp32 on AVX2 kernels (`bf16: auto` says no), and the per-file table adds up pytest's junit times."""
+    import os
+    import subprocess
+
+    import bench_suite
+
+    probe = ("import torch; from unitask.training.trainer import use_bf16; "
+             "print(torch.backends.cpu.get_cpu_capability(), use_bf16('auto'), torch.cpu._is_avx512_bf16_supported())")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "bench" / "avx2_only")}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["AVX2", "False", "False"], out
+    junit = tmp_path / "suite.xml"
+    junit.write_text('<testsuites><testsuite><testcase classname="tests.test_a" name="x" time="1.5"/>'
+                     '<testcase classname="tests.test_a" name="y" time="2"/><testcase classname="tests.test_b" name="z" time="9"/>'
+                     "</testsuite></testsuites>")
+    assert bench_suite.per_file(junit) == [("test_b", 9.0, 1), ("test_a", 3.5, 2)]

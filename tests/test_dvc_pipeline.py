@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import CHAIN_TIMEOUT, REPO
 from unitask.config import load_config
 
 BIN = Path(sys.executable).parent
@@ -54,6 +54,7 @@ def clone(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.timeout(CHAIN_TIMEOUT)
 def test_repro_runs_the_chain_then_is_a_no_op(clone):
     assert (clone / "data.dvc").read_text() == (REPO / "data.dvc").read_text()
     _run([str(BIN / "unitask"), "repro"], clone)  # `dvc repro` as one pipeline run in MLflow, as `make demo` runs it
@@ -143,6 +144,7 @@ def _dvc_shows_the_comparison(clone: Path) -> None:
     assert "reports/evaluate/comparison.json" in experiments and "register.json" in experiments
 
 
+@pytest.mark.timeout(CHAIN_TIMEOUT)
 def test_kubeflow_local_run_matches_dvc(clone, tmp_path):
     """Parity: `unitask pipeline run-local` (kfp's SubprocessRunner, the same components a cluster runs)
     on the same smoke config and seed trains the same models as the DVC chain: every test prediction
@@ -210,18 +212,25 @@ def _same(ours: Any, theirs: Any, where: str) -> None:
 
 def test_a_changed_task_reruns_only_its_data_stages(clone):
     """Its prepare and validate rerun, no other task's; pretraining reads every task, so it and the
-    fine-tunes after it rerun too."""
-    params = yaml.safe_load((clone / "params.yaml").read_text())
+    fine-tunes after it rerun too. Reproducing one fine-tune checks every stage upstream of it (every
+    task's data stages included) without training the rest of the chain again."""
+    original = {name: (clone / name).read_text() for name in ("params.yaml", "dvc.yaml")}
+    params = yaml.safe_load(original["params.yaml"])
     params["tasks"]["sms_spam"]["max_rows"] = 120
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    stale = subprocess.run([str(BIN / "dvc"), "repro"], cwd=clone, capture_output=True, text=True, env=_env())
-    # a new task key: the first stage whose dvc.yaml entry names the task's keys (pretrain) refuses to run
-    assert stale.returncode != 0 and "is out of date" in stale.stdout + stale.stderr
-    _run([str(BIN / "unitask"), "dvc"], clone)
-    out = stale.stdout + _run([str(BIN / "dvc"), "repro"], clone)  # the stages before it ran in the first
-    assert "Running stage 'prepare@sms_spam'" in out and "Running stage 'validate@sms_spam'" in out
-    assert "Running stage 'prepare@bbc_topic'" not in out and "Running stage 'validate@bbc_topic'" not in out
-    assert "Running stage 'finetune@sms_spam'" in out
+    target = [str(BIN / "dvc"), "repro", "finetune@sms_spam"]
+    try:
+        stale = subprocess.run(target, cwd=clone, capture_output=True, text=True, env=_env())
+        # a new task key: the first stage whose dvc.yaml entry names the task's keys (pretrain) refuses to run
+        assert stale.returncode != 0 and "is out of date" in stale.stdout + stale.stderr
+        _run([str(BIN / "unitask"), "dvc"], clone)
+        out = stale.stdout + _run(target, clone)  # the stages before it ran in the first
+        assert "Running stage 'prepare@sms_spam'" in out and "Running stage 'validate@sms_spam'" in out
+        assert "Running stage 'prepare@bbc_topic'" not in out and "Running stage 'validate@bbc_topic'" not in out
+        assert "Running stage 'pretrain'" in out and "Running stage 'finetune@sms_spam'" in out
+    finally:
+        for name, text in original.items():
+            (clone / name).write_text(text)
 
 
 def _status(clone: Path) -> set[str]:

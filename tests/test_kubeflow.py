@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, TINY_BERT, classification_task, keyword_rows, tiny_llama, write_project
+from conftest import CHAIN_TIMEOUT, REPO, TINY_BERT, classification_task, keyword_rows, tiny_llama, write_project
 from unitask.cli import main
 
 SECRET_URI = "postgresql://mlflow:pl4nted-Mlflow-S3cret@db.internal/mlflow"
@@ -263,6 +263,7 @@ def reports_of(task_dir: Path, name: str = "reports") -> Path:
     return task_dir / name / "reports"
 
 
+@pytest.mark.timeout(CHAIN_TIMEOUT)
 @pytest.mark.slow
 def test_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The whole chain with kfp's SubprocessRunner: every output lands, MLflow has each stage's run, the

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REPO, logged_model_files
+from conftest import CHAIN_TIMEOUT, REPO, logged_model_files
 from test_dvc_pipeline import _merge
 from unitask.teamstack import DATA_BUCKET, MLFLOW_BUCKET, Ports, TeamStack, healthy, free_port
 
@@ -108,6 +108,7 @@ def _runs(stack: TeamStack) -> dict[str, Any]:
     return {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
 
 
+@pytest.mark.timeout(CHAIN_TIMEOUT)
 def test_the_smoke_chain_logs_runs_metrics_and_artifacts_to_the_team_server(stack, clone):
     import boto3
     import mlflow

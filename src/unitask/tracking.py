@@ -21,6 +21,7 @@ How the runs of one pipeline invocation hang together:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -353,23 +354,30 @@ def dvc_md5(cfg: Config, folder: Path) -> str | None:
     """DVC's md5 of `folder` as dvc.lock (an out of any stage) or a `.dvc` file at the project root
     records it, when the folder still holds the file count and bytes recorded there; None without an
     entry or when the folder changed since."""
-    import yaml
-
     if not folder.is_dir():
         return None
     relative = os.path.relpath(folder.resolve(), cfg.root.resolve())
-    outs: list[dict[str, Any]] = []
-    for record in [cfg.root / "dvc.lock", *sorted(cfg.root.glob("*.dvc"))]:
-        data = yaml.safe_load(record.read_text(encoding="utf-8")) if record.is_file() else None
-        if isinstance(data, dict):
-            outs += data.get("outs") or []
-            outs += [o for stage in (data.get("stages") or {}).values() for o in stage.get("outs") or []]
+    records = [cfg.root / "dvc.lock", *sorted(cfg.root.glob("*.dvc"))]
+    outs = [out for record in records if record.is_file() for out in _recorded_outs(record, record.stat().st_mtime_ns)]
     for out in outs:
         if out.get("path") == relative and out.get("md5"):
             files = [p for p in folder.rglob("*") if p.is_file()]
             if out.get("nfiles") == len(files) and out.get("size") == sum(p.stat().st_size for p in files):
                 return str(out["md5"]).removesuffix(".dir")
     return None
+
+
+@functools.cache
+def _recorded_outs(record: Path, mtime_ns: int) -> list[dict[str, Any]]:
+    """The outs that a dvc.lock or .dvc file records, read once per version of the file (a stage logs
+    several folders; the default dvc.lock takes 0.15 s to parse in pure Python, 0.03 s with libyaml)."""
+    import yaml
+
+    data = yaml.load(record.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    if not isinstance(data, dict):
+        return []
+    stages = (data.get("stages") or {}).values()
+    return [*(data.get("outs") or []), *(o for stage in stages for o in stage.get("outs") or [])]
 
 
 def log_source(cfg: Config, task: str, rows: int) -> None:
