@@ -35,7 +35,7 @@ def _parents(module: str) -> list[str]:
 
 
 @functools.cache
-def _imported_by(module: str) -> frozenset[str]:
+def imported_by(module: str) -> frozenset[str]:
     """The unitask modules one module's own source imports (not transitively)."""
     path = _source(module)
     if path is None:
@@ -66,7 +66,7 @@ def imports(module: str) -> list[str]:
         for name in (current, *_parents(current)):
             if name not in seen and _source(name):
                 seen.add(name)
-                todo.extend(_imported_by(name))
+                todo.extend(imported_by(name))
     return sorted(seen)
 
 

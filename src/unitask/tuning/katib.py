@@ -48,10 +48,19 @@ def feasible_space(key: str, space: SearchRange) -> dict[str, Any]:
     return {"parameterType": "double", "feasibleSpace": {**bounds, **({"distribution": "logUniform"} if space.log else {})}}
 
 
+def task_overrides(name: str, values: dict[str, Any]) -> list[str]:
+    """`--set` items that give task `name` these finetune values (its own, so they win over the section's)."""
+    return [f"tasks.{name}.finetune.{key}={_inline(value)}" for key, value in values.items()]
+
+
+def _inline(value: Any) -> str:
+    import yaml
+
+    return value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+
+
 def _trial_args(cfg: Config, name: str) -> list[str]:
     """`finetune --task NAME --set ...`: the trial's call after `unitask`, its values Katib's placeholders."""
-    from unitask.tuning.search import task_overrides
-
     values = {**cfg.tune.budget, **{key: f"${{trialParameters.{camel(key)}}}" for key in cfg.tune.space}}
     args = ["finetune", "--task", name]
     for item in [*trial_paths(), *task_overrides(name, values)]:

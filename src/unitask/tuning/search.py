@@ -26,17 +26,9 @@ from unitask.config.tune import SearchRange, integer_key
 from unitask.errors import ConfigError
 from unitask.tasks.text import text_task
 from unitask.tracking import stage_run
+from unitask.tuning.katib import task_overrides, write_experiment
 
 STAGES = ("finetune",)
-
-
-def task_overrides(name: str, values: dict[str, Any]) -> list[str]:
-    """`--set` items that give task `name` these finetune values (its own, so they win over the section's)."""
-    return [f"tasks.{name}.finetune.{key}={_inline(value)}" for key, value in values.items()]
-
-
-def _inline(value: Any) -> str:
-    return value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
 
 
 def with_task_settings(cfg: Config, name: str, values: dict[str, Any]) -> Config:
@@ -104,7 +96,6 @@ def tune(cfg: Config, stage: str, name: str, report: Callable[[str], None] = pri
 
     from unitask.training.finetune import build_trainer
     from unitask.training.trainer import MlflowMetrics
-    from unitask.tuning.katib import write_experiment
 
     if stage not in STAGES:
         raise ConfigError(f"tune --stage {stage}: not a tunable stage", hint=f"use one of: {', '.join(STAGES)}")
