@@ -133,7 +133,8 @@ def test_llm_routes_are_served_from_the_registry_in_a_fresh_process(trained, mlf
     from mlflow.tracking import MlflowClient
 
     from unitask.evaluation.metrics import unit_score
-    from unitask.inference import load_predictor, read_manifest
+    from unitask.inference import load_predictor
+    from unitask.models import read_manifest
     from unitask.registry import register
     from unitask.registry.card import parameters
     from unitask.tasks.text import read_split

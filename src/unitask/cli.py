@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(*option.flags, **option.kwargs)
         sub.set_defaults(run=stage.cli)
 
-    search = commands.add_parser(
+    tune = commands.add_parser(
         "tune",
         parents=[common],
         help="hyperparameter search for a task's fine-tuning (Optuna; also writes a Katib Experiment)",
@@ -71,11 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(tasks.<task>.finetune, to merge into params.yaml) and the same search as a Katib v1beta1 "
         "Experiment to <tune.output>/<task>-katib.yaml. The fine-tune stage's outputs are not touched.",
     )
-    search.add_argument("--stage", default="finetune", choices=["finetune"], help="the stage to tune (default: %(default)s)")
-    search.add_argument("--task", required=True, metavar="NAME", help="the task to tune")
-    search.set_defaults(run=_tune)
+    tune.add_argument("--stage", default="finetune", choices=["finetune"], help="the stage to tune (default: %(default)s)")
+    tune.add_argument("--task", required=True, metavar="NAME", help="the task to tune")
+    tune.set_defaults(run=_tune)
 
-    ask = commands.add_parser(
+    predict = commands.add_parser(
         "predict",
         parents=[common],
         help="answer one input (or a JSON-lines file of them) with a saved model",
@@ -87,15 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
         "splits --text on white space. --input reads rows {task, text, text_pair, image} (one JSON object "
         "a line; - for standard input) and prints one JSON line per row.",
     )
-    ask.add_argument("--task", metavar="NAME", help="the task to answer")
-    ask.add_argument("--text", help="the input text (extractive QA: the question)")
-    ask.add_argument("--text-pair", metavar="TEXT", help="the second text (pair classification; QA: the context)")
-    ask.add_argument("--image", metavar="FILE", help="the image of a text+image task")
-    ask.add_argument("--input", metavar="FILE", help="JSON lines of rows to answer instead (- reads standard input)")
-    ask.add_argument("--model", metavar="DIR", help="one saved model folder instead of the defaults above")
-    ask.set_defaults(run=_predict)
+    predict.add_argument("--task", metavar="NAME", help="the task to answer")
+    predict.add_argument("--text", help="the input text (extractive QA: the question)")
+    predict.add_argument("--text-pair", metavar="TEXT", help="the second text (pair classification; QA: the context)")
+    predict.add_argument("--image", metavar="FILE", help="the image of a text+image task")
+    predict.add_argument("--input", metavar="FILE", help="JSON lines of rows to answer instead (- reads standard input)")
+    predict.add_argument("--model", metavar="DIR", help="one saved model folder instead of the defaults above")
+    predict.set_defaults(run=_predict)
 
-    report = commands.add_parser(
+    summary = commands.add_parser(
         "summary",
         parents=[common],
         help="what to read after a pipeline run: each model's main metric per task, the champion, where to look",
@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the registry's champion decision (register.output), and where to look next: the MLflow UI on the "
         "Model training view with the filter for the last pipeline run, comparison.md, `dvc plots show`.",
     )
-    report.add_argument("--link", action="store_true", help="print only the experiment's link in the MLflow UI")
-    report.set_defaults(run=_summary)
+    summary.add_argument("--link", action="store_true", help="print only the experiment's link in the MLflow UI")
+    summary.set_defaults(run=_summary)
 
     repro = commands.add_parser(
         "repro",

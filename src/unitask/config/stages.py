@@ -267,7 +267,8 @@ class Multitask(TrainSettings):
     metrics: ProjectPath = Field(default="reports/multitask.json", description="validation and test metrics per task")
     comparison: ProjectPath = Field(
         default="reports/multitask_comparison.json",
-        description="`unitask multitask --compare`: against the single-task fine-tunes (a .md table beside it)",
+        description="`unitask multitask-comparison`: the multi-task model against the single-task fine-tunes "
+        "(a .md table beside it)",
     )
 
     @property

@@ -1,4 +1,4 @@
-"""`unitask multitask --compare`: the multi-task model against the single-task fine-tunes.
+"""`unitask multitask-comparison`: the multi-task model against the single-task fine-tunes.
 
 Read from the stages' reports (`reports/multitask.json`, `reports/finetune/<task>.json`): per task
 the test value of its main metric on both sides and the difference; their mean over the tasks both

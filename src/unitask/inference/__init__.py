@@ -10,13 +10,11 @@ unreadable image) gets {"error": "..."} and the rest of the batch is still answe
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from typing import Any, Protocol
 
 from unitask.errors import ConfigError
-
-MANIFEST = "unitask-model.json"
+from unitask.models import MANIFEST, read_manifest
 # kind -> "module:class"; the class has `load(folder) -> Predictor`
 KINDS = {
     "multitask": "unitask.inference.multitask:MultitaskPredictor",
@@ -30,16 +28,6 @@ class Predictor(Protocol):
 
     def predict(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One output per row, in order; a row's problem is reported in that row as {"error": ...}."""
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise ConfigError(
-            f"{folder}: not a saved unitask model (no {MANIFEST})",
-            hint="point at the output folder of `unitask multitask` or `unitask fusion`",
-        )
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def load_predictor(folder: str | Path, **options: Any) -> Predictor:

@@ -10,7 +10,8 @@ from typing import Any
 
 from unitask.config import Config
 from unitask.errors import ConfigError, DataError
-from unitask.inference import MANIFEST, Router, load_predictor
+from unitask.inference import Router, load_predictor
+from unitask.models import MANIFEST
 
 
 def default_predictor(cfg: Config) -> Router:

@@ -15,7 +15,8 @@ import torch
 
 from unitask.errors import DataError
 from unitask.images import open_image
-from unitask.inference import missing_fields, read_manifest
+from unitask.inference import missing_fields
+from unitask.models import read_manifest
 from unitask.models.fusion import FusionCollator, LateFusion, load_fusion
 from unitask.tasks.sequence import label_outputs, softmax
 

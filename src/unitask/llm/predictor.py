@@ -16,7 +16,8 @@ from typing import Any
 
 from unitask.config import Config, Prompt, TaskConfig
 from unitask.evaluation.metrics import MAIN_METRIC
-from unitask.inference import check_text_rows, read_manifest
+from unitask.inference import check_text_rows
+from unitask.models import read_manifest
 from unitask.inference.multitask import input_frame
 from unitask.llm.decode import Answerer, Limits
 from unitask.llm.model import base_identity, load_tokenizer, resolve_base

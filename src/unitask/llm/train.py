@@ -37,6 +37,7 @@ from unitask.evaluation.predictions import write_predictions
 from unitask.llm.decode import Answerer, Limits, answer_ids, prompt_ids
 from unitask.llm.model import base_model_path, load_base, load_tokenizer
 from unitask.llm.prompts import TaskPrompt
+from unitask.models import MANIFEST
 from unitask.tasks.text import read_split, text_task
 from unitask.tracking import flatten, stage_run
 from unitask.training.distributed import from_rank_zero, same_on_every_rank, weights_fingerprint
@@ -412,7 +413,7 @@ def save_llm(cfg: Config, model: Any, tokenizer: Any, prompts: dict[str, TaskPro
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)  # adapter weights only (safetensors); per_task: one subfolder per adapter
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / "unitask-model.json", manifest(cfg, prompts, base_path))
+        write_json(tmp / MANIFEST, manifest(cfg, prompts, base_path))
     metrics_file = cfg.path(cfg.llm.metrics)
     write_json(metrics_file, summary)
     mlflow.log_metrics(flatten("", {k: summary[k] for k in ("train", "validation", "test")}))

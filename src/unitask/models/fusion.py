@@ -388,7 +388,7 @@ def save_fusion(folder: Path, model: LateFusion, spec: FusionSpec, tokenizer: An
     from safetensors.torch import save_model
 
     from unitask.atomic import write_json
-    from unitask.inference import MANIFEST
+    from unitask.models import MANIFEST
 
     save_model(model, str(folder / WEIGHTS))
     for modality, encoder in model.encoders.items():
@@ -409,7 +409,7 @@ def load_fusion(folder: Path) -> tuple[LateFusion, Any, Any, dict[str, Any]]:
     from safetensors.torch import load_model
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
-    from unitask.inference import read_manifest
+    from unitask.models import read_manifest
 
     manifest = read_manifest(folder)
     spec = read_spec(manifest)

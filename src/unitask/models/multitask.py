@@ -23,9 +23,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from unitask.errors import ConfigError
+from unitask.models import MANIFEST
 
 WEIGHTS = "model.safetensors"
-MANIFEST = "unitask-model.json"
 SEQUENCE_TYPES = ("classification", "pair_classification", "regression")
 HEAD_TYPES = (*SEQUENCE_TYPES, "token_classification", "extractive_qa")
 

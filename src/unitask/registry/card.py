@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from unitask.config import SPLITS, Config
+from unitask.models import MANIFEST
 
 LIMITS = [
     "Trained and scored on the splits described above only; scores on other domains, languages or "
@@ -112,7 +113,7 @@ def base_origin(base: dict[str, Any]) -> str:
 
 def llm_facts(folder: Path, routes: dict[str, str], model: Any | None) -> list[str]:
     """The card's LLM section: the tasks it serves, its base, LoRA and adapters, parameters."""
-    spec = _json(folder / "unitask-model.json") or {}
+    spec = _json(folder / MANIFEST) or {}
     adapters = spec["adapters"]
     lora = _json(folder / (next(iter(spec["tasks"])) if adapters == "per_task" else ".") / "adapter_config.json") or {}
     layers = lora.get("layers_to_transform")

@@ -21,7 +21,8 @@ from unitask.atomic import write_json
 from unitask.config import Config
 from unitask.data.hashing import sha256_path
 from unitask.errors import DataError
-from unitask.inference import MANIFEST, load_predictor, read_manifest
+from unitask.inference import load_predictor
+from unitask.models import MANIFEST, read_manifest
 from unitask.registry.card import model_card
 from unitask.registry.examples import as_frame, example_rows
 from unitask.registry.gate import decide, task_scores

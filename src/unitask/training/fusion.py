@@ -27,7 +27,7 @@ from unitask.errors import ConfigError
 from unitask.evaluation.metrics import MAIN_METRIC, group_accuracy, task_metrics
 from unitask.evaluation.predictions import write_predictions
 from unitask.images import Augmenter, ImageCache
-from unitask.inference import MANIFEST
+from unitask.models import MANIFEST
 from unitask.models.backbone import load_tokenizer, resolve_backbone
 from unitask.models.fusion import FusionCollator, FusionSpec, ImageEncoder, LateFusion, TextEncoder, compose, save_fusion
 from unitask.tasks.sequence import label_outputs, softmax

@@ -30,6 +30,7 @@ from unitask.data.hashing import verify_sha256
 from unitask.data.readers import READERS
 from unitask.data.sources import package_path
 from unitask.errors import ConfigError, DataError, UnitaskError
+from unitask.models import MANIFEST
 from unitask.models.backbone import backbone_path, load_tokenizer
 from unitask.tasks import TEXT_ROLES
 from unitask.tasks.text import read_split
@@ -45,9 +46,6 @@ from unitask.training.trainer import (
 )
 
 MIN_TEXTS = 2  # one to train on, one to hold out
-
-
-OFF_NOTE = "unitask-model.json"  # what pretrain.output holds when pretraining is off
 
 
 def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
@@ -134,7 +132,7 @@ def skip(cfg: Config) -> dict[str, Any]:
     note = {"enabled": False, "encoder": cfg.model.backbone}
     if is_main_process():
         with atomic_dir(cfg.path(cfg.pretrain.output)) as tmp:
-            write_json(tmp / OFF_NOTE, note)
+            write_json(tmp / MANIFEST, note)  # what pretrain.output holds when pretraining is off
         write_json(cfg.path(cfg.pretrain.metrics), note)
     print("unitask: pretrain.enabled is false: nothing to train; fine-tuning starts from model.backbone", file=sys.stderr)
     return note
