@@ -50,6 +50,14 @@ def atomic_file(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def json_value(value: Any) -> Any:
+    """`value` in a form json.dumps writes: numpy arrays and scalars (list columns read from Parquet,
+    metric values) as Python lists and numbers, anything else that is not JSON (a timestamp) as its str."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value if value is None or isinstance(value, (str, int, float, list, tuple, dict)) else str(value)
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write `obj` as pretty JSON, atomically."""
     with atomic_file(path) as tmp:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from unitask.atomic import atomic_file
+from unitask.atomic import atomic_file, json_value
 from unitask.config import Config
 from unitask.errors import DataError
 
@@ -35,7 +35,7 @@ def write_predictions(
     with atomic_file(path) as tmp:
         with tmp.open("w", encoding="utf-8") as out:
             for value, output in zip(gold, outputs):
-                out.write(json.dumps({"gold": _plain(value), **output}) + "\n")
+                out.write(json.dumps({"gold": json_value(value), **output}) + "\n")
     return path
 
 
@@ -49,7 +49,3 @@ def read_predictions(cfg: Config, model: str, task: str, split: Split = "test") 
         )
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     return [row.pop("gold") for row in rows], rows
-
-
-def _plain(value: Any) -> Any:
-    return value.tolist() if hasattr(value, "tolist") else value

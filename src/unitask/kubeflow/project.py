@@ -140,7 +140,7 @@ def run_local(cfg: Config, output: Path | None = None, cache: bool = False) -> P
             with tracking.pipeline(cfg, "kubeflow-local"):  # one parent run over the components' runs
                 pipeline()
     except RuntimeError as exc:
-        raise UnitaskError(f"kubeflow local run: {_plain(str(exc))}", hint="the failing component's log is above") from None
+        raise UnitaskError(f"kubeflow local run: {_uncolored(str(exc))}", hint="the failing component's log is above") from None
     runs = sorted(p for p in set(root.iterdir()) - before if p.is_dir() and not p.name.startswith("."))
     if runs:
         return runs[-1]
@@ -149,7 +149,7 @@ def run_local(cfg: Config, output: Path | None = None, cache: bool = False) -> P
     return earlier[-1] if earlier else root
 
 
-def _plain(text: str) -> str:
+def _uncolored(text: str) -> str:
     """kfp's local messages carry terminal colors."""
     import re
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
+
+from unitask.atomic import json_value
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,10 +76,4 @@ def example_keys(frame: pd.DataFrame, roles: tuple[str, ...]) -> list[str]:
     and the leakage check compare."""
     if len(roles) == 1 and roles[0] in TEXT_ROLES:
         return [str(v) for v in frame[roles[0]]]
-    return [json.dumps([_plain(v) for v in row]) for row in zip(*(frame[r] for r in roles))]
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "tolist"):  # numpy arrays (list columns read from Parquet) and scalars
-        return value.tolist()
-    return value if isinstance(value, (str, int, float, list, dict)) or value is None else str(value)
+    return [json.dumps([json_value(v) for v in row]) for row in zip(*(frame[r] for r in roles))]

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import great_expectations as gx
-import numpy as np
 import pandas as pd
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
+from unitask.atomic import json_value
 from unitask.config import Severity
 from unitask.validation.checks import Check
 from unitask.validation.load import SHOW, short
@@ -104,7 +104,7 @@ def _outcome(
         success=bool(result.success),
         rows=len(frame),
         unexpected=result.result.get("unexpected_count"),
-        observed=_plain(result.result.get("observed_value")),
+        observed=json_value(result.result.get("observed_value")),
     )
     info = result.exception_info or {}
     if info.get("raised_exception"):
@@ -134,11 +134,6 @@ def _example(check: Check, shown: str | None, row_id: Any, lookup: pd.DataFrame 
         text += f" ({shown.lstrip('_')}={short(row[shown])})"
     return text
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _prune_static(docs: Path) -> None:
