@@ -243,6 +243,9 @@ def _parent_tags(cfg: Config, run_id: str, driver: str) -> dict[str, str]:
     return tags
 
 
+PARENT_SETTLE_SECONDS = 1.0  # paid once per pipeline run, by the stages that create its parent
+
+
 def pipeline_parent(cfg: Config, experiment_id: str, owner: bool = False) -> tuple[str, bool]:
     """(run id, whether a driver owns it) of the parent run of pipeline run $UNITASK_PIPELINE_RUN:
     found by its tag, else created. When two processes create it at once, both keep the oldest
@@ -261,6 +264,9 @@ def pipeline_parent(cfg: Config, experiment_id: str, owner: bool = False) -> tup
     if not found:
         tags = _parent_tags(cfg, pipeline_id, driver) | ({"unitask.pipeline_owner": "driver"} if owner else {})
         mine = client.create_run(experiment_id, run_name=f"pipeline:{driver}:{pipeline_id}", tags=tags)
+        # a run's start time is taken before its insert: a rival that started earlier may land after this
+        # process's search; waiting out the inserts in flight lets every creator see the same runs
+        time.sleep(PARENT_SETTLE_SECONDS)
         found = existing()
         if found[0].info.run_id != mine.info.run_id:
             client.delete_run(mine.info.run_id)
