@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cpu_flags() -> str:
-    flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split())
-    model = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    flags = set(next(line for line in lines if line.startswith("flags")).split())
+    model = next(line for line in lines if line.startswith("model name"))
     shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return f"{model.split(':', 1)[1].strip()}, {os.cpu_count()} cores, flags {' '.join(shown)}"
 

@@ -143,3 +143,16 @@ def test_a_group_declaration_must_name_one_source_and_cover_the_labels():
     ]:
         with pytest.raises(ValidationError, match=message):
             TaskConfig(**base, group=group)
+
+
+def test_json_value_makes_parquet_and_numpy_values_json() -> None:
+    """What example keys, predictions' gold values and validation's observed values are written as."""
+    import json
+
+    import numpy as np
+
+    from unitask.atomic import json_value
+
+    values = [np.array(["B-PER", "O"]), np.int64(3), np.float32(0.5), pd.Timestamp("2026-01-02"), ("a", 1), None, {"k": 1}]
+    assert [json_value(v) for v in values] == [["B-PER", "O"], 3, 0.5, "2026-01-02 00:00:00", ("a", 1), None, {"k": 1}]
+    assert json.dumps([json_value(v) for v in values])  # every one of them writes
