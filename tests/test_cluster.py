@@ -83,18 +83,18 @@ def test_the_compiled_pipeline_parses_into_kfp_protobufs(tmp_path: Path) -> None
     spec, platform = schemas.load_kubectl(text)
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     # the distributed fine-tune's step only launches the job: the workspace volume, no GPU placement
-    assert executors["exec-finetune"]["secretAsEnv"] and executors["exec-finetune"]["pvcMount"]
-    assert "tolerations" not in executors["exec-finetune"] and executors["exec-multitask"]["tolerations"]
+    assert executors["exec-finetune-sms-spam"]["secretAsEnv"] and executors["exec-finetune-sms-spam"]["pvcMount"]
+    assert "tolerations" not in executors["exec-finetune-sms-spam"] and executors["exec-multitask"]["tolerations"]
 
     def planted(edit: Any) -> list[str]:
         docs = schemas.load_kubectl(text)
         edit(*docs)
         return schemas.pipeline_errors(schemas.dump_yaml(*docs))
 
-    errors = planted(lambda s, p: s["root"]["dag"]["tasks"]["prepare"].update(retryPolicyy={}))
+    errors = planted(lambda s, p: s["root"]["dag"]["tasks"]["prepare-sms-spam"].update(retryPolicyy={}))
     assert len(errors) == 1 and errors[0].startswith("PipelineSpec: ") and 'no field named "retryPolicyy"' in errors[0]
-    errors = planted(lambda s, p: p["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune"].update(nodeSelectr={}))
-    assert len(errors) == 1 and errors[0].startswith("kubernetes executor exec-finetune: ") and "nodeSelectr" in errors[0]
+    errors = planted(lambda s, p: p["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune-sms-spam"].update(nodeSelectr={}))
+    assert len(errors) == 1 and errors[0].startswith("kubernetes executor exec-finetune-sms-spam: ") and "nodeSelectr" in errors[0]
     errors = planted(lambda s, p: p["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-multitask"]["tolerations"][0].update(effect=3))
     assert len(errors) == 1 and "exec-multitask" in errors[0] and "effect" in errors[0]
     errors = planted(lambda s, p: s.update(schemaVersion=2.1))
@@ -182,34 +182,20 @@ def test_job_validators_catch_planted_errors() -> None:
 
 
 def test_distributed_config(tmp_path: Path) -> None:
+    from unitask.kubeflow.pods import pod
+
     kf = load_config(REPO / "params.yaml").kubeflow
-    assert kf.job_kind == "trainjob" and not any(getattr(kf.stages, s).distributed for s in ("pretrain", "finetune", "multitask", "fusion"))
+    assert kf.job_kind == "trainjob" and not any(pod(kf, s).distributed for s in ("pretrain", "finetune", "multitask", "fusion"))
     kf = job_config("trainjob").kubeflow
-    assert kf.stages.finetune.distributed and kf.stages.finetune.gpus_per_node == 4 and not kf.stages.multitask.distributed
+    assert pod(kf, "finetune").distributed and pod(kf, "finetune").gpus_per_node == 4 and not pod(kf, "multitask").distributed
     params = write_project(tmp_path, {"t": classification_task("x.csv")})
-    with pytest.raises(ConfigError, match=r"kubeflow.stages.evaluate: nodes and procs_per_node apply to pretrain, finetune, multitask, fusion, llm only"):
-        load_config(params, ["kubeflow.stages.evaluate.nodes=2"])
+    planted = load_config(params, ["kubeflow.stages.evaluate.nodes=2"]).kubeflow
+    with pytest.raises(ConfigError, match=r"kubeflow.stages.evaluate: nodes and procs_per_node apply to pretrain, finetune, multitask, llm, fusion only"):
+        pod(planted, "evaluate")
     with pytest.raises(ConfigError, match=r"kubeflow.job_kind"):
         load_config(params, ["kubeflow.job_kind=mpijob"])
     with pytest.raises(ConfigError, match="not a training stage"):
         jobs.job_manifest(load_config(params), "evaluate", ["evaluate"], "e")
-
-
-def test_materialize_links(tmp_path: Path) -> None:
-    """A workspace on the shared volume holds copies, not links to the step pod's artifact paths."""
-    artifacts, root = tmp_path / "artifacts", tmp_path / "workspace"
-    (artifacts / "prepared" / "toy").mkdir(parents=True)
-    (artifacts / "prepared" / "toy" / "train.parquet").write_text("rows")
-    (artifacts / "encoder.json").write_text("{}")
-    (root / "data").mkdir(parents=True)
-    (root / "data" / "prepared").symlink_to(artifacts / "prepared")
-    (root / "encoder.json").symlink_to(artifacts / "encoder.json")
-    (root / "params.yaml").write_text("seed: 1")
-    assert jobs.materialize_links(root) == 2
-    assert not any(p.is_symlink() for p in root.rglob("*"))
-    assert (root / "data/prepared/toy/train.parquet").read_text() == "rows" and (root / "encoder.json").read_text() == "{}"
-    (artifacts / "prepared" / "toy" / "train.parquet").write_text("changed")
-    assert (root / "data/prepared/toy/train.parquet").read_text() == "rows"  # a copy
 
 
 # ---- the launcher, against an in-process API server double ------------------------------------
@@ -251,6 +237,7 @@ class FakeApi:
     def delete_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, name: str, body: Any = None) -> Any:
         self._record("delete", group, plural)
         self.objects.pop(name)
+
 
 
 def cond(kind: str, status: str = "True", **more: str) -> dict[str, str]:
@@ -374,9 +361,6 @@ class Artifact:
     def log_metric(self, key: str, value: float) -> None:
         self.metadata[key] = value
 
-    def log_confusion_matrix(self, labels: list[str], matrix: list[list[int]]) -> None:
-        self.metadata["confusionMatrix"] = {"labels": labels, "rows": matrix}
-
 
 class TrainerDouble(FakeApi):
     """A cluster whose Trainer runs the job's `torchrun -m unitask.cli ARGS` as one process, here, then
@@ -391,17 +375,17 @@ class TrainerDouble(FakeApi):
         return created
 
 
-def compiles_to_a_launcher(params: Path, stage: str, volume: Path) -> None:
-    """`params` compiles to a pipeline that kfp's protobufs accept, in which the distributed `stage` is a
+def compiles_to_a_launcher(params: Path, step: str, volume: Path) -> None:
+    """`params` compiles to a pipeline that kfp's protobufs accept, in which the distributed `step` (kfp's name: finetune-t) is a
     launching step on the workspace volume that asks for no GPU and no node of its own (the job's nodes do)."""
     out = params.parent / "compiled.yaml"
     assert main(["pipeline", "compile", "--params", str(params), "--output", str(out)]) == 0
     compiled = out.read_text()
     assert schemas.pipeline_errors(compiled) == []
     spec, platform = yaml.safe_load_all(compiled)
-    executor = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][f"exec-{stage}"]
+    executor = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][f"exec-{step}"]
     assert executor["pvcMount"][0]["mountPath"] == str(volume) and "nodeSelector" not in executor
-    assert "accelerator" not in spec["deploymentSpec"]["executors"][f"exec-{stage}"]["container"]["resources"]
+    assert "accelerator" not in spec["deploymentSpec"]["executors"][f"exec-{step}"]["container"]["resources"]
 
 
 def test_a_distributed_finetune_runs_as_a_trainjob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -426,21 +410,24 @@ def test_a_distributed_finetune_runs_as_a_trainjob(tmp_path: Path, monkeypatch: 
         finetune={"max_steps": 2, "batch_size": 8, "bf16": False, "early_stopping_patience": None},
         kubeflow={"stages": {"finetune": {"nodes": 2, "procs_per_node": 4}}, "jobs": {"mount_path": str(volume)}},
     )  # fmt: skip
-    compiles_to_a_launcher(params, "finetune", volume)
+    compiles_to_a_launcher(params, "finetune-t", volume)
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config(params)
     arguments = pipeline_arguments(cfg, local=True)
-    art = {name: Artifact(tmp_path / "artifacts" / name) for name in ("dataset", "metrics", "encoder", "m2", "model", "reports", "m3", "confusion")}
-    runtime.run_prepare(arguments["params"], arguments["seed"], "", art["dataset"], art["metrics"])
-    runtime.run_pretrain(arguments["params"], arguments["seed"], "", art["dataset"], art["encoder"], art["m2"])
+    art = {name: Artifact(tmp_path / "artifacts" / name) for name in ("prepared", "m1", "encoder", "m2", "model", "data", "m3")}
+
+    def step(stage: str, task: str | None, inputs: list[Artifact], outputs: dict[str, Artifact], metrics: Artifact) -> None:
+        runtime.run_stage(stage, task, arguments["params"], arguments["seed"], "", inputs, outputs, metrics)
+
+    step("prepare", "t", [], {"data": art["prepared"]}, art["m1"])
+    step("pretrain", None, [art["prepared"]], {"model": art["encoder"]}, art["m2"])
     api = TrainerDouble([])
     monkeypatch.setattr(jobs, "custom_objects_api", lambda: api)
     monkeypatch.setattr(jobs, "current_namespace", lambda default="default": "team")
-    runtime.run_finetune("t", arguments["params"], arguments["seed"], "", art["dataset"], art["encoder"], art["model"],
-                         art["reports"], art["m3"], art["confusion"])  # fmt: skip
+    step("finetune", "t", [art["prepared"], art["encoder"]], {"model": art["model"], "data": art["data"]}, art["m3"])
     assert [verb for verb, _, plural in api.calls if plural == "trainjobs"][:2] == ["create", "get"]
-    assert (Path(art["model"].path) / "model.safetensors").is_file()
-    report = Path(art["reports"].path) / "reports" / "finetune" / "t.json"
-    assert art["m3"].metadata["t.test.accuracy"] == pytest.approx(json.loads(report.read_text())["test"]["accuracy"])
+    assert (Path(art["model"].path) / cfg.finetune.output / "t" / "model.safetensors").is_file()
+    report = Path(art["data"].path) / cfg.paths.reports / "finetune" / "t.json"
+    assert art["m3"].metadata["test.accuracy"] == pytest.approx(json.loads(report.read_text())["test"]["accuracy"])
     assert list(volume.iterdir()) == []  # the job's workspace is removed afterwards

@@ -156,10 +156,8 @@ def test_kubeflow_local_run_matches_dvc(clone, tmp_path):
     out = _run([str(BIN / "unitask"), "pipeline", "run-local", "--output", str(tmp_path / "kfp")], clone)
     print(f"kubeflow local run (smoke profile): {time.perf_counter() - started:.0f} s")
     run = Path(next(line.split("\t", 1)[1] for line in out.splitlines() if line.startswith("outputs\t")))
-    # every `reports` artifact mirrors the project's reports/ folder (the fine-tuning loop's one per task)
-    folders = [*run.glob("*/reports/reports"), *run.glob("for-loop-*/finetune/reports/reports"),
-               run / "evaluate/evaluation/reports"]  # fmt: skip
-    kfp = {p.relative_to(f).as_posix(): p for f in folders for p in f.rglob("*.json*")}
+    # each step's `data` artifact holds what it wrote, at its path in the project
+    kfp = {p.relative_to(f).as_posix(): p for f in run.glob("*/data/reports") for p in f.rglob("*.json*")}
     dvc = clone / "reports"
 
     predictions = sorted(p.relative_to(dvc).as_posix() for p in (dvc / "predictions").rglob("*.jsonl"))

@@ -80,6 +80,17 @@ def compiled(path: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
 # ---- the compiled pipeline -------------------------------------------------------------------
 
 
+def steps_of(spec: dict[str, Any], k8s: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """{step name (taskInfo, as DVC names it): its task in the root DAG, its container, its Kubernetes settings}."""
+    tasks, containers, placements = {}, {}, {}
+    for task in spec["root"]["dag"]["tasks"].values():
+        name = task["taskInfo"]["name"]
+        label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        tasks[name], containers[name] = task, spec["deploymentSpec"]["executors"][label]["container"]
+        placements[name] = k8s.get(label, {})
+    return tasks, containers, placements
+
+
 def test_compiled_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     plant_secrets(monkeypatch)
     params = tiny_project(
@@ -90,7 +101,6 @@ def test_compiled_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
             "tag": "t1",
             "node_selector": {"cloud.example/gpu": "h100"},
             "tolerations": [{"key": "gpu", "operator": "Equal", "value": "yes", "effect": "NoSchedule"}],
-            "finetune_parallelism": 2,
             "stages": {"pretrain": {"gpus": 2, "memory_limit": "64Gi"}, "validate": {"caching": False}},
             "s3_secret": {"name": "team-s3", "keys": {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY"}},
         },
@@ -100,65 +110,55 @@ def test_compiled_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     spec, k8s, text = compiled(out)
     assert_no_secrets(text)
 
-    executors = spec["deploymentSpec"]["executors"]
-    stages = ("prepare", "validate", "pretrain", "baseline", "finetune", "multitask", "fusion", "llm", "evaluate", "register")
-    assert set(executors) == {"exec-plan", *(f"exec-{name}" for name in stages)}
-    for executor in executors.values():
-        assert executor["container"]["image"] == "registry.example/ml/unitask:t1"
-        assert "unitask.kubeflow.runtime" in executor["container"]["command"][-1]
-        assert "pip install" not in " ".join(executor["container"]["command"])  # kfp comes with the image
-    resources = {name: executors[f"exec-{name}"]["container"]["resources"] for name in stages}
+    dag, containers, placements = steps_of(spec, k8s)
+    per_task = [f"{stage}@{task}" for stage in ("prepare", "validate", "finetune") for task in ("alpha", "beta")]
+    gpu = ["pretrain", "finetune@alpha", "finetune@beta", "multitask"]  # no LLM task, no text+image task
+    small = ["prepare@alpha", "prepare@beta", "validate@alpha", "validate@beta", "baseline", "multitask_comparison",
+             "evaluate", "register"]  # fmt: skip
+    assert set(dag) == {*per_task, *gpu, *small}
+    for container in containers.values():
+        assert container["image"] == "registry.example/ml/unitask:t1"
+        assert "unitask.kubeflow.runtime" in container["command"][-1]
+        assert "pip install" not in " ".join(container["command"])  # kfp comes with the image
+    resources = {name: container["resources"] for name, container in containers.items()}
     accelerator = resources["pretrain"]["accelerator"]
     assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "2"
-    for name in ("finetune", "multitask", "fusion", "llm"):
+    for name in gpu[1:]:
         assert resources[name]["accelerator"]["resourceCount"] == "1"
         assert resources[name]["resourceCpuRequest"] == "8" and resources[name]["resourceMemoryRequest"] == "32Gi"
-    for name in ("prepare", "validate", "baseline", "evaluate", "register"):
+    for name in small:
         assert "accelerator" not in resources[name]
-    assert resources["pretrain"]["resourceCpuRequest"] == "8" and resources["pretrain"]["resourceMemoryRequest"] == "32Gi"
-    assert resources["pretrain"]["resourceMemoryLimit"] == "64Gi"
-    assert resources["prepare"]["resourceCpuRequest"] == "2" and resources["prepare"]["resourceMemoryRequest"] == "8Gi"
+        assert "nodeSelector" not in placements[name] and "tolerations" not in placements[name]
+    assert resources["pretrain"]["resourceCpuRequest"] == "8" and resources["pretrain"]["resourceMemoryLimit"] == "64Gi"
+    assert resources["prepare@alpha"]["resourceCpuRequest"] == "2" and resources["prepare@alpha"]["resourceMemoryRequest"] == "8Gi"
 
-    dag = spec["root"]["dag"]["tasks"]
-    assert set(dag) == {"plan", "for-loop-1", "condition-2", *stages} - {"finetune", "register"}
-    assert dag["prepare"]["retryPolicy"] == {
+    assert dag["prepare@alpha"]["retryPolicy"] == {
         "backoffDuration": "30s", "backoffFactor": 2.0, "backoffMaxDuration": "3600s", "maxRetryCount": 2,
     }  # fmt: skip
-    assert "retryPolicy" not in dag["validate"]  # a failed gate is not transient
-    assert dag["pretrain"]["retryPolicy"]["maxRetryCount"] == 2
-    assert dag["validate"]["cachingOptions"] == {}  # enableCache: false (protobuf drops false)
-    assert dag["evaluate"]["cachingOptions"] == {}  # its gate reads the registry: never cached
-    for name in ("plan", "prepare", "pretrain", "baseline", "multitask", "fusion"):
+    assert "retryPolicy" not in dag["validate@alpha"]  # a failed gate is not transient
+    for name in ("validate@alpha", "evaluate", "register"):  # validate: set above; the others: declared
+        assert dag[name]["cachingOptions"] == {}, name  # enableCache: false (protobuf drops false)
+    for name in ("prepare@alpha", "pretrain", "baseline", "finetune@beta", "multitask"):
         assert dag[name]["cachingOptions"] == {"enableCache": True}
-    for name in ("pretrain", "baseline", "multitask", "fusion"):
-        assert "validate" in dag[name]["dependentTasks"]  # the data gate
         assert dag[name]["retryPolicy"]["maxRetryCount"] == 2
-    assert {"baseline", "for-loop-1", "multitask", "fusion"} <= set(dag["evaluate"]["dependentTasks"])
-    collected = dag["evaluate"]["inputs"]["artifacts"]["finetune_reports"]["taskOutputArtifact"]
-    assert collected == {"outputArtifactKey": "pipelinechannel--finetune-reports", "producerTask": "for-loop-1"}
-    assert spec["components"]["comp-evaluate"]["inputDefinitions"]["artifacts"]["finetune_reports"]["isArtifactList"]
 
-    # register runs only when evaluate's gate passes
-    condition = dag["condition-2"]
-    assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
-    register = spec["components"]["comp-condition-2"]["dag"]["tasks"]["register"]
-    assert register["cachingOptions"] == {} and register["retryPolicy"]["maxRetryCount"] == 2
-    assert register["inputs"]["artifacts"]["evaluation"]["componentInputArtifact"] == "pipelinechannel--evaluate-evaluation"
+    # the graph follows the deps: a task waits on the steps whose outputs it reads, by their artifacts
+    names = {task: name for name, task in ((n, t["componentRef"]["name"].removeprefix("comp-")) for n, t in dag.items())}
+    upstream = {name: {names[d] for d in task.get("dependentTasks", [])} for name, task in dag.items()}
+    assert upstream["validate@alpha"] == {"prepare@alpha"}
+    assert upstream["finetune@alpha"] == {"prepare@alpha", "validate@alpha", "pretrain"}
+    assert upstream["pretrain"] == {*per_task[:4]}  # every train split, after the gate
+    assert upstream["evaluate"] == {"baseline", "finetune@alpha", "finetune@beta", "multitask"}
+    assert upstream["register"] == {"evaluate", "multitask", "prepare@alpha", "prepare@beta"}
+    reads = dag["finetune@alpha"]["inputs"]["artifacts"]
+    assert reads["pretrain_model"]["taskOutputArtifact"] == {"outputArtifactKey": "model", "producerTask": "pretrain"}
+    assert reads["prepare__alpha_data"]["taskOutputArtifact"]["outputArtifactKey"] == "data"
 
-    loop = dag["for-loop-1"]
-    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--plan-Output"
-    assert loop["iteratorPolicy"]["parallelismLimit"] == 2
-    inner = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["finetune"]
-    assert inner["cachingOptions"] == {"enableCache": True} and inner["retryPolicy"]["maxRetryCount"] == 2
-    assert {"pretrain", "validate"} <= set(loop["dependentTasks"])
-
-    for name in ("pretrain", "finetune", "multitask", "fusion"):
-        assert k8s[f"exec-{name}"]["nodeSelector"] == {"labels": {"cloud.example/gpu": "h100"}}
-        assert k8s[f"exec-{name}"]["tolerations"] == [{"effect": "NoSchedule", "key": "gpu", "operator": "Equal", "value": "yes"}]
-    for name in ("prepare", "validate", "baseline", "evaluate", "register"):
-        assert "nodeSelector" not in k8s[f"exec-{name}"] and "tolerations" not in k8s[f"exec-{name}"]
-    for name in stages:
-        secrets = {s["secretName"]: s["keyToEnv"] for s in k8s[f"exec-{name}"]["secretAsEnv"]}
+    for name in gpu:
+        assert placements[name]["nodeSelector"] == {"labels": {"cloud.example/gpu": "h100"}}
+        assert placements[name]["tolerations"] == [{"effect": "NoSchedule", "key": "gpu", "operator": "Equal", "value": "yes"}]
+    for name in dag:
+        secrets = {s["secretName"]: s["keyToEnv"] for s in placements[name]["secretAsEnv"]}
         assert secrets["unitask-mlflow"] == [{"envVar": "MLFLOW_TRACKING_URI", "secretKey": "tracking_uri"}]
         assert {e["envVar"] for e in secrets["team-s3"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
@@ -169,11 +169,11 @@ def test_compiled_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     assert written["finetune"]["early_stopping_patience"] is None and written["finetune"]["max_steps"] == 3  # an int
     assert written["tracking"] == {"uri": "sqlite:///mlflow/mlflow.db"}  # as written, never the env's
     assert written["kubeflow"]["tag"] == "t1"  # a pod launching a distributed job builds it from this section
-    for name, component in spec["components"].items():  # every component takes the config, nothing else
+    for name, component in spec["components"].items():  # every component takes the config
         if name.startswith("comp-") and "executorLabel" in component:
             assert {"params", "seed", "pipeline_run"} <= set(component["inputDefinitions"]["parameters"]), name
     # the stages' MLflow runs nest under one parent per Kubeflow run: each gets kfp's job id
-    assert dag["prepare"]["inputs"]["parameters"]["pipeline_run"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert dag["prepare@alpha"]["inputs"]["parameters"]["pipeline_run"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
 
 
 def test_every_pod_loads_the_config_compiled_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,7 +190,7 @@ def test_every_pod_loads_the_config_compiled_in(tmp_path: Path, monkeypatch: pyt
     compiled_in = load_config(params, ["seed=11"])
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     executors = [n for n, c in spec["components"].items() if "executorLabel" in c]
-    assert len(executors) == 11
+    assert len(executors) == 9  # {prepare,validate,finetune}@alpha, pretrain, baseline, multitask(_comparison), evaluate, register
     for name in executors:
         pod = load_params(defaults["params"]["defaultValue"], int(defaults["seed"]["defaultValue"]), tmp_path / name)
         assert pod.model_dump(exclude={"paths"}) == compiled_in.model_dump(exclude={"paths"}), name
@@ -227,20 +227,33 @@ def test_default_params_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     spec, k8s, text = compiled(out)
     assert_no_secrets(text)
     assert spec["pipelineInfo"]["name"] == "unitask"
-    assert k8s["exec-finetune"]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+    dag, _, placements = steps_of(spec, k8s)
+    assert placements["finetune@sms_spam"]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
     assert "easy_vqa" in yaml.safe_load(spec["root"]["inputDefinitions"]["parameters"]["params"]["defaultValue"])["tasks"]
+
+    # the same graph as DVC's own reading of the project's dvc.yaml: every step, every edge
+    from dvc.repo import Repo
+
+    names = {t["componentRef"]["name"].removeprefix("comp-"): name for name, t in dag.items()}
+    kfp_edges = {(name, names[d]) for name, t in dag.items() for d in t.get("dependentTasks", [])}
+    dvc_graph = Repo(str(REPO)).index.graph
+    dvc_edges = {(a.addressing, b.addressing) for a, b in dvc_graph.edges if b.addressing != "data.dvc"}
+    assert set(dag) == {s.addressing for s in dvc_graph.nodes} - {"data.dvc"} and len(dag) == 25
+    assert kfp_edges == dvc_edges and len(kfp_edges) > 40
 
 
 def test_kubeflow_config_overrides_keep_stage_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """kubeflow.stages.<stage> sets only the keys it names; the rest is the stage's declared pod."""
     from unitask.config import load_config
+    from unitask.kubeflow.pods import pod
 
     params = write_project(tmp_path, {"t": classification_task("x.csv")})
     kf = load_config(params, ["kubeflow.stages.pretrain.cpu=4", "kubeflow.stages.finetune.memory_limit=40Gi"]).kubeflow
-    assert (kf.stages.pretrain.cpu, kf.stages.pretrain.gpus, kf.stages.pretrain.memory) == ("4", 1, "32Gi")
-    assert kf.stages.finetune.memory_limit == "40Gi" and kf.stages.validate.retries == 0
-    assert kf.stages.multitask.gpus == 1 and kf.stages.fusion.gpus == 1 and not kf.stages.evaluate.caching
+    assert (pod(kf, "pretrain").cpu, pod(kf, "pretrain").gpus, pod(kf, "pretrain").memory) == ("4", 1, "32Gi")
+    assert pod(kf, "finetune").memory_limit == "40Gi" and pod(kf, "finetune").gpus == 1 and pod(kf, "validate").retries == 0
+    assert pod(kf, "multitask").gpus == 1 and pod(kf, "fusion").gpus == 1 and not pod(kf, "evaluate").caching
     assert main(["pipeline", "compile", "--params", str(params), "--set", "kubeflow.stages.serve.gpus=1"]) == 2
-    assert "kubeflow.stages.serve: unknown key; allowed here: prepare, validate, pretrain, baseline, finetune" in capsys.readouterr().err
+    assert "kubeflow.stages.serve: no such stage\n  fix: stages: prepare, validate, pretrain, baseline, finetune" in capsys.readouterr().err
     assert main(["pipeline", "compile", "--params", str(params), "--set", "kubeflow.mlflow_secret.keys={uri: TRACKING}"]) == 2
     assert "kubeflow.mlflow_secret: keys must map one secret key to MLFLOW_TRACKING_URI" in capsys.readouterr().err
     assert not (tmp_path / "pipelines").exists()
@@ -258,18 +271,24 @@ def executor_output(task_dir: Path) -> dict[str, Any]:
     return json.loads((task_dir / "executor_output.json").read_text())
 
 
-def reports_of(task_dir: Path, name: str = "reports") -> Path:
-    """The paths.reports folder inside a task's `reports` artifact (paths relative to the project root)."""
-    return task_dir / name / "reports"
+def step_dir(run: Path, step: str) -> Path:
+    """A step's folder in a local run: kfp names the task after its component (finetune@alpha -> finetune-alpha)."""
+    return run / step.replace("@", "-").replace("_", "-")
+
+
+def metrics_of(run: Path, step: str) -> dict[str, float]:
+    return executor_output(step_dir(run, step))["artifacts"]["metrics"]["artifacts"][0]["metadata"]
 
 
 @pytest.mark.timeout(CHAIN_TIMEOUT)
 @pytest.mark.slow
 def test_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    """The whole chain with kfp's SubprocessRunner: every output lands, MLflow has each stage's run, the
-    gate lets register make version 1 champion. The text+image task's files travel in the Dataset
-    (validate checks them, fusion trains on them); finetune and multitask skip it. A tiny decoder LLM
-    trains on beta, and register.routes has it serve beta in the registered model."""
+    """The whole graph with kfp's SubprocessRunner: every step's outputs land in its artifacts at their
+    paths in the project, MLflow has each stage's run under one parent, register makes version 1
+    champion. The text+image task's images are fetched where a step reads them (validate, fusion,
+    register). A tiny decoder LLM trains on beta, and register.routes has it serve beta."""
+    from unitask.config import load_config
+
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     llm = {"tasks": ["beta"], "model": str(tiny_llama(tmp_path / "tiny-llama")), "max_steps": 2, "batch_size": 4,
            "bf16": False, "shots": 0, "max_input_tokens": 24, "max_length": 64, "max_eval_rows": 5, "lora": {"last_layers": None}}
@@ -281,71 +300,49 @@ def test_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyte
                 "image_config": {"model_type": "vit", "image_size": 16, "patch_size": 8, "hidden_size": 16,
                                  "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}},
     )  # fmt: skip
+    cfg = load_config(params)
     out = tmp_path / "kfp"
     assert main(["pipeline", "run-local", "--params", str(params), "--output", str(out), "--cache"]) == 0
     run = run_outputs(out)
     assert f"outputs\t{run}" in capsys.readouterr().out
 
-    dataset = run / "prepare" / "dataset" / "prepared"
+    def data(step: str) -> Path:  # what a step wrote, at its paths in the project
+        return step_dir(run, step) / "data"
+
+    def model(step: str) -> Path:
+        return step_dir(run, step) / "model"
+
     for task in ("alpha", "beta"):
-        rows = sum(len(pd.read_parquet(dataset / task / f"{s}.parquet")) for s in ("train", "validation", "test"))
-        assert rows == 50  # prepare.max_rows
-    assert len(list((run / "prepare" / "dataset" / "raw" / "vqa").rglob("*.png"))) == 4
-    assert not (run / "prepare" / "dataset" / "raw" / "alpha").exists()  # text rows name no files
-    report = (run / "validate" / "report").read_text()
-    assert "alpha" in report and "passed" in report
-    assert (run / "validate" / "data_docs" / "vqa" / "index.html").is_file()
-    gate = executor_output(run / "validate")["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert gate["alpha.passed"] == 1 and gate["beta.rows_checked"] == 50
-    assert gate["vqa.passed"] == 1 and gate["vqa.expectations.failed_error"] == 0  # images found
+        prepared = data(f"prepare@{task}") / cfg.paths.prepared / task
+        assert sum(len(pd.read_parquet(prepared / f"{s}.parquet")) for s in ("train", "validation", "test")) == 50
+    assert metrics_of(run, "validate@beta")["rows_checked"] == 50
+    assert metrics_of(run, "validate@vqa")["expectations.failed_error"] == 0  # its images were found
+    assert (data("validate@vqa") / cfg.paths.reports / "data_docs" / "vqa" / "index.html").is_file()
 
-    encoder = run / "pretrain" / "encoder"
-    assert (encoder / "config.json").is_file() and (encoder / "model.safetensors").is_file()
-    assert "heldout.perplexity_after" in executor_output(run / "pretrain")["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    baseline = reports_of(run / "baseline") / "predictions" / "baseline"
+    assert (model("pretrain") / cfg.pretrain.output / "model.safetensors").is_file()
+    assert "heldout.perplexity_after" in metrics_of(run, "pretrain")
+    baseline = data("baseline") / cfg.paths.reports / "predictions" / "baseline"
     assert {p.name for p in baseline.iterdir()} == {"alpha.jsonl", "beta.jsonl", "validation"}
-    assert {p.name for p in (baseline / "validation").iterdir()} == {"alpha.jsonl", "beta.jsonl"}
+    for task in ("alpha", "beta"):
+        folder = model(f"finetune@{task}") / cfg.finetune.output / task
+        assert (folder / "model.safetensors").is_file() and json.loads((folder / "labels.json").read_text())["task"] == task
+        assert (data(f"finetune@{task}") / cfg.paths.reports / "predictions" / "finetune" / f"{task}.jsonl").is_file()
+    assert set(json.loads((model("multitask") / cfg.multitask.output / "unitask-model.json").read_text())["tasks"]) == {"alpha", "beta"}
+    assert (model("fusion") / cfg.fusion.output / "vqa" / "unitask-model.json").is_file()
+    assert {p.name for p in (data("fusion") / cfg.paths.reports / "predictions").iterdir()} == {"fusion", "fusion_text", "fusion_image"}
+    assert (data("multitask_comparison") / cfg.multitask.comparison).is_file()
 
-    tuned = {}
-    for iteration in sorted(run.glob("for-loop-*-iteration-*")):
-        outputs = executor_output(iteration / "finetune")["artifacts"]
-        task = outputs["finetuned"]["artifacts"][0]["metadata"]["task"]
-        tuned[task] = outputs["metrics"]["artifacts"][0]["metadata"]
-        model = iteration / "finetune" / "finetuned"
-        assert (model / "model.safetensors").is_file() and json.loads((model / "labels.json").read_text())["task"] == task
-        assert (reports_of(iteration / "finetune") / "predictions" / "finetune" / f"{task}.jsonl").is_file()
-        matrix = outputs["confusion"]["artifacts"][0]["metadata"]["confusionMatrix"]
-        assert [c["displayName"] for c in matrix["annotationSpecs"]] == ["neg", "pos"]
-        assert sum(map(sum, (row["row"] for row in matrix["rows"]))) == 5  # the test split's rows
-    assert set(tuned) == {"alpha", "beta"}
-
-    multitask = executor_output(run / "multitask")["artifacts"]
-    assert multitask["multitask_model"]["artifacts"][0]["metadata"]["tasks"] == ["alpha", "beta"]
-    assert (run / "multitask" / "multitask_model" / "unitask-model.json").is_file()
-    assert json.loads((reports_of(run / "multitask") / "multitask.json").read_text())["tasks"] == ["alpha", "beta"]
-    assert (run / "fusion" / "fusion_model" / "vqa" / "unitask-model.json").is_file()
-    assert {p.name for p in (reports_of(run / "fusion") / "predictions").iterdir()} == {"fusion", "fusion_text", "fusion_image"}
-
-    evaluated = executor_output(run / "evaluate")
-    assert evaluated["parameterValues"]["Output"] is True  # no champion yet: the gate passes
-    comparison = json.loads((run / "evaluate" / "evaluation" / "reports" / "evaluate" / "comparison.json").read_text())
+    comparison = json.loads((data("evaluate") / cfg.evaluate.output / "comparison.json").read_text())
     for split in ("validation", "test"):
         assert set(comparison[split]["alpha"]) == {"baseline", "finetune", "multitask"}
         assert set(comparison[split]["beta"]) == {"baseline", "finetune", "multitask", "llm", "llm_zeroshot"}
         assert set(comparison[split]["vqa"]) == {"fusion", "fusion_text", "fusion_image"}
-        for task in ("alpha", "beta"):  # the metric the finetune component logged is the one its predictions score
-            logged = tuned[task][f"{task}.{split}.accuracy"]
+        for task in ("alpha", "beta"):  # the metric the fine-tune step logged is the one its predictions score
+            logged = metrics_of(run, f"finetune@{task}")[f"{split}.accuracy"]
             assert logged == pytest.approx(comparison[split][task]["finetune"]["accuracy"]), (split, task)
-    assert (run / "evaluate" / "evaluation" / "reports" / "multitask_comparison.json").is_file()
-    scores = evaluated["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert scores["test.alpha.multitask.accuracy"] == comparison["test"]["alpha"]["multitask"]["accuracy"]
-    assert scores["gate.promote"] == 1
-    assert "Registry gate: <b>promote</b>" in (run / "evaluate" / "comparison").read_text()
-    registered = executor_output(run / "register")["artifacts"]
-    assert registered["metrics"]["artifacts"][0]["metadata"]["version"] == 1
-    assert registered["card"]["artifacts"][0]["metadata"]["decision"] == "promoted"
-    card = (run / "register" / "card").read_text()
-    assert "alpha" in card and "tiny-llama" in card  # the LLM that serves beta is on the card
+    assert metrics_of(run, "evaluate")["test.alpha.multitask.accuracy"] == comparison["test"]["alpha"]["multitask"]["accuracy"]
+    decision = json.loads((data("register") / cfg.register.output).read_text())
+    assert decision["decision"] == "promoted" and metrics_of(run, "register")["version"] == 1
 
     with sqlite3.connect(tmp_path / "mlflow" / "mlflow.db") as db:  # the project's store, not a workspace's
         stages = {v for (v,) in db.execute("select value from tags where key = 'unitask.stage'")}
@@ -354,17 +351,20 @@ def test_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyte
                                "where t.key = 'unitask.pipeline_driver' and t.value = 'kubeflow-local'").fetchall()
         nested_under = db.execute("select distinct value from tags where key = 'mlflow.parentRunId'").fetchall()
         routes = dict(db.execute("select key, value from params where key like 'route.%'").fetchall())
+        (card,) = db.execute("select description from model_versions where version = 1").fetchone()
     assert {"prepare", "validate", "pretrain", "baseline", "finetune", "multitask", "fusion", "llm", "evaluate", "register"} <= stages
     assert parent[1] == "FINISHED" and nested_under == [(parent[0],)]  # one parent over every component's runs
     assert sorted(aliases) == [("challenger", 1), ("champion", 1)]
     assert routes == {"route.alpha": "multitask", "route.beta": "llm", "route.vqa": "fusion"}
+    assert "alpha" in card and "tiny-llama" in card  # the LLM that serves beta is on the model card
 
-    # Again with the local cache: the training tasks are reused; evaluate (never cached) runs again and
-    # its gate holds, since the same scores do not beat the champion they made: register does not run.
+    # Again with the local cache: every training step is reused; evaluate and register (declared never
+    # cached) run again, and register makes no new version of unchanged models
     assert main(["pipeline", "run-local", "--params", str(params), "--output", str(out), "--cache"]) == 0
     second = next(p for p in out.iterdir() if p.is_dir() and p.name.startswith("unitask-") and p != run)
-    assert {p.name for p in second.iterdir() if p.is_dir()} == {"evaluate"}
-    assert executor_output(second / "evaluate")["parameterValues"]["Output"] is False
+    assert {p.name for p in second.iterdir() if p.is_dir()} == {"evaluate", "register"}
+    again = json.loads((second / "register" / "data" / cfg.register.output).read_text())
+    assert again["version"] == 1 and again["decision"] != "promoted"
 
 
 def test_validation_failure_stops_local_run(
@@ -380,10 +380,11 @@ def test_validation_failure_stops_local_run(
     out = tmp_path / "kfp"
     assert main(["pipeline", "run-local", "--params", str(params), "--output", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "unitask: error: kubeflow local run" in err and "validate" in err and "Traceback" not in err.split("unitask: error")[-1]
+    assert "unitask: error: kubeflow local run" in err and "Traceback" not in err.split("unitask: error")[-1]
+    assert "Inner task failed: 'validate-skewed'" in err  # the gate's step
     run = run_outputs(out)
-    assert (run / "prepare" / "dataset").is_dir()
-    assert not (run / "pretrain").exists() and not list(run.glob("for-loop-*"))
+    assert (step_dir(run, "prepare@skewed") / "data").is_dir()
+    assert not (run / "pretrain").exists() and not (run / "finetune-skewed").exists()
 
 
 # ---- submit ----------------------------------------------------------------------------------

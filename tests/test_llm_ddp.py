@@ -5,6 +5,7 @@ the adapter, the predictions, the metrics and the MLflow run. And the FSDP wirin
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -162,14 +163,16 @@ def test_a_distributed_llm_stage_runs_as_a_trainjob(tmp_path: Path, tiny_llm: Pa
     assert schemas.manifest_errors(manifest) == []
     assert manifest["spec"]["trainer"]["numProcPerNode"] == 2 and manifest["spec"]["trainer"]["numNodes"] == 2
     arguments = pipeline_arguments(cfg, local=True)
-    art = {name: Artifact(tmp_path / "artifacts" / name) for name in ("model", "reports", "metrics")}
+    art = {name: Artifact(tmp_path / "artifacts" / name) for name in ("prepared", "model", "data", "metrics")}
+    shutil.copytree(cfg.path(cfg.paths.prepared), Path(art["prepared"].path) / cfg.paths.prepared)  # prepare's output
     api = TrainerDouble([])
     monkeypatch.setattr(jobs, "custom_objects_api", lambda: api)
     monkeypatch.setattr(jobs, "current_namespace", lambda default="default": "team")
-    runtime.run_llm(arguments["params"], arguments["seed"], "", Artifact(tmp_path / "data"), art["model"], art["reports"], art["metrics"])
+    runtime.run_stage("llm", None, arguments["params"], arguments["seed"], "", [art["prepared"]],
+                      {"model": art["model"], "data": art["data"]}, art["metrics"])  # fmt: skip
     assert [verb for verb, _, plural in api.calls if plural == "trainjobs"][:2] == ["create", "get"]
-    assert (Path(art["model"].path) / "adapter_model.safetensors").is_file()
-    report = json.loads((Path(art["reports"].path) / "reports" / "llm.json").read_text())
+    assert (Path(art["model"].path) / cfg.llm.output / "adapter_model.safetensors").is_file()
+    report = json.loads((Path(art["data"].path) / cfg.llm.metrics).read_text())
     assert report["train"]["steps"] == 2
     assert art["metrics"].metadata["test.class.macro_f1"] == pytest.approx(report["test"]["class"]["macro_f1"])
     assert list(volume.iterdir()) == []  # the job's workspace is removed afterwards

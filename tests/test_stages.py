@@ -62,10 +62,9 @@ def test_every_stage_is_a_subcommand_with_its_options() -> None:
 @pytest.mark.parametrize("listed, expected", [(None, ["a", "b"]), ([], []), (["b"], ["b"])])
 def test_one_rule_for_task_lists_in_every_driver(tmp_path: Path, listed: list[str] | None, expected: list[str]) -> None:
     """Unset: every declared task of a type the stage trains; empty: none; else the list. The CLI's
-    config, the generated dvc.yaml and the Kubeflow loop agree."""
+    config, the generated dvc.yaml and the Kubeflow pipeline's steps agree."""
     from unitask.dvcfile import render
-    from unitask.kubeflow.project import pipeline_arguments
-    from unitask.kubeflow.runtime import run_plan
+    from unitask.kubeflow.pipeline import plan
 
     tasks = {"a": classification_task("a.csv"), "b": classification_task("b.csv")}
     finetune = {} if listed is None else {"tasks": listed}
@@ -74,8 +73,7 @@ def test_one_rule_for_task_lists_in_every_driver(tmp_path: Path, listed: list[st
     stages = yaml.safe_load(render(cfg))["stages"]
     assert (stages["finetune"]["foreach"] if "finetune" in stages else []) == expected
     assert ("finetune" in stages) == bool(expected)
-    arguments = pipeline_arguments(cfg)
-    assert run_plan(arguments["params"], arguments["seed"], "") == expected
+    assert [step.task for step, _ in plan(cfg) if step.stage.name == "finetune"] == expected
 
 
 def test_fusion_without_tasks_trains_nothing_under_every_driver(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

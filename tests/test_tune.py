@@ -14,7 +14,8 @@ from conftest import text_project
 from unitask.cli import build_parser, main
 from unitask.config import load_config
 from unitask.kubeflow.schemas import katib_errors, load_kubectl
-from unitask.tuning.katib import METRICS_FORMAT, experiment, metric_line, write_experiment
+from unitask.tuning import metric_line
+from unitask.tuning.katib import METRICS_FORMAT, experiment, write_experiment
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

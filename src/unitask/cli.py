@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(stage.command, parents=[common], help=stage.summary, description=stage.description)
         for option in stage.options:
             sub.add_argument(*option.flags, **option.kwargs)
-        sub.set_defaults(run=stage.cli)
+        sub.set_defaults(run=stage.execute)
 
     tune = commands.add_parser(
         "tune",
@@ -120,10 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     kfp_group = commands.add_parser(
         "pipeline",
         help="Kubeflow Pipelines: compile, run locally, submit",
-        description="The same chain as Kubeflow components (components/, pipelines/): prepare -> validate -> "
-        "pretrain -> baseline, finetune (a ParallelFor over the tasks), multitask, fusion -> evaluate -> "
-        "register (only when evaluate's gate passes). Pipeline parameters mirror params.yaml; the "
-        "`kubeflow` section sets the image, resources, GPUs, retries, caching and secret names.",
+        description="The graph dvc.yaml runs, as Kubeflow Pipelines: one component per step (a stage, or one task "
+        "of a per-task stage), each reading the outputs of the steps its deps name. Pipeline parameters mirror "
+        "params.yaml; the `kubeflow` section sets the image, resources, GPUs, retries, caching and secret names.",
     )
     kfp_commands = kfp_group.add_subparsers(dest="pipeline_command", required=True, metavar="COMMAND")
     kfp_compile = kfp_commands.add_parser(
@@ -145,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kfp_local.add_argument("--output", metavar="DIR", help="pipeline root (default: pipelines/local_outputs)")
     kfp_local.add_argument("--cache", action="store_true", help="reuse outputs of earlier local runs with the same inputs")
+    kfp_local.add_argument("--stage", dest="stages", action="append", metavar="NAME",
+                           help="run only this stage and the steps it needs (repeatable; default: all)")  # fmt: skip
     kfp_local.set_defaults(run=_pipeline_run_local)
     kfp_submit = kfp_commands.add_parser(
         "submit",
@@ -241,7 +242,7 @@ def _pipeline_run_local(cfg: Config, args: argparse.Namespace) -> None:
 
     from unitask.kubeflow.project import run_local
 
-    run = run_local(cfg, Path(args.output).resolve() if args.output else None, cache=args.cache)
+    run = run_local(cfg, Path(args.output).resolve() if args.output else None, cache=args.cache, stages=args.stages)
     print(f"outputs\t{run}")
 
 

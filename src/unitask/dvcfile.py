@@ -16,6 +16,7 @@ import yaml
 from unitask.codedeps import code_files
 from unitask.config import Config
 from unitask.errors import ConfigError
+from unitask.graph import ITEM, inside, kept
 from unitask.stages import STAGES, Stage
 
 HEADER = """\
@@ -23,7 +24,6 @@ HEADER = """\
 # do not edit by hand. Each stage runs `unitask <stage>`; its params are the config keys it reads,
 # its code deps the unitask modules its function imports. Regenerate after editing tasks or stages.
 """
-ITEM = "${item}"
 
 
 def _format(template: str, cfg: Config) -> str:
@@ -35,7 +35,7 @@ def _paths(templates: tuple[str, ...], cfg: Config) -> list[str]:
 
 
 def _entry(stage: Stage, cfg: Config, root: Path, dropped: set[str]) -> dict[str, Any]:
-    deps = [d for d in _paths(stage.dep_templates(cfg), cfg) if not any(d == o or d.startswith(o + "/") for o in dropped)]
+    deps = [d for d in _paths(stage.dep_templates(cfg), cfg) if not any(inside(d, o) for o in dropped)]
     entry: dict[str, Any] = {
         "cmd": f"unitask {stage.command}" + (f" --task {ITEM}" if stage.per_task else ""),
         "deps": deps + code_files(stage.module, root),
@@ -54,23 +54,13 @@ def _entry(stage: Stage, cfg: Config, root: Path, dropped: set[str]) -> dict[str
     return entry
 
 
-def _outputs(stage: Stage, cfg: Config) -> list[str]:
-    return _paths(stage.outs + stage.plain_outs + stage.metrics, cfg)
-
-
 def render(cfg: Config, root: Path | None = None) -> str:
     """The dvc.yaml text of this config. A stage with no task to run (an empty task list, or no task of
     its types) is left out, and so are the deps on its outputs."""
     root = root or cfg.root
-    kept, dropped = [], set()
-    for stage in STAGES.values():
-        tasks = stage.per_task or stage.runs
-        if tasks is not None and not tasks(cfg):
-            dropped.update(_outputs(stage, cfg))
-        else:
-            kept.append(stage)
-    stages = {stage.name: _entry(stage, cfg, root, dropped) for stage in kept}
-    return HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
+    stages, dropped = kept(cfg)
+    entries = {stage.name: _entry(stage, cfg, root, dropped) for stage in stages}
+    return HEADER + yaml.safe_dump({"stages": entries}, sort_keys=False, width=120)
 
 
 def _stage_entry(text: str, name: str) -> Any:

@@ -89,7 +89,7 @@ def _baseline(cfg: Config, args: argparse.Namespace) -> None:
 def _finetune(cfg: Config, args: argparse.Namespace) -> None:
     from unitask.training.finetune import finetune
     from unitask.training.trainer import is_main_process
-    from unitask.tuning.katib import metric_line
+    from unitask.tuning import metric_line
 
     summary = finetune(cfg, args.task, resume=args.resume)
     if is_main_process():
@@ -187,6 +187,15 @@ class Option:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+# Kubeflow pod defaults (`kubeflow.stages.<stage>` overrides any key; see config.kubeflow.KubeflowStage)
+SMALL_POD: dict[str, Any] = {"cpu": "2", "memory": "8Gi"}
+TRAINING_POD: dict[str, Any] = {"cpu": "8", "memory": "32Gi", "gpus": 1}
+
+
+class ModelPath(str):
+    """An out that is a saved model: Kubeflow passes it on as a Model artifact (other outs as a Dataset)."""
+
+
 RESUME = Option(("--resume",), {"action": "store_true", "help": "continue from the last complete checkpoint"})
 
 
@@ -201,7 +210,7 @@ class Stage:
     summary: str  # one line for `unitask --help`
     description: str  # `unitask <stage> --help`
     function: str  # "module:function" that does the work: its imports are the stage's code deps
-    cli: Callable[[Config, argparse.Namespace], None]
+    cli: Callable[[Config, argparse.Namespace], None] | None = None  # what `unitask <stage>` prints; see `execute`
     options: tuple[Option, ...] = ()
     per_task: Callable[[Config], list[str]] | None = None  # a DVC foreach over these tasks, `--task` required
     runs: Callable[[Config], list[str]] | None = None  # a whole stage's tasks: none means it is left out of DVC
@@ -211,6 +220,8 @@ class Stage:
     metrics: tuple[str, ...] = ()  # DVC metric files (cache: false)
     plain_outs: tuple[str, ...] = ()  # small outputs kept in git's view (cache: false), not metrics
     plots: tuple[tuple[str, dict[str, Any]], ...] = ()
+    pod: dict[str, Any] = field(default_factory=lambda: SMALL_POD)  # Kubeflow: the step's pod
+    trains: bool = False  # runs under torchrun: Kubeflow may launch it as a distributed job (nodes x procs)
 
     @property
     def command(self) -> str:
@@ -223,6 +234,16 @@ class Stage:
     def load(self) -> Callable[..., Any]:
         module, _, name = self.function.partition(":")
         return getattr(importlib.import_module(module), name)
+
+    def execute(self, cfg: Config, args: argparse.Namespace) -> None:
+        """The body of `unitask <stage>`: the declared `cli`, or else the function called with the config
+        (and, per task, `--task`), its result printed as `key<TAB>value` lines."""
+        if self.cli is not None:
+            return self.cli(cfg, args)
+        result = self.load()(cfg, *([args.task] if self.per_task else []))
+        for key, value in (result or {}).items():
+            print(f"{key}\t{json.dumps(value)}")
+        return None
 
     def param_keys(self, cfg: Config) -> list[str]:
         """The config keys this stage reads, with the task-level ones spelled out."""
@@ -252,6 +273,11 @@ def _qa_windows(cfg: Config) -> list[str]:
     """Extractive QA cuts contexts into windows with its task's finetune settings, in every stage."""
     qa = [n for n, t in cfg.tasks.items() if t.type == "extractive_qa"]
     return ["finetune.doc_stride", "finetune.max_answer_length"] + task_keys(cfg, ("finetune",), qa) if qa else []
+
+
+def _image_files(cfg: Config) -> list[str]:
+    """The raw data of the tasks whose rows name files (images)."""
+    return [f"{{c.paths.raw}}/{name}" for name, task in cfg.tasks.items() if task.read.image_path]
 
 
 PREDICTIONS = "{c.paths.reports}/predictions"
@@ -284,6 +310,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         deps=("{c.paths.prepared}/{task}", "{c.paths.raw}/{task}"),  # image files are read from raw
         outs=("{c.paths.reports}/data_docs/{task}",),
         metrics=("{c.paths.reports}/validate/{task}.json",),
+        pod={**SMALL_POD, "retries": 0},  # a failed gate is not transient
     ),
     Stage(
         "pretrain", "continued pretraining of the encoder on unlabeled text (masked-LM or causal-LM)",
@@ -295,8 +322,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "unitask.training.pretrain:pretrain", _pretrain, options=(RESUME,),
         params=("seed", "model", "pretrain", task_data),
         deps=("{c.paths.prepared}", "{c.paths.reports}/validate"),  # train splits only; the gate's summaries
-        outs=("{c.pretrain.output}",),
+        outs=(ModelPath("{c.pretrain.output}"),),
         metrics=("{c.pretrain.metrics}",),
+        pod=TRAINING_POD, trains=True,
     ),
     Stage(
         "baseline", "TF-IDF + linear model baselines for text classification and regression",
@@ -321,9 +349,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         per_task=lambda c: c.finetune_tasks(),
         params=("seed", "model", "finetune", "pretrain.enabled", "tasks.{task}"),
         deps=("{c.paths.prepared}/{task}", "{c.paths.reports}/validate/{task}.json", "{c.pretrain.output}"),
-        outs=("{c.finetune.output}/{task}", PREDICTIONS + "/finetune/{task}.jsonl",
+        outs=(ModelPath("{c.finetune.output}/{task}"), PREDICTIONS + "/finetune/{task}.jsonl",
               PREDICTIONS + "/finetune/validation/{task}.jsonl"),
         metrics=("{c.paths.reports}/finetune/{task}.json",),
+        pod=TRAINING_POD, trains=True,
     ),
     Stage(
         "multitask", "train one shared encoder with a head per text task (multi-task learning)",
@@ -340,8 +369,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         params=("seed", "model", "multitask", "pretrain.enabled", task_data,
                 lambda c: task_keys(c, ("multitask",)), _qa_windows),  # fmt: skip
         deps=("{c.paths.prepared}", "{c.paths.reports}/validate", "{c.pretrain.output}"),
-        outs=("{c.multitask.output}", PREDICTIONS + "/multitask"),
+        outs=(ModelPath("{c.multitask.output}"), PREDICTIONS + "/multitask"),
         metrics=("{c.multitask.metrics}",),
+        pod=TRAINING_POD, trains=True,
     ),
     Stage(
         "multitask_comparison", "compare the multi-task model with the single-task fine-tunes (trains nothing)",
@@ -368,8 +398,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         runs=lambda c: c.llm_tasks(),
         params=("seed", "llm", task_data, lambda c: task_keys(c, ("llm",))),
         deps=("{c.paths.prepared}", "{c.paths.reports}/validate"),
-        outs=("{c.llm.output}", PREDICTIONS + "/llm", PREDICTIONS + "/llm_zeroshot"),
+        outs=(ModelPath("{c.llm.output}"), PREDICTIONS + "/llm", PREDICTIONS + "/llm_zeroshot"),
         metrics=("{c.llm.metrics}",),
+        pod=TRAINING_POD, trains=True,
     ),
     Stage(
         "fusion", "train text+image models (and text-only / image-only baselines) for multimodal tasks",
@@ -383,8 +414,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         runs=lambda c: c.fusion_tasks(),
         params=("seed", "model", "fusion", "pretrain.enabled", task_data),
         deps=("{c.paths.prepared}", "{c.paths.raw}", "{c.paths.reports}/validate", "{c.pretrain.output}"),
-        outs=("{c.fusion.output}", PREDICTIONS + "/fusion", PREDICTIONS + "/fusion_text", PREDICTIONS + "/fusion_image"),
+        outs=(ModelPath("{c.fusion.output}"), PREDICTIONS + "/fusion", PREDICTIONS + "/fusion_text",
+              PREDICTIONS + "/fusion_image"),
         metrics=("{c.paths.reports}/fusion",),
+        pod=TRAINING_POD, trains=True,
     ),
     Stage(
         "evaluate", "score and compare every model on the test splits: tables, plots, an MLflow run",
@@ -399,6 +432,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         deps=(PREDICTIONS,),
         plain_outs=("{c.evaluate.output}/comparison.md", "{c.evaluate.output}/report.json"),
         metrics=("{c.evaluate.output}/comparison.json",),
+        pod={**SMALL_POD, "caching": False},  # its MLflow curves and the registry are outside its inputs
         plots=(
             ("{c.evaluate.output}/plots/confusion", {"template": "confusion", "x": "actual", "y": "predicted",
                                                       "title": "Confusion matrix (test)"}),
@@ -420,7 +454,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "unitask.registry:register", _register,
         params=("register", "tracking", task_data),
         deps=("{c.evaluate.output}/comparison.json", "{c.multitask.output}", "{c.fusion.output}",
-              lambda c: ["{c.llm.output}"] if "llm" in c.register.routes.values() else []),
+              lambda c: ["{c.llm.output}"] if "llm" in c.register.routes.values() else [],
+              "{c.paths.prepared}", _image_files),  # the card counts rows; the input example is a test row
         metrics=("{c.register.output}",),
+        pod={**SMALL_POD, "caching": False},  # the registry's champion is outside its inputs
     ),
 )}  # fmt: skip

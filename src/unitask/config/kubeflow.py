@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
@@ -20,7 +19,8 @@ class Toleration(Strict):
 
 
 class KubeflowStage(Strict):
-    """Resources, retries and caching of one stage's pod."""
+    """Resources, retries and caching of one stage's pod. Under `kubeflow.stages.<stage>`, the keys set
+    override those of the stage's declared pod (`pod=` in src/unitask/stages.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
@@ -53,54 +53,6 @@ class KubeflowStage(Strict):
     def gpus_per_node(self) -> int:
         """The accelerators of one pod (one node of a job): one per process, at least `gpus`."""
         return max(self.gpus, self.procs_per_node) if self.gpus else 0
-
-
-TRAINING_STAGES = ("pretrain", "finetune", "multitask", "fusion", "llm")  # the stages that run under torchrun
-
-STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "prepare": {"cpu": "2", "memory": "8Gi"},
-    "validate": {"cpu": "2", "memory": "8Gi", "retries": 0},  # a failed gate is not transient
-    "pretrain": {"cpu": "8", "memory": "32Gi", "gpus": 1},
-    "baseline": {"cpu": "2", "memory": "8Gi"},
-    "finetune": {"cpu": "8", "memory": "32Gi", "gpus": 1},
-    "multitask": {"cpu": "8", "memory": "32Gi", "gpus": 1},
-    "fusion": {"cpu": "8", "memory": "32Gi", "gpus": 1},
-    "llm": {"cpu": "8", "memory": "32Gi", "gpus": 1},
-    # the gate and the registry depend on the registry's champion, outside the inputs: never cached
-    "evaluate": {"cpu": "2", "memory": "8Gi", "caching": False},
-    "register": {"cpu": "2", "memory": "8Gi", "caching": False},
-}
-
-
-# as on Config: the stages named `validate` and `register` shadow pydantic's deprecated classmethod; noise
-warnings.filterwarnings("ignore", message='Field name "validate" in "KubeflowStages" shadows', category=UserWarning)
-warnings.filterwarnings("ignore", message='Field name "register" in "KubeflowStages" shadows', category=UserWarning)
-
-
-class KubeflowStages(Strict):
-    """One entry per pipeline stage; a key set here overrides only that key of the stage's default."""
-
-    prepare: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["prepare"])
-    validate: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["validate"])
-    pretrain: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["pretrain"])
-    baseline: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["baseline"])
-    finetune: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["finetune"])
-    multitask: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["multitask"])
-    fusion: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["fusion"])
-    llm: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["llm"])
-    evaluate: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["evaluate"])
-    register: KubeflowStage = KubeflowStage(**STAGE_DEFAULTS["register"])
-
-    @model_validator(mode="before")
-    @classmethod
-    def _over_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        merged = {k: v for k, v in data.items() if k not in STAGE_DEFAULTS}  # unknown: refused by extra=forbid
-        for name, defaults in STAGE_DEFAULTS.items():
-            given = data.get(name) or {}
-            merged[name] = {**defaults, **given} if isinstance(given, dict) else given
-        return merged
 
 
 class DistributedJobs(Strict):
@@ -159,8 +111,9 @@ class Kubeflow(Strict):
         default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
         description="taints tolerated by stages with gpus > 0",
     )
-    finetune_parallelism: int = Field(default=0, ge=0, description="tasks fine-tuned at once; 0: all")
-    stages: KubeflowStages = KubeflowStages()
+    stages: dict[str, KubeflowStage] = Field(
+        default_factory=dict, description="per stage, the pod keys that differ from its declared pod (unitask.stages)"
+    )
     job_kind: Literal["trainjob", "pytorchjob"] = Field(
         default="trainjob",
         description="distributed stages run as a Kubeflow Trainer v2 TrainJob, or (Training Operator v1 only) a PyTorchJob",
@@ -196,12 +149,4 @@ class Kubeflow(Strict):
     def _mlflow_env(self) -> Kubeflow:
         if self.mlflow_secret is not None and "MLFLOW_TRACKING_URI" not in self.mlflow_secret.keys.values():
             raise ValueError("mlflow_secret: keys must map one secret key to MLFLOW_TRACKING_URI")
-        return self
-
-    @model_validator(mode="after")
-    def _distributed(self) -> Kubeflow:
-        for name in STAGE_DEFAULTS:
-            stage = getattr(self.stages, name)
-            if stage.distributed and name not in TRAINING_STAGES:
-                raise ValueError(f"stages.{name}: nodes and procs_per_node apply to {', '.join(TRAINING_STAGES)} only")
         return self

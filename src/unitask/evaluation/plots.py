@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from unitask.atomic import write_json
-from unitask.config.kubeflow import TRAINING_STAGES  # the stages that train (and log their curves)
 
 CURVES = ("loss", "eval_loss")  # Trainer's logs, as `MlflowMetrics` logs them into each stage's run
 
@@ -45,7 +44,7 @@ def training_curves(experiment_id: str) -> dict[str, dict[str, list[tuple[int, f
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    runs = mlflow.search_runs(  # tag filters have no IN: the stage is checked below
+    runs = mlflow.search_runs(  # which runs trained is checked below
         experiment_ids=[experiment_id],
         filter_string="attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
@@ -54,8 +53,8 @@ def training_curves(experiment_id: str) -> dict[str, dict[str, list[tuple[int, f
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for run in runs:
         tags = run.data.tags
-        if tags.get("unitask.stage") not in TRAINING_STAGES:
-            continue
+        if "unitask.stage" not in tags or "optuna.trial" in tags or not any(c in run.data.metrics for c in CURVES):
+            continue  # not a stage's run, a tuning trial, or a run that trained nothing
         # a stage may train several models per task (fusion and its baselines: tag unitask.model)
         name = "_".join(filter(None, (tags.get("unitask.model") or tags["unitask.stage"], tags.get("unitask.task"))))
         if name in curves:

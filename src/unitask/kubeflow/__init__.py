@@ -1,7 +1,7 @@
 """The Kubeflow driver of the stages.
 
-`runtime` is what the components (components/stages.py) call inside their pods: it builds a
-workspace (a params.yaml from the pipeline's section parameters, input artifacts linked where the
-stage expects its files), calls the stage function, and copies the stage's outputs into the output
-artifacts. `project` builds, compiles, runs locally and submits the pipeline (pipelines/).
+`pipeline` makes the pipeline from the steps of `unitask.graph` (the graph dvc.yaml runs), with one
+component per step that `components` generates; `runtime.run_stage` is what each component runs in its
+pod; `pods` gives each step's pod settings; `jobs` runs a distributed training stage as a TrainJob or
+PyTorchJob; `project` compiles, runs locally and submits; `schemas` checks what the cluster will read.
 """

@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from unitask.config import Config
-from unitask.config.kubeflow import TRAINING_STAGES, Kubeflow
+from unitask.config.kubeflow import Kubeflow
 from unitask.errors import ConfigError, UnitaskError
+from unitask.kubeflow.pods import pod
+from unitask.stages import STAGES
 
 # kind -> (group, version, plural, Kind, the condition that means success)
 KINDS = {
@@ -64,7 +66,7 @@ def secret_env(kf: Kubeflow) -> list[dict[str, Any]]:
 
 def resources(kf: Kubeflow, stage: str) -> dict[str, Any]:
     """Requests and limits of one pod of `stage` (one node of its job): cpu, memory, one GPU per process."""
-    settings = getattr(kf.stages, stage)
+    settings = pod(kf, stage)
     limits = {k: v for k, v in (("cpu", settings.cpu_limit), ("memory", settings.memory_limit)) if v}
     if settings.gpus_per_node:
         limits[kf.accelerator_type] = str(settings.gpus_per_node)
@@ -73,7 +75,7 @@ def resources(kf: Kubeflow, stage: str) -> dict[str, Any]:
 
 def gpu_placement(kf: Kubeflow, stage: str) -> dict[str, Any]:
     """Node selector and tolerations of a GPU stage (as the pipeline places its pods); none without GPUs."""
-    if not getattr(kf.stages, stage).gpus:
+    if not pod(kf, stage).gpus:
         return {}
     tolerations = [
         {{"toleration_seconds": "tolerationSeconds"}.get(k, k): v for k, v in t.model_dump(exclude_none=True).items()}
@@ -107,17 +109,18 @@ def job_manifest(
     its paths must be on the workspace volume, (PVC name, mount path) `workspace`, by default
     kubeflow.jobs.workspace_pvc at kubeflow.jobs.mount_path."""
     kf = cfg.kubeflow
-    if stage not in TRAINING_STAGES:
-        raise ConfigError(f"kubeflow: {stage} is not a training stage", hint=f"distributed stages: {', '.join(TRAINING_STAGES)}")
-    settings = getattr(kf.stages, stage)
+    if not STAGES[stage].trains:
+        training = ", ".join(name for name, s in STAGES.items() if s.trains)
+        raise ConfigError(f"kubeflow: {stage} is not a training stage", hint=f"distributed stages: {training}")
+    settings = pod(kf, stage)
     kind = kf.job_kind
     group, version, _, kind_name, _ = KINDS[kind]
     metadata = {"name": name, "labels": {"app.kubernetes.io/part-of": "unitask", "unitask.stage": stage, **(labels or {})}}
     volumes, mounts = _volumes(*(workspace or (kf.jobs.workspace_pvc, kf.jobs.mount_path)))
     placement = {**gpu_placement(kf, stage), **({"serviceAccountName": kf.jobs.service_account} if kf.jobs.service_account else {})}
     if kind == "trainjob":
-        pod = {**placement, "volumes": volumes, "containers": [{"name": TRAINER_NODE, "volumeMounts": mounts}]}
-        patch = {"replicatedJobs": [{"name": TRAINER_NODE, "template": {"spec": {"template": {"spec": pod}}}}]}
+        node = {**placement, "volumes": volumes, "containers": [{"name": TRAINER_NODE, "volumeMounts": mounts}]}
+        patch = {"replicatedJobs": [{"name": TRAINER_NODE, "template": {"spec": {"template": {"spec": node}}}}]}
         spec: dict[str, Any] = {
             "runtimeRef": {"apiGroup": group, "kind": kf.jobs.runtime_kind, "name": kf.jobs.runtime},
             "trainer": {
@@ -147,27 +150,6 @@ def job_manifest(
             "pytorchReplicaSpecs": replicas,
         }
     return {"apiVersion": f"{group}/{version}", "kind": kind_name, "metadata": metadata, "spec": spec}
-
-
-def materialize_links(root: Path) -> int:
-    """Replace every symbolic link under `root` by a copy of what it points to; the number replaced.
-
-    The step's workspace links its input artifacts from the step pod's local paths, which the job's
-    nodes cannot see: a workspace on the shared volume must hold real files before the job starts."""
-    import shutil
-
-    replaced = 0
-    for path in sorted(root.rglob("*")):
-        if not path.is_symlink():
-            continue
-        target = path.resolve(strict=True)
-        path.unlink()
-        if target.is_dir():
-            shutil.copytree(target, path, symlinks=False)
-        else:
-            shutil.copy2(target, path)
-        replaced += 1
-    return replaced
 
 
 # ---- the launcher ----------------------------------------------------------------------------

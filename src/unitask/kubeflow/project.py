@@ -1,52 +1,19 @@
-"""Build the pipeline of a project and compile it, run it locally, or submit it to Kubeflow.
-
-`components/` and `pipelines/` are plain folders of the project (not installed): they are loaded
-from the project root (the folder of the params file) or, for a project without them, from the
-unitask checkout this package runs from.
-"""
+"""Compile a project's pipeline (`unitask.kubeflow.pipeline`), run it locally, or submit it to Kubeflow."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from unitask import tracking
 from unitask.config import Config
-from unitask.errors import ConfigError, UnitaskError
+from unitask.errors import UnitaskError
 
-COMPONENTS = Path("components") / "stages.py"
-PIPELINE = Path("pipelines") / "unitask_pipeline.py"
 LOCAL_OUTPUTS = Path("pipelines") / "local_outputs"
-
-
-def _checkout() -> Path:
-    return Path(__file__).resolve().parents[3]
-
-
-def project_files(cfg: Config) -> tuple[Path, Path]:
-    """components/stages.py and pipelines/unitask_pipeline.py of the project (or the checkout)."""
-    for root in (cfg.root, _checkout()):
-        if (root / COMPONENTS).is_file() and (root / PIPELINE).is_file():
-            return root / COMPONENTS, root / PIPELINE
-    raise ConfigError(
-        f"kubeflow: no {COMPONENTS} and {PIPELINE} under {cfg.root} (nor in the unitask checkout)",
-        hint="run from the unitask project, or copy its components/ and pipelines/ folders beside params.yaml",
-    )
-
-
-def _load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # kfp reads each component's source through its module
-    spec.loader.exec_module(module)
-    return module
 
 
 def pipeline_arguments(cfg: Config, local: bool = False) -> dict[str, Any]:
@@ -91,13 +58,12 @@ def _absolute_paths(cfg: Config, args: dict[str, Any]) -> None:
     paths["roots"] = [str(cfg.root.resolve()), *(str(cfg.path(r)) for r in cfg.paths.roots)]
 
 
-def build(cfg: Config, local: bool = False, parallelism: int | None = None) -> Any:
-    """The pipeline (a kfp GraphComponent) for `cfg`, its components in kubeflow.image:tag."""
-    components_file, pipeline_file = project_files(cfg)
-    components = _load(components_file, "unitask_components")
-    pipeline = _load(pipeline_file, "unitask_pipeline")
-    ops = components.build(cfg.kubeflow.image_ref)
-    return pipeline.build_pipeline(cfg, ops, pipeline_arguments(cfg, local=local), parallelism=parallelism)
+def build(cfg: Config, local: bool = False, stages: list[str] | None = None) -> Any:
+    """The pipeline (a kfp GraphComponent) for `cfg`, its components in kubeflow.image:tag; with
+    `stages`, only their steps and those they need."""
+    from unitask.kubeflow.pipeline import build_pipeline
+
+    return build_pipeline(cfg, pipeline_arguments(cfg, local=local), stages)
 
 
 def compile_pipeline(cfg: Config, output: Path | None = None) -> Path:
@@ -105,15 +71,17 @@ def compile_pipeline(cfg: Config, output: Path | None = None) -> Path:
     from kfp import compiler
 
     path = output or cfg.path(cfg.kubeflow.package)
+    pipeline = build(cfg)  # a config error stops here, before anything is written
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build(cfg), str(path))
+    compiler.Compiler().compile(pipeline, str(path))
     return path
 
 
-def run_local(cfg: Config, output: Path | None = None, cache: bool = False) -> Path:
-    """Run the pipeline with kfp's local SubprocessRunner (the current Python, no Docker) and return
-    the run's folder: <output>/<pipeline>-<timestamp>/<task>/<artifact>. Kubernetes settings
-    (GPUs, node selectors, secrets, retries) do not apply locally; the loop runs one task at a time."""
+def run_local(cfg: Config, output: Path | None = None, cache: bool = False, stages: list[str] | None = None) -> Path:
+    """Run the pipeline (with `stages`, only their steps and those they need) with kfp's local
+    SubprocessRunner (the current Python, no Docker), one step at a time, and return the run's folder:
+    <output>/<pipeline>-<timestamp>/<task>/<artifact>. Kubernetes settings (GPUs, node selectors,
+    secrets, retries) do not apply locally."""
     from kfp import local
 
     root = output or cfg.path(str(LOCAL_OUTPUTS))
@@ -126,7 +94,7 @@ def run_local(cfg: Config, output: Path | None = None, cache: bool = False) -> P
         enable_caching=cache,
         cache_root=str(root / ".kfp_cache") if cache else None,
     )
-    pipeline = build(cfg, local=True, parallelism=1)
+    pipeline = build(cfg, local=True, stages=stages)
     print(
         "unitask: running locally: GPUs, CPU/memory requests, node selectors, tolerations, secrets and "
         "retries apply on a cluster only",

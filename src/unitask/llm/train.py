@@ -33,7 +33,7 @@ from unitask.atomic import atomic_dir, write_json
 from unitask.config import Config
 from unitask.errors import ConfigError, DataError
 from unitask.evaluation.metrics import MAIN_METRIC, task_metrics, unit_score
-from unitask.evaluation.predictions import write_predictions
+from unitask.evaluation.predictions import predictions_path, write_predictions
 from unitask.llm.decode import Answerer, Limits, answer_ids, prompt_ids
 from unitask.llm.model import base_model_path, load_base, load_tokenizer
 from unitask.llm.prompts import TaskPrompt
@@ -399,6 +399,8 @@ def score_and_save(cfg: Config, model: Any, tokenizer: Any, prompts: dict[str, T
             write_predictions(cfg, "llm", name, gold, tuned["outputs"][split][name], split)
             if zeroshot is not None:
                 write_predictions(cfg, "llm_zeroshot", name, gold, zeroshot["outputs"][split][name], split)
+    if zeroshot is None:  # still a declared output of the stage (dvc.yaml): there, and empty
+        predictions_path(cfg, "llm_zeroshot", names[0]).parent.mkdir(parents=True, exist_ok=True)
     save_llm(cfg, model, tokenizer, prompts, base_path, summary)
     return summary
 

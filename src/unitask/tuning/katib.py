@@ -26,11 +26,6 @@ JOB_SUCCEEDED = 'status.conditions.#(type=="Complete")#|#(status=="True")#'
 JOB_FAILED = 'status.conditions.#(type=="Failed")#|#(status=="True")#'
 
 
-def metric_line(metric: str, value: float) -> str:
-    """The line `unitask finetune` prints for Katib: validation_<metric>=<value>."""
-    return f"validation_{metric}={value:.6f}"
-
-
 def camel(key: str) -> str:
     """learning_rate -> learningRate (the trial parameter's name in `${trialParameters.NAME}`)."""
     head, *rest = key.split("_")
@@ -104,9 +99,10 @@ def _trial_template(cfg: Config, name: str) -> dict[str, Any]:
     """How Katib runs one trial: a batch/v1 Job in one pod, or, for a distributed fine-tune, the same
     TrainJob/PyTorchJob a pipeline would launch (Katib's katib-config must list the kind in trialResources)."""
     from unitask.kubeflow.jobs import gpu_placement, job_manifest
+    from unitask.kubeflow.pods import pod
 
     kf, settings = cfg.kubeflow, cfg.tune.katib
-    if kf.stages.finetune.distributed:
+    if pod(kf, "finetune").distributed:
         args = [*_trial_args(cfg, name), "--params", f"{settings.mount_path}/params.yaml"]
         job = job_manifest(cfg, "finetune", args, name="", workspace=(settings.workspace_pvc, settings.mount_path))
         del job["metadata"]  # Katib names each trial's job
