@@ -75,7 +75,7 @@ def test_killed_fusion_resumes_to_the_same_metrics(tmp_path: Path) -> None:
 
 
 def test_a_checkpoint_killed_while_its_state_was_written_is_skipped(tmp_path: Path) -> None:
-    from unitask.training.finetune import resume_point
+    from unitask.training.trainer import resume_point
 
     for step, state in ((10, '{"global_step": 10}'), (20, ""), (30, '{"global_st')):  # 20, 30: cut off by a kill
         (tmp_path / f"checkpoint-{step}").mkdir()

@@ -56,3 +56,30 @@ def test_no_module_of_unitask_takes_part_in_an_import_cycle() -> None:
 def test_a_planted_cycle_is_found() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e"}}
     assert cycles(graph) == [["a", "b", "c"]]
+
+
+LONGEST = 60  # lines of one function, its docstring and signature included
+
+
+def long_functions(source: str, limit: int = LONGEST) -> list[tuple[str, int]]:
+    """(name, lines) of each function in `source` longer than `limit` lines; nested ones count in theirs."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+            if lines > limit:
+                found.append((node.name, lines))
+    return found
+
+
+def test_no_function_in_src_is_longer_than_a_screen() -> None:
+    """Declaration tables (STAGES, the schema) are module-level data, not functions."""
+    found = {f"{p.relative_to(PACKAGE)}:{name}": n for p in PACKAGE.rglob("*.py") for name, n in long_functions(p.read_text())}
+    assert found == {}
+
+
+def test_a_planted_long_function_is_found() -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(LONGEST))
+    assert long_functions(f"def short():\n    return 1\n\n\ndef long():\n{body}\n") == [("long", LONGEST + 1)]

@@ -11,13 +11,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, classification_task, keyword_rows
+
 from unitask.config import load_config
+from unitask.config.task_types import TASK_TYPES
 from unitask.data.fetch import fetch
 from unitask.data.hashing import sha256_path
 from unitask.data.prepare import prepare
-from unitask.tasks import TASK_TYPES
 
 SPLITS = ("train", "validation", "test")
 DVC = str(Path(sys.executable).with_name("dvc"))

@@ -7,7 +7,9 @@ import argparse
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from unitask import commands
 from unitask.config import Config, load_config
 from unitask.errors import UnitaskError
 from unitask.stages import STAGES, task_filter
@@ -38,9 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
         "validate it, pretrain, fine-tune, multi-task and fusion training, evaluate, register.",
         epilog=EPILOG,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_data_commands, _stage_commands, _tune_command, _predict_command, _summary_command, _repro_command,
+                _pipeline_commands, _dvc_command):
+        add(subcommands, common)
+    return parser
 
-    data = commands.add_parser("data", help="data sources", description="Work with the declared data sources.")
+
+Subparsers = Any  # argparse's _SubParsersAction
+
+
+def _data_commands(subcommands: Subparsers, common: argparse.ArgumentParser) -> None:
+    data = subcommands.add_parser("data", help="data sources", description="Work with the declared data sources.")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     fetch = data_commands.add_parser(
         "fetch",
@@ -52,15 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     only = task_filter("fetch")
     fetch.add_argument(*only.flags, **only.kwargs)
     fetch.add_argument("--force", action="store_true", help="fetch again even when data/raw is up to date")
-    fetch.set_defaults(run=_fetch)
+    fetch.set_defaults(run=commands.fetch_command)
 
+
+def _stage_commands(subcommands: Subparsers, common: argparse.ArgumentParser) -> None:
+    """One subcommand per declared stage: its help and options from the declaration."""
     for stage in STAGES.values():
-        sub = commands.add_parser(stage.command, parents=[common], help=stage.summary, description=stage.description)
+        sub = subcommands.add_parser(stage.command, parents=[common], help=stage.summary, description=stage.description)
         for option in stage.options:
             sub.add_argument(*option.flags, **option.kwargs)
-        sub.set_defaults(run=stage.execute)
+        sub.set_defaults(run=commands.STAGE_BODIES.get(stage.name, stage.execute))
 
-    tune = commands.add_parser(
+
+def _tune_command(subcommands: Subparsers, common: argparse.ArgumentParser) -> None:
+    tune = subcommands.add_parser(
         "tune",
         parents=[common],
         help="hyperparameter search for a task's fine-tuning (Optuna; also writes a Katib Experiment)",
@@ -73,9 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--stage", default="finetune", choices=["finetune"], help="the stage to tune (default: %(default)s)")
     tune.add_argument("--task", required=True, metavar="NAME", help="the task to tune")
-    tune.set_defaults(run=_tune)
+    tune.set_defaults(run=commands.tune_command)
 
-    predict = commands.add_parser(
+
+def _predict_command(subcommands: Subparsers, common: argparse.ArgumentParser) -> None:
+    predict = subcommands.add_parser(
         "predict",
         parents=[common],
         help="answer one input (or a JSON-lines file of them) with a saved model",
@@ -93,9 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--image", metavar="FILE", help="the image of a text+image task")
     predict.add_argument("--input", metavar="FILE", help="JSON lines of rows to answer instead (- reads standard input)")
     predict.add_argument("--model", metavar="DIR", help="one saved model folder instead of the defaults above")
-    predict.set_defaults(run=_predict)
+    predict.set_defaults(run=commands.predict_command)
 
-    summary = commands.add_parser(
+
+def _summary_command(subcommands: Subparsers, common: argparse.ArgumentParser) -> None:
+    summary = subcommands.add_parser(
         "summary",
         parents=[common],
         help="what to read after a pipeline run: each model's main metric per task, the champion, where to look",
@@ -104,9 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Model training view with the filter for the last pipeline run, comparison.md, `dvc plots show`.",
     )
     summary.add_argument("--link", action="store_true", help="print only the experiment's link in the MLflow UI")
-    summary.set_defaults(run=_summary)
+    summary.set_defaults(run=commands.summary_command)
 
-    repro = commands.add_parser(
+
+def _repro_command(subcommands: Subparsers, common: argparse.ArgumentParser) -> None:
+    repro = subcommands.add_parser(
         "repro",
         parents=[common],
         help="`dvc repro` as one pipeline run in MLflow: the stages' runs nest under one parent",
@@ -115,9 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Arguments after `--` go to dvc, e.g. `unitask repro -- finetune --force`.",
     )
     repro.add_argument("dvc_args", nargs=argparse.REMAINDER, help="arguments for `dvc repro`")
-    repro.set_defaults(run=_repro)
+    repro.set_defaults(run=commands.repro_command)
 
-    kfp_group = commands.add_parser(
+
+def _pipeline_commands(subcommands: Subparsers, common: argparse.ArgumentParser) -> None:
+    kfp_group = subcommands.add_parser(
         "pipeline",
         help="Kubeflow Pipelines: compile, run locally, submit",
         description="The graph dvc.yaml runs, as Kubeflow Pipelines: one component per step (a stage, or one task "
@@ -133,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Secrets are referenced by name only.",
     )
     kfp_compile.add_argument("--output", metavar="FILE", help="write here instead of kubeflow.package")
-    kfp_compile.set_defaults(run=_pipeline_compile)
+    kfp_compile.set_defaults(run=commands.pipeline_compile_command)
     kfp_local = kfp_commands.add_parser(
         "run-local",
         parents=[common],
@@ -146,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     kfp_local.add_argument("--cache", action="store_true", help="reuse outputs of earlier local runs with the same inputs")
     kfp_local.add_argument("--stage", dest="stages", action="append", metavar="NAME",
                            help="run only this stage and the steps it needs (repeatable; default: all)")  # fmt: skip
-    kfp_local.set_defaults(run=_pipeline_run_local)
+    kfp_local.set_defaults(run=commands.pipeline_run_local_command)
     kfp_submit = kfp_commands.add_parser(
         "submit",
         parents=[common],
@@ -162,9 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-cache", dest="enable_caching", action="store_const", const=False, default=None,
         help="run every task again, whatever kubeflow.stages.<stage>.caching says",
     )
-    kfp_submit.set_defaults(run=_pipeline_submit)
+    kfp_submit.set_defaults(run=commands.pipeline_submit_command)
 
-    dvc = commands.add_parser(
+
+def _dvc_command(subcommands: Subparsers, common: argparse.ArgumentParser) -> None:
+    dvc = subcommands.add_parser(
         "dvc",
         parents=[common],
         help="write dvc.yaml from the stage declarations and this config",
@@ -174,83 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         "refuse a dvc.yaml that is out of date.",
     )
     dvc.add_argument("--check", action="store_true", help="write nothing; exit 2 when dvc.yaml is out of date")
-    dvc.set_defaults(run=_dvc)
-    return parser
-
-
-def _fetch(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.data.fetch import fetch
-
-    for name, digest in fetch(cfg, args.tasks, force=args.force).items():
-        print(f"{name}\tsha256:{digest}")
-
-
-def _tune(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.tuning.search import tune
-
-    summary = tune(cfg, args.stage, args.task, report=lambda line: print(line, flush=True))
-    best = " ".join(f"{k}={v}" for k, v in summary["best_params"].items())
-    print(f"best\t{summary['metric']} {summary['best_value']:.4f}\t{best}\t({summary['complete']} complete, "
-          f"{summary['pruned']} pruned, {summary['seconds']:.0f} s)")
-    print(f"params\t{summary['params_file']}\nkatib\t{summary['katib_file']}")
-
-
-def _predict(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.inference.command import predict_command
-
-    predict_command(cfg, args)
-
-
-def _dvc(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask import dvcfile
-
-    if args.check:
-        dvcfile.check(cfg)
-        print(f"up to date\t{dvcfile.dvc_file(cfg)}")
-    else:
-        print(f"wrote\t{dvcfile.write(cfg)}")
-
-
-def _summary(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.summary import link, summary
-
-    print(link(cfg) if args.link else summary(cfg))
-
-
-def _repro(cfg: Config, args: argparse.Namespace) -> None:
-    import subprocess
-
-    from unitask.tracking import pipeline
-
-    with pipeline(cfg, "dvc"):
-        # the dvc of this environment (python -m dvc), whatever PATH holds
-        done = subprocess.run([sys.executable, "-m", "dvc", "repro", *[a for a in args.dvc_args if a != "--"]], cwd=cfg.root)
-        if done.returncode:
-            raise UnitaskError(f"dvc repro exited with {done.returncode}", hint="see dvc's message above")
-
-
-def _pipeline_compile(cfg: Config, args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from unitask.kubeflow.project import compile_pipeline
-
-    print(f"compiled\t{compile_pipeline(cfg, Path(args.output).resolve() if args.output else None)}")
-
-
-def _pipeline_run_local(cfg: Config, args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from unitask.kubeflow.project import run_local
-
-    run = run_local(cfg, Path(args.output).resolve() if args.output else None, cache=args.cache, stages=args.stages)
-    print(f"outputs\t{run}")
-
-
-def _pipeline_submit(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.kubeflow.project import submit
-
-    run_id = submit(cfg, args.host, args.experiment, args.run_name, args.namespace, args.enable_caching)
-    print(f"run\t{run_id}")
+    dvc.set_defaults(run=commands.dvc_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

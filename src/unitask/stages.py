@@ -4,12 +4,14 @@
 - DVC: `dvc.yaml` is generated from it (`unitask dvc`; `unitask.dvcfile`), with the config keys each
   stage reads as `params`, the files it reads and writes, and as code deps the modules its function
   really imports (`unitask.codedeps`);
-- Kubeflow: each component receives the params YAML of exactly the keys its stage reads
-  (`unitask.kubeflow.runtime`), so the config a pod loads is the one compiled in.
+- Kubeflow: the pipeline is the steps of `unitask.graph` (the graph dvc.yaml runs), each a
+  generated component that runs `unitask <stage>` in its pod (`unitask.kubeflow`), on the pod the
+  declaration asks for (`pod`, and `trains` for a distributed job).
 
-Adding a stage is one function (`stage(cfg, ...)` somewhere under `unitask`) plus one `Stage` here.
-Paths in `deps`/`outs`/`metrics` are format strings over the config (`{c.paths.prepared}`) and, in
-per-task stages, the task (`{task}`, which DVC's foreach fills in).
+Adding a stage is one module with its function (`stage(cfg[, task])`) plus one `Stage` here; what
+`unitask <stage>` prints is its body in `unitask.commands.STAGE_BODIES`, or the function's result. Paths in
+`deps`/`outs`/`metrics` are format strings over the config (`{c.paths.prepared}`) and, in per-task
+stages, the task (`{task}`, which DVC's foreach fills in).
 """
 
 from __future__ import annotations
@@ -43,137 +45,6 @@ def task_data(cfg: Config) -> list[str]:
 
 
 Params = tuple[str | Callable[[Config], list[str]], ...]
-
-
-# ---- the CLI bodies: call the stage, print what a person reads ----------------------------------
-
-
-def _tasks(args: argparse.Namespace, default: Callable[[], list[str]]) -> list[str]:
-    return list(args.tasks) if getattr(args, "tasks", None) else default()
-
-
-def _prepare(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.data.prepare import prepare
-
-    for name, summary in prepare(cfg, args.tasks).items():
-        print(f"{name}\t" + json.dumps(summary["rows"]))
-
-
-def _validate(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.validation import validate
-
-    for name, summary in validate(cfg, args.tasks).items():
-        counts = summary["expectations"]
-        warned = f", {counts['failed_warn']} warned" if counts["failed_warn"] else ""
-        print(f"{name}\t{summary['status']}\t{summary['rows_checked']} rows, {counts['evaluated']} expectations{warned}")
-
-
-def _pretrain(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.training.pretrain import pretrain
-    from unitask.training.trainer import is_main_process
-
-    result = pretrain(cfg, resume=args.resume)
-    if cfg.pretrain.enabled and is_main_process():
-        held = result["heldout"]
-        print(f"held-out perplexity\t{held['perplexity_before']:.2f} -> {held['perplexity_after']:.2f}")
-        print(f"encoder\t{cfg.path(cfg.pretrain.output)}")
-
-
-def _baseline(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.baselines import baseline, baseline_tasks
-
-    for name in _tasks(args, lambda: baseline_tasks(cfg)):
-        _print_scores(name, baseline(cfg, name))
-
-
-def _finetune(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.training.finetune import finetune
-    from unitask.training.trainer import is_main_process
-    from unitask.tuning import metric_line
-
-    summary = finetune(cfg, args.task, resume=args.resume)
-    if is_main_process():
-        _print_scores(args.task, summary)
-        metric = summary["main_metric"]
-        print(metric_line(metric, summary["validation"][metric]))  # for Katib's metrics collector
-
-
-def _multitask(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.training.multitask import multitask
-    from unitask.training.trainer import is_main_process
-
-    summary = multitask(cfg, resume=args.resume)
-    if is_main_process():
-        for name, metric in summary["main_metrics"].items():
-            print(f"{name}\tvalidation {metric} {summary['validation'][name][metric]:.4f}"
-                  f"\ttest {metric} {summary['test'][name][metric]:.4f}")
-        print(f"mean\tvalidation {summary['validation']['mean_score']:.4f}\ttest {summary['test']['mean_score']:.4f}")
-        print(f"model\t{cfg.path(cfg.multitask.output)}")
-
-
-def _multitask_comparison(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.evaluation.multitask_comparison import compare_multitask
-
-    result = compare_multitask(cfg)
-    for name, row in result["tasks"].items():
-        single = "–" if row["single_task"] is None else f"{row['single_task']:.4f}"
-        print(f"{name}\t{row['metric']}\tsingle-task {single}\tmulti-task {row['multitask']:.4f}")
-    mean, compute = result["mean"], result["compute"]
-    print(f"mean\tsingle-task {mean['single_task']:.4f}\tmulti-task {mean['multitask']:.4f}")
-    print(f"seconds\tsingle-task {compute['single_task']['seconds']:.0f}\tmulti-task {compute['multitask']['seconds']:.0f}")
-    print(f"comparison\t{cfg.path(cfg.multitask.comparison)}")
-
-
-def _llm(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.llm.train import llm
-    from unitask.training.trainer import is_main_process
-
-    summary = llm(cfg, resume=args.resume)
-    if is_main_process():
-        for name, metric in summary["main_metrics"].items():
-            zero = summary["zeroshot"]["test"][name][metric] if summary["zeroshot"] else float("nan")
-            print(f"{name}\ttest {metric}\tllm {summary['test'][name][metric]:.4f}\tllm_zeroshot {zero:.4f}"
-                  f"\tunparsed {summary['test'][name]['unparsed']}")
-        print(f"model\t{cfg.path(cfg.llm.output)}")
-
-
-def _fusion(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.training.fusion import fusion
-
-    from unitask.training.trainer import is_main_process
-
-    names = _tasks(args, cfg.fusion_tasks)
-    if not names:
-        print("fusion\tno text+image task to train (fusion.tasks, or no multimodal_classification task declared)")
-    for name in names:
-        summary = fusion(cfg, name, resume=args.resume)
-        if not is_main_process():
-            continue
-        metric = summary["main_metric"]
-        cells = "\t".join(f"{m} {r['test'][metric]:.4f}" for m, r in summary["models"].items())
-        print(f"{name}\ttest {metric}\t{cells}")
-
-
-def _evaluate(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.evaluation.stage import evaluate
-
-    result = evaluate(cfg)
-    for task, entry in result["tasks"].items():
-        main = entry["main_metric"]
-        cells = "\t".join(f"{m} {v[main]:.4f}" for m, v in result["table"][task].items())
-        print(f"{task}\t{main}\t{cells}")
-
-
-def _register(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.registry import register
-
-    decision = register(cfg)
-    print(f"{decision['name']}\tversion {decision['version']}\t{decision['decision']}: {decision['reason']}")
-
-
-def _print_scores(name: str, summary: dict[str, Any]) -> None:
-    metric = summary["main_metric"]
-    print(f"{name}\tvalidation {metric} {summary['validation'][metric]:.4f}\ttest {metric} {summary['test'][metric]:.4f}")
 
 
 # ---- the declaration ------------------------------------------------------------------------------
@@ -210,7 +81,6 @@ class Stage:
     summary: str  # one line for `unitask --help`
     description: str  # `unitask <stage> --help`
     function: str  # "module:function" that does the work: its imports are the stage's code deps
-    cli: Callable[[Config, argparse.Namespace], None] | None = None  # what `unitask <stage>` prints; see `execute`
     options: tuple[Option, ...] = ()
     per_task: Callable[[Config], list[str]] | None = None  # a DVC foreach over these tasks, `--task` required
     runs: Callable[[Config], list[str]] | None = None  # a whole stage's tasks: none means it is left out of DVC
@@ -236,14 +106,11 @@ class Stage:
         return getattr(importlib.import_module(module), name)
 
     def execute(self, cfg: Config, args: argparse.Namespace) -> None:
-        """The body of `unitask <stage>`: the declared `cli`, or else the function called with the config
-        (and, per task, `--task`), its result printed as `key<TAB>value` lines."""
-        if self.cli is not None:
-            return self.cli(cfg, args)
+        """`unitask <stage>` for a stage without a body in `unitask.commands`: the function called with
+        the config (and, per task, `--task`), its result printed as `key<TAB>value` lines."""
         result = self.load()(cfg, *([args.task] if self.per_task else []))
         for key, value in (result or {}).items():
             print(f"{key}\t{json.dumps(value)}")
-        return None
 
     def param_keys(self, cfg: Config) -> list[str]:
         """The config keys this stage reads, with the task-level ones spelled out."""
@@ -288,7 +155,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "Read data/raw/<task>, map columns to roles, drop empty and duplicate examples, and write seeded, "
         "stratified, disjoint splits to data/prepared/<task>/*.parquet with a summary in reports/prepare/<task>.json "
         "(the label distribution per split in <task>.labels.json beside it).",
-        "unitask.data.prepare:prepare", _prepare, options=(task_filter("prepare"),),
+        "unitask.data.prepare:prepare", options=(task_filter("prepare"),),
         per_task=lambda c: list(c.tasks),
         params=("seed", "prepare", "tasks.{task}"),
         deps=("{c.paths.raw}/{task}",),
@@ -304,7 +171,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "balance, and the share of rows longer than model.max_length. Writes reports/validate/<task>.json, Data Docs "
         "HTML in reports/data_docs/<task>/, and an MLflow run. Exits non-zero when a check of severity `error` fails, "
         "naming task, split, column, check and up to 5 rows by id; validate.severity sets checks to `warn`.",
-        "unitask.validation:validate", _validate, options=(task_filter("validate"),),
+        "unitask.validation:validate", options=(task_filter("validate"),),
         per_task=lambda c: list(c.tasks),
         params=("validate", "model.max_length", "tasks.{task}"),
         deps=("{c.paths.prepared}/{task}", "{c.paths.raw}/{task}"),  # image files are read from raw
@@ -319,7 +186,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "(pretrain.objective). Reports held-out perplexity before and after in reports/pretrain.json and MLflow, and "
         "saves the encoder (safetensors) with its tokenizer to pretrain.output, where fine-tuning starts when "
         "pretrain.enabled is true. Runs under `torchrun --nproc_per_node=N -m unitask.cli pretrain ...` as DDP.",
-        "unitask.training.pretrain:pretrain", _pretrain, options=(RESUME,),
+        "unitask.training.pretrain:pretrain", options=(RESUME,),
         params=("seed", "model", "pretrain", task_data),
         deps=("{c.paths.prepared}", "{c.paths.reports}/validate"),  # train splits only; the gate's summaries
         outs=(ModelPath("{c.pretrain.output}"),),
@@ -330,7 +197,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "baseline", "TF-IDF + linear model baselines for text classification and regression",
         "Fit TF-IDF (word 1-2 grams) + logistic regression or ridge on each task's train split, pick the strength on "
         "validation, and write validation and test metrics to reports/baseline/<task>.json and MLflow.",
-        "unitask.baselines:baseline", _baseline, options=(task_filter("score"),),
+        "unitask.baselines:baseline", options=(task_filter("score"),),
         runs=lambda c: _baseline_tasks(c),
         params=("seed", task_data),
         deps=("{c.paths.prepared}", "{c.paths.reports}/validate"),
@@ -344,7 +211,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "validation metric. Settings: the finetune section, with the task's own tasks.<task>.finetune on top. Writes "
         "finetune.output/<task> (safetensors, tokenizer, labels.json), reports/finetune/<task>.json and an MLflow run. "
         "Runs under `torchrun --nproc_per_node=N -m unitask.cli finetune ...` as DDP.",
-        "unitask.training.finetune:finetune", _finetune,
+        "unitask.training.finetune:finetune",
         options=(Option(("--task",), {"required": True, "metavar": "NAME", "help": "the task to fine-tune"}), RESUME),
         per_task=lambda c: c.finetune_tasks(),
         params=("seed", "model", "finetune", "pretrain.enabled", "tasks.{task}"),
@@ -364,7 +231,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "model for every task: `unitask predict` answers from it), reports/multitask.json, test predictions in "
         "reports/predictions/multitask/ and an MLflow run. Runs under `torchrun --nproc_per_node=N -m unitask.cli "
         "multitask ...` as DDP: every process trains the step's task on its share of the batch.",
-        "unitask.training.multitask:multitask", _multitask, options=(RESUME,),
+        "unitask.training.multitask:multitask", options=(RESUME,),
         runs=lambda c: c.multitask_tasks(),
         params=("seed", "model", "multitask", "pretrain.enabled", task_data,
                 lambda c: task_keys(c, ("multitask",)), _qa_windows),  # fmt: skip
@@ -378,7 +245,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "Compare the multi-task model with the single-task fine-tunes: test metric per task and averaged, with the "
         "training time and examples each side spent, in multitask.comparison (JSON and a Markdown table) and the "
         "multi-task MLflow run.",
-        "unitask.evaluation.multitask_comparison:compare_multitask", _multitask_comparison,
+        "unitask.evaluation.multitask_comparison:compare_multitask",
         runs=lambda c: c.multitask_tasks(),
         params=("multitask.comparison",),
         deps=("{c.multitask.metrics}", "{c.paths.reports}/finetune"),
@@ -394,7 +261,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "score it again. Writes test predictions to reports/predictions/{llm,llm_zeroshot}/, llm.metrics, llm.output "
         "(adapters, tokenizer, unitask-model.json: `unitask predict --model` answers from it) and an MLflow run. "
         "Runs under `torchrun --nproc_per_node=N -m unitask.cli llm ...` as DDP (llm.fsdp.enabled: FSDP2 on GPUs).",
-        "unitask.llm.train:llm", _llm, options=(RESUME,),
+        "unitask.llm.train:llm", options=(RESUME,),
         runs=lambda c: c.llm_tasks(),
         params=("seed", "llm", task_data, lambda c: task_keys(c, ("llm",))),
         deps=("{c.paths.prepared}", "{c.paths.reports}/validate"),
@@ -410,7 +277,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "augmentation (fusion.augment). With fusion.baselines, a text-only and an image-only model get the same "
         "budget. Writes fusion.output/<task>, reports/fusion/<task>.json (all models side by side), test predictions "
         "in reports/predictions/{fusion,fusion_text,fusion_image}/<task>.jsonl, and one MLflow run per model.",
-        "unitask.training.fusion:fusion", _fusion, options=(task_filter("train"), RESUME),
+        "unitask.training.fusion:fusion", options=(task_filter("train"), RESUME),
         runs=lambda c: c.fusion_tasks(),
         params=("seed", "model", "fusion", "pretrain.enabled", task_data),
         deps=("{c.paths.prepared}", "{c.paths.raw}", "{c.paths.reports}/validate", "{c.pretrain.output}"),
@@ -427,7 +294,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "metric), comparison.md, report.json (per-class reports, confusion matrices) and plots/ for `dvc plots show` "
         "(confusion matrices, metric by model, training curves from the training stages' MLflow runs); the MLflow "
         "run `evaluate` holds them with PNG figures.",
-        "unitask.evaluation.stage:evaluate", _evaluate,
+        "unitask.evaluation.stage:evaluate",
         params=("evaluate", "fusion.baselines", task_data),
         deps=(PREDICTIONS,),
         plain_outs=("{c.evaluate.output}/comparison.md", "{c.evaluate.output}/report.json"),
@@ -451,11 +318,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "current champion on register.gate.primary and no task's main metric drops by more than "
         "register.gate.max_task_regression. The decision and its numbers go to register.output and the MLflow run "
         "`register`. Rerunning with unchanged models and metrics registers nothing new.",
-        "unitask.registry:register", _register,
+        "unitask.registry:register",
         params=("register", "tracking", task_data),
         deps=("{c.evaluate.output}/comparison.json", "{c.multitask.output}", "{c.fusion.output}",
               lambda c: ["{c.llm.output}"] if "llm" in c.register.routes.values() else [],
-              "{c.paths.prepared}", _image_files),  # the card counts rows; the input example is a test row
+              "{c.paths.prepared}", _image_files,  # the card counts rows; the input example is a test row
+              "{c.paths.reports}/validate"),  # the card lists the data gate's warnings
         metrics=("{c.register.output}",),
         pod={**SMALL_POD, "caching": False},  # the registry's champion is outside its inputs
     ),

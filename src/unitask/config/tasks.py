@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from unitask.config.base import ProjectPath, Strict
-from unitask.tasks import ROLES, TASK_TYPES
+from unitask.config.task_types import ROLES, TASK_TYPES
 
 TaskTypeName = Literal[tuple(TASK_TYPES)]  # type: ignore[valid-type]
 Role = Literal[ROLES]  # type: ignore[valid-type]

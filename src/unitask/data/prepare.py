@@ -14,10 +14,11 @@ from tqdm import tqdm
 
 from unitask.atomic import atomic_dir, write_json
 from unitask.config import SPLITS, Config, TaskConfig
+from unitask.config.task_types import TASK_TYPES, TEXT_ROLES
 from unitask.data.fetch import raw_entry
 from unitask.data.readers import read_table
 from unitask.errors import ConfigError, DataError
-from unitask.tasks import TASK_TYPES, TEXT_ROLES, example_keys
+from unitask.tasks import example_keys
 from unitask.tracking import flatten, log_source, stage_run
 
 

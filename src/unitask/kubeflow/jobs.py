@@ -219,51 +219,67 @@ def launch(
     kind = next((k for k, v in KINDS.items() if v[3] == manifest.get("kind")), None)
     if kind is None:
         raise UnitaskError(f"kubeflow: cannot launch a {manifest.get('kind')!r}", hint=f"a job of kind {', '.join(v[3] for v in KINDS.values())}")
-    group, version, plural, kind_name, success = KINDS[kind]
+    group, version, plural, kind_name, _ = KINDS[kind]
     name = manifest["metadata"]["name"]
     where = dict(group=group, version=version, namespace=namespace, plural=plural)
     what = f"{kind_name} {namespace}/{name}"
     try:
-        try:
-            api.create_namespaced_custom_object(body=manifest, **where)
-            report(f"unitask: created {what}")
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            existing = api.get_namespaced_custom_object(name=name, **where)
-            if _condition(existing, "Failed") is None:
-                report(f"unitask: following {what}, created by an earlier attempt")
-            else:
-                report(f"unitask: replacing {what}, which failed in an earlier attempt")
-                api.delete_namespaced_custom_object(name=name, body={"propagationPolicy": "Foreground"}, **where)
-                _wait_gone(api, where, name, clock, sleep, poll_seconds, clock() + timeout)
-                api.create_namespaced_custom_object(body=manifest, **where)
-        deadline, seen = clock() + timeout, None
-        while True:
-            obj = api.get_namespaced_custom_object(name=name, **where)
-            if _condition(obj, success) is not None:
-                report(f"unitask: {what}: {success}")
-                return obj
-            failed = _condition(obj, "Failed")
-            if failed is not None:
-                raise UnitaskError(
-                    f"kubeflow: {what} failed: {failed.get('reason', '')}: {failed.get('message', '')}".rstrip(": "),
-                    hint=_pods_hint(kind, namespace, name),
-                )
-            state = ", ".join(c.get("type", "?") for c in (obj.get("status") or {}).get("conditions") or [] if str(c.get("status")) == "True")
-            if state != seen:
-                report(f"unitask: {what}: {state or 'pending'}")
-                seen = state
-            if clock() >= deadline:
-                api.delete_namespaced_custom_object(name=name, body={"propagationPolicy": "Foreground"}, **where)
-                raise UnitaskError(
-                    f"kubeflow: {what} did not finish within {timeout:.0f} s (last: {state or 'pending'}); deleted it",
-                    hint="raise kubeflow.jobs.timeout, or check that the cluster has the nodes and GPUs the job asks for "
-                    f"(kubectl -n {namespace} describe {plural} {name})",
-                )
-            sleep(poll_seconds)
+        _create(api, manifest, where, what, report, lambda: _wait_gone(api, where, name, clock, sleep, poll_seconds, clock() + timeout))
+        return _follow(api, where, name, kind, timeout, poll_seconds, report, clock, sleep)
     except ApiException as exc:
         raise _api_error(exc, f"{what}", kind) from None
+
+
+def _create(api: Any, manifest: dict[str, Any], where: dict[str, str], what: str, report: Callable[[str], None],
+            wait_gone: Callable[[], None]) -> None:  # fmt: skip
+    """Create the job; one left by an earlier attempt is followed (running or done) or replaced (failed)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        api.create_namespaced_custom_object(body=manifest, **where)
+        report(f"unitask: created {what}")
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        existing = api.get_namespaced_custom_object(name=manifest["metadata"]["name"], **where)
+        if _condition(existing, "Failed") is None:
+            report(f"unitask: following {what}, created by an earlier attempt")
+            return
+        report(f"unitask: replacing {what}, which failed in an earlier attempt")
+        api.delete_namespaced_custom_object(name=manifest["metadata"]["name"], body={"propagationPolicy": "Foreground"}, **where)
+        wait_gone()
+        api.create_namespaced_custom_object(body=manifest, **where)
+
+
+def _follow(api: Any, where: dict[str, str], name: str, kind: str, timeout: float, poll_seconds: float,
+            report: Callable[[str], None], clock: Callable[[], float], sleep: Callable[[float], None]) -> dict[str, Any]:  # fmt: skip
+    """Read the job's conditions until it succeeds (its object), fails, or `timeout` passes (deleted)."""
+    _, _, plural, kind_name, success = KINDS[kind]
+    namespace, what = where["namespace"], f"{kind_name} {where['namespace']}/{name}"
+    deadline, seen = clock() + timeout, None
+    while True:
+        obj = api.get_namespaced_custom_object(name=name, **where)
+        if _condition(obj, success) is not None:
+            report(f"unitask: {what}: {success}")
+            return obj
+        failed = _condition(obj, "Failed")
+        if failed is not None:
+            raise UnitaskError(
+                f"kubeflow: {what} failed: {failed.get('reason', '')}: {failed.get('message', '')}".rstrip(": "),
+                hint=_pods_hint(kind, namespace, name),
+            )
+        state = ", ".join(c.get("type", "?") for c in (obj.get("status") or {}).get("conditions") or [] if str(c.get("status")) == "True")
+        if state != seen:
+            report(f"unitask: {what}: {state or 'pending'}")
+            seen = state
+        if clock() >= deadline:
+            api.delete_namespaced_custom_object(name=name, body={"propagationPolicy": "Foreground"}, **where)
+            raise UnitaskError(
+                f"kubeflow: {what} did not finish within {timeout:.0f} s (last: {state or 'pending'}); deleted it",
+                hint="raise kubeflow.jobs.timeout, or check that the cluster has the nodes and GPUs the job asks for "
+                f"(kubectl -n {namespace} describe {plural} {name})",
+            )
+        sleep(poll_seconds)
 
 
 def _wait_gone(api: Any, where: dict[str, str], name: str, clock: Callable[[], float], sleep: Callable[[float], None],

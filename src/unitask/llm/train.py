@@ -20,9 +20,7 @@ the models (the others wait) and writes outputs and the MLflow run.
 
 from __future__ import annotations
 
-import shutil
 import time
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -39,11 +37,10 @@ from unitask.llm.model import base_model_path, load_base, load_tokenizer
 from unitask.llm.prompts import TaskPrompt
 from unitask.models import MANIFEST
 from unitask.tasks.text import read_split, text_task
-from unitask.tracking import flatten, stage_run
+from unitask.tracking import flatten
 from unitask.training.distributed import from_rank_zero, same_on_every_rank, weights_fingerprint
-from unitask.training.finetune import resume_point, sample_rows
-from unitask.training.multitask import TaskCollator, TaskRows
-from unitask.training.sampling import TaskBatchSampler, steps_per_epoch, task_probabilities
+from unitask.training.sampling import TaskBatchSampler, TaskCollator, TaskRows, sample_rows, steps_per_epoch, task_probabilities
+from unitask.training.skeleton import Trained, TrainingRun, run_training
 from unitask.training.trainer import MlflowMetrics, is_main_process, trainer_arguments
 
 IGNORE = -100
@@ -275,14 +272,8 @@ def _score_split(answerer: Answerer, prompts: dict[str, TaskPrompt], frames: dic
     ) / len(prompts)
 
 
-def llm(cfg: Config, resume: bool = False) -> dict[str, Any]:
-    """Score the base model, train LoRA on `llm` tasks, score it; return the summary in `llm.metrics`."""
-    from transformers import set_seed
-
-    stage_started = time.perf_counter()
-    lc = cfg.llm
-    prompts = task_prompts(cfg)
-    names = list(prompts)
+def llm_frames(cfg: Config, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Each task's train rows, its validation and test rows (`eval_rows`) and their gold values."""
     frames: dict[str, dict[str, Any]] = {}
     for name in names:
         train = read_split(cfg, name, "train")
@@ -291,48 +282,55 @@ def llm(cfg: Config, resume: bool = False) -> dict[str, Any]:
         frames[name] = {"train": train, **{s: eval_rows(cfg, name, s) for s in EVAL_SPLITS}}
         task = text_task(cfg, name)
         frames[name]["gold"] = {s: task.gold(frames[name][s]) for s in EVAL_SPLITS}
+    return frames
+
+
+def llm(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Score the base model, train LoRA on `llm` tasks, score it; return the summary in `llm.metrics`."""
+    from transformers import set_seed
+
+    stage_started = time.perf_counter()
+    lc = cfg.llm
+    prompts = task_prompts(cfg)
+    names = list(prompts)
+    frames = llm_frames(cfg, names)
     base_path = base_model_path(cfg)
     tokenizer = load_tokenizer(base_path)
     set_seed(cfg.seed)
     base = load_base(base_path)
-    checkpoints = cfg.path(lc.checkpoints)
-    last = resume_point(checkpoints, resume)
-    main = is_main_process()
-
     model = lora_model(cfg, base, names)
-    trainer, plan = make_trainer(cfg, model, tokenizer, prompts, {n: frames[n]["train"] for n in names}, str(checkpoints))
-    args, sizes, probabilities, steps = trainer.args, plan["sizes"], plan["probabilities"], plan["steps"]
+    trainer, plan = make_trainer(cfg, model, tokenizer, prompts, {n: frames[n]["train"] for n in names}, str(cfg.path(lc.checkpoints)))
     zeroshot = None
     if lc.zeroshot:  # rank 0 scores the base model (the adapters off), the other ranks wait
-        if main:
+        if is_main_process():
             zeroshot = score_zeroshot(cfg, model, tokenizer, prompts, frames)
         trainer.accelerator.wait_for_everyone()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    args, sizes, probabilities = trainer.args, plan["sizes"], plan["probabilities"]
     params = {
         "tasks": ",".join(names), "model": lc.model, "base_path": base_path, "seed": cfg.seed, "bf16": args.bf16,
-        "steps_per_epoch": steps, "world_size": args.world_size, "fsdp": trainer.is_fsdp_enabled,
-        "resumed_from": last or "", "trainable_parameters": trainable,
+        "steps_per_epoch": plan["steps"], "world_size": args.world_size, "fsdp": trainer.is_fsdp_enabled,
+        "trainable_parameters": trainable,
         **{f"train_rows.{n}": s for n, s in sizes.items()},
         **{f"sampling.{n}": round(p, 6) for n, p in probabilities.items()},
         **flatten("llm", lc.model_dump(exclude={"tasks", "rates", "prompts", "lora"})),
         **{f"llm.lora.{k}": (",".join(v) if isinstance(v, list) else v) for k, v in lc.lora.model_dump().items()},
         **{f"llm.rates.{n}": v for n, v in lc.rates.items()},
-    }
-    summary: dict[str, Any] | None = None
-    with stage_run(cfg, "llm", params=params) if main else nullcontext() as run:
-        started = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=last)
-        seconds = time.perf_counter() - started
-        trainer.remove_callback(MlflowMetrics)
-        model = trained_model(cfg, trainer, model, base_path, names)
-        if main:
-            train = {"loss": result.training_loss, "steps": trainer.state.global_step, "seconds": round(seconds, 1),
-                     "examples": sizes, "trainable_parameters": trainable, "world_size": args.world_size,
-                     "fsdp": trainer.is_fsdp_enabled}
-            summary = score_and_save(cfg, model, tokenizer, prompts, frames, base_path, zeroshot,
-                                     {"train": train, "mlflow_run_id": run.info.run_id}, stage_started)
-            shutil.rmtree(checkpoints, ignore_errors=True)
-    return from_rank_zero(summary)
+    }  # fmt: skip
+
+    def finish(trained: Trained) -> dict[str, Any]:
+        """Merge or gather the trained adapters (every process); score and write them (rank 0)."""
+        tuned = trained_model(cfg, trained.trainer, model, base_path, names)
+        summary = None
+        if trained.main:
+            train = {"loss": trained.result.training_loss, "steps": trained.trainer.state.global_step,
+                     "seconds": trained.seconds, "examples": sizes, "trainable_parameters": trainable,
+                     "world_size": args.world_size, "fsdp": trainer.is_fsdp_enabled}  # fmt: skip
+            summary = score_and_save(cfg, tuned, tokenizer, prompts, frames, base_path, zeroshot,
+                                     {"train": train, "mlflow_run_id": trained.run.info.run_id}, stage_started)  # fmt: skip
+        return from_rank_zero(summary)
+
+    return run_training(cfg, TrainingRun("llm", trainer, cfg.path(lc.checkpoints), params), resume, finish)
 
 
 def score_zeroshot(cfg: Config, model: Any, tokenizer: Any, prompts: dict[str, TaskPrompt], frames: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -183,9 +183,17 @@ def model_card(
     split decided, the comparison table from `unitask evaluate`, the gate decision, and known limits
     (with the data gate's warnings). `folders`: the bundled folders, by artifact name; `predictors`:
     the loaded models (the LLM's parameters are counted in it)."""
-    mt = cfg.multitask
-    every = "epoch" if mt.eval_strategy == "epoch" else f"{mt.eval_steps} steps"
     models = {artifact: folder for artifact, folder in folders.items() if artifact != "llm_base"}
+    lines = _model_section(cfg, name, routes, models, predictors) + _data_section(cfg, routes, scores)
+    lines += _decisions_section(cfg, "llm" in models, decision, decided_on)
+    comparison = cfg.path(cfg.evaluate.output) / "comparison.md"
+    if comparison.is_file():
+        body = comparison.read_text(encoding="utf-8").split("\n", 1)[1]
+        lines += ["## Comparison with the other models (validation and test splits)", body.replace("\n## ", "\n### "), ""]
+    return "\n".join(lines + _limits_section(cfg, routes, "llm" in models)) + "\n"
+
+
+def _model_section(cfg: Config, name: str, routes: dict[str, str], models: dict[str, Path], predictors: dict[str, Any] | None) -> list[str]:
     encoders = [folder for artifact, folder in models.items() if artifact != "llm"]
     counted = [f"{artifact} {parameters(folder):,}" for artifact, folder in models.items() if artifact != "llm"]
     lines = [
@@ -204,12 +212,16 @@ def model_card(
         *(["- LLM: see below."] if "llm" in models else []),
         f"- {f'max_length {cfg.model.max_length} tokens, ' if encoders else ''}seed {cfg.seed}.",
         "",
-    ]
+    ]  # fmt: skip
     if "llm" in models:
         llm = (predictors or {}).get("llm")
         lines += llm_facts(models["llm"], routes, llm.answerer.model if llm is not None else None)
         lines += llm_scored_rows(cfg, [task for task, model in routes.items() if model == "llm"])
-    lines += [
+    return lines
+
+
+def _data_section(cfg: Config, routes: dict[str, str], scores: dict[str, dict[str, float]]) -> list[str]:
+    lines = [
         "## Data and metrics",
         "",
         "| task | type | answered by | source | language | train / validation / test rows "
@@ -221,7 +233,13 @@ def model_card(
         row = [task, cfg.tasks[task].type, model, _source(cfg, task), cfg.tasks[task].language or "unknown", counts,
                f"{scores['validation'][task]:.4f}", f"{scores['test'][task]:.4f}"]  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
-    lines += [
+    return lines
+
+
+def _decisions_section(cfg: Config, has_llm: bool, decision: dict[str, Any], decided_on: str) -> list[str]:
+    mt = cfg.multitask
+    every = "epoch" if mt.eval_strategy == "epoch" else f"{mt.eval_steps} steps"
+    return [
         "",
         "## What each split decided",
         "",
@@ -230,7 +248,7 @@ def model_card(
         f"the best validation mean score, scored every {every}), the best model per task in "
         f"`unitask evaluate`, hyperparameters when `unitask tune` searched them, and the registry gate below. "
         f"Fusion trains a fixed number of steps: no checkpoint is chosen"
-        + (", and so does the LLM (its validation scores are reported and gated)." if "llm" in models else "."),
+        + (", and so does the LLM (its validation scores are reported and gated)." if has_llm else "."),
         "- test: nothing; its scores are reported here and in the version's tags only.",
         "",
         "## Registry gate",
@@ -240,15 +258,15 @@ def model_card(
         f"{cfg.register.gate.max_task_regression}.",
         "",
     ]
-    comparison = cfg.path(cfg.evaluate.output) / "comparison.md"
-    if comparison.is_file():
-        body = comparison.read_text(encoding="utf-8").split("\n", 1)[1]
-        lines += ["## Comparison with the other models (validation and test splits)", body.replace("\n## ", "\n### "), ""]
-    lines += ["## Known limits", "", *[f"- {limit}" for limit in LIMITS + (LLM_LIMITS if "llm" in models else [])],
-              f"- Scores come from one training run (seed {cfg.seed}); small splits give wide confidence intervals."]  # fmt: skip
+
+
+def _limits_section(cfg: Config, routes: dict[str, str], has_llm: bool) -> list[str]:
+    """The known limits, with each served task's data gate warnings (reports/validate)."""
+    lines = ["## Known limits", "", *[f"- {limit}" for limit in LIMITS + (LLM_LIMITS if has_llm else [])],
+             f"- Scores come from one training run (seed {cfg.seed}); small splits give wide confidence intervals."]  # fmt: skip
     reports = cfg.path(cfg.paths.reports)
     for task in routes:
         failures = (_json(reports / "validate" / f"{task}.json") or {}).get("failures", {})
         for where, what in sorted(failures.items()):
             lines.append(f"- {task}: data gate warning {where}: {what}")
-    return "\n".join(lines) + "\n"
+    return lines

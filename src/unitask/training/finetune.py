@@ -9,10 +9,7 @@ MLflow run with params, per-evaluation metrics, final metrics and the model. Und
 from __future__ import annotations
 
 import functools
-import shutil
-import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,17 +22,11 @@ from unitask.config import SPLITS, Config
 from unitask.evaluation.predictions import SCORED_SPLITS, write_predictions
 from unitask.models.backbone import load_tokenizer
 from unitask.tasks.text import TextTask, read_split, task_scores, text_task
-from unitask.tracking import flatten, log_datasets, log_trained_model, preflight, stage_run
+from unitask.tracking import flatten, log_trained_model, preflight
 from unitask.training.model import build_model
-from unitask.training.trainer import (
-    MlflowMetrics,
-    UnitaskTrainer,
-    is_main_process,
-    resume_point,
-    selection_arguments,
-    train_from,
-    trainer_arguments,
-)
+from unitask.training.sampling import sample_rows
+from unitask.training.skeleton import Trained, TrainingRun, encoder_name, run_training
+from unitask.training.trainer import MlflowMetrics, UnitaskTrainer, selection_arguments, trainer_arguments
 
 TIMING_KEYS = ("runtime", "samples_per_second", "steps_per_second", "epoch")
 REGULARIZATION = ("weight_decay", "dropout", "head_l1", "early_stopping_patience", "max_steps")
@@ -46,22 +37,17 @@ def scorer(task: TextTask, features: Any, frame: pd.DataFrame) -> Callable[[Any]
     return lambda output: task_scores(task, output.predictions, features, frame)
 
 
-def training_arguments(cfg: Config, task: TextTask, output_dir: Path, quiet: bool = False) -> Any:
-    """`quiet`: no progress bars or printed logs (MLflow still gets them), as in tuning trials."""
+def training_arguments(ft: Any, seed: int, task: TextTask, output_dir: Path, quiet: bool = False) -> Any:
+    """Task `task`'s TrainingArguments from its settings `ft` (`Config.finetune_for`); `quiet`: no
+    progress bars or printed logs (MLflow still gets them), as in tuning trials."""
     from transformers import TrainingArguments
 
-    ft = cfg.finetune_for(task.name)
     return TrainingArguments(
         output_dir=str(output_dir),
         disable_tqdm=quiet,
-        **trainer_arguments(ft, cfg.seed),
-        **selection_arguments(ft, cfg.seed, task.main_metric),
+        **trainer_arguments(ft, seed),
+        **selection_arguments(ft, seed, task.main_metric),
     )
-
-
-def sample_rows(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
-    """A seeded sample of `limit` rows in their original order (all rows when there are no more)."""
-    return frame if limit is None or limit >= len(frame) else frame.sample(n=limit, random_state=seed).sort_index()
 
 
 @dataclass
@@ -75,14 +61,16 @@ class Fit:
     features: dict[str, Any]
 
 
-def build_trainer(cfg: Config, name: str, output_dir: Path, callbacks: list[Any], quiet: bool = False) -> Fit:
-    """The Trainer for task `name` with its settings (`finetune.for_task`): train rows capped by
-    `max_train_rows` and augmented each epoch when `augment` is on, dropout, head L1, early stopping.
-    Checkpoints go to `output_dir`; nothing else is written."""
+def build_trainer(
+    cfg: Config, name: str, output_dir: Path, callbacks: list[Any], quiet: bool = False, settings: Any = None
+) -> Fit:
+    """The Trainer for task `name` with its settings (`settings`, else `cfg.finetune_for(name)`): train
+    rows capped by `max_train_rows` and augmented each epoch when `augment` is on, dropout, head L1,
+    early stopping. Checkpoints go to `output_dir`; nothing else is written."""
     from transformers import EarlyStoppingCallback, PrinterCallback
 
     task = text_task(cfg, name)
-    ft = cfg.finetune_for(name)
+    ft = settings or cfg.finetune_for(name)
     model = build_model(cfg, task, dropout=ft.dropout)
     tokenizer = load_tokenizer(cfg)
     frames = {split: read_split(cfg, name, split) for split in SPLITS}
@@ -96,7 +84,7 @@ def build_trainer(cfg: Config, name: str, output_dir: Path, callbacks: list[Any]
         callbacks = [*callbacks, EarlyStoppingCallback(early_stopping_patience=ft.early_stopping_patience)]
     trainer = UnitaskTrainer(
         model=model,
-        args=training_arguments(cfg, task, output_dir, quiet),
+        args=training_arguments(ft, cfg.seed, task, output_dir, quiet),
         data_collator=task.collator(tokenizer),
         train_dataset=train,
         eval_dataset=features["validation"],
@@ -115,65 +103,54 @@ def finetune(cfg: Config, name: str, resume: bool = False) -> dict[str, Any]:
     preflight(cfg)  # an unreachable tracking server fails the stage before any work
     ft = cfg.finetune_for(name)
     checkpoints = cfg.path(ft.checkpoints) / name
-    last = resume_point(checkpoints, resume)
-    fit = build_trainer(cfg, name, checkpoints, [MlflowMetrics()])
-    task, trainer, tokenizer, frames, features = fit.task, fit.trainer, fit.tokenizer, fit.frames, fit.features
-    args = trainer.args
-    encoder = cfg.pretrain.output if cfg.pretrain.enabled else cfg.model.backbone
-    if cfg.model.backbone_config:
-        encoder = f"config:{cfg.model.backbone_config.get('model_type')}"
+    fit = build_trainer(cfg, name, checkpoints, [MlflowMetrics()], settings=ft)
+    args = fit.trainer.args
     params = {
         "task": name,
         "type": cfg.task(name).type,
-        "encoder": encoder,
+        "encoder": encoder_name(cfg),
         "seed": cfg.seed,
         "max_length": cfg.model.max_length,
         "world_size": args.world_size,
         "bf16": args.bf16,
-        "train_examples": len(frames["train"]),
-        "train_features": len(features["train"]),
-        "resumed_from": last or "",
+        "train_examples": len(fit.frames["train"]),
+        "train_features": len(fit.features["train"]),
         **flatten("finetune", ft.model_dump(exclude={"tasks"})),
         # regularization and stopping, logged even when unset (flatten drops nulls)
         **{f"finetune.{key}": getattr(ft, key) for key in REGULARIZATION},
     }
-    main = is_main_process()
-    with stage_run(cfg, "finetune", name, params=params) if main else nullcontext():
-        if main:
-            log_datasets(cfg, [name])
-        started = time.perf_counter()
-        result = train_from(trainer, last)
-        seconds = time.perf_counter() - started
-        trainer.remove_callback(MlflowMetrics)
-        summary: dict[str, Any] = {
-            "task": name,
-            "type": cfg.task(name).type,
-            "encoder": encoder,
-            "main_metric": task.main_metric,
-            "train": {
-                "loss": result.training_loss,
-                "steps": trainer.state.global_step,
-                "epochs": trainer.state.epoch,
-                "seconds": round(seconds, 1),
-                "examples": len(frames["train"]),
-                "world_size": args.world_size,
-            },
-        }
-        decoded: dict[str, list[dict[str, Any]]] = {}
+    run = TrainingRun("finetune", fit.trainer, checkpoints, params, task=name, datasets=[name])
+    return run_training(cfg, run, resume, functools.partial(_finish, cfg, fit))
+
+
+def _finish(cfg: Config, fit: Fit, trained: Trained) -> dict[str, Any]:
+    """Score and decode validation and test (every process), then write the outputs (the main one)."""
+    task, trainer, name = fit.task, trained.trainer, fit.task.name
+    summary: dict[str, Any] = {
+        "task": name,
+        "type": task.type,
+        "encoder": encoder_name(cfg),
+        "main_metric": task.main_metric,
+        "train": {
+            "loss": trained.result.training_loss,
+            "steps": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
+            "seconds": trained.seconds,
+            "examples": len(fit.frames["train"]),
+            "world_size": trainer.args.world_size,
+        },
+    }
+    decoded: dict[str, list[dict[str, Any]]] = {}
+    for split in SCORED_SPLITS:
+        features, frame = fit.features[split], fit.frames[split]
+        trainer.compute_metrics = scorer(task, features, frame)
+        output = trainer.predict(features, metric_key_prefix=split)
+        summary[split] = {key.removeprefix(f"{split}_"): value for key, value in output.metrics.items() if not key.endswith(TIMING_KEYS)}
+        decoded[split] = task.decode(output.predictions, features, frame)
+    if trained.main:
         for split in SCORED_SPLITS:
-            trainer.compute_metrics = scorer(task, features[split], frames[split])
-            output = trainer.predict(features[split], metric_key_prefix=split)
-            summary[split] = {
-                key.removeprefix(f"{split}_"): value
-                for key, value in output.metrics.items()
-                if not key.endswith(TIMING_KEYS)
-            }
-            decoded[split] = task.decode(output.predictions, features[split], frames[split])
-        if main:
-            for split in SCORED_SPLITS:
-                write_predictions(cfg, "finetune", name, task.gold(frames[split]), decoded[split], split)
-            _write_outputs(cfg, name, task, trainer, tokenizer, summary)
-            shutil.rmtree(checkpoints, ignore_errors=True)
+            write_predictions(cfg, "finetune", name, task.gold(fit.frames[split]), decoded[split], split)
+        _write_outputs(cfg, name, task, trainer, fit.tokenizer, summary)
     return summary
 
 

@@ -9,10 +9,9 @@ with their validation and test metrics side by side, and one MLflow run per mode
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,14 +31,13 @@ from unitask.models.backbone import load_tokenizer, resolve_backbone
 from unitask.models.fusion import FusionCollator, FusionSpec, ImageEncoder, LateFusion, TextEncoder, compose, save_fusion
 from unitask.tasks.sequence import label_outputs, softmax
 from unitask.tasks.text import read_split
-from unitask.tracking import flatten, log_datasets, log_task_metrics, log_trained_model, preflight, stage_run
+from unitask.tracking import flatten, log_task_metrics, log_trained_model, preflight
 from unitask.training.model import build_encoder
+from unitask.training.skeleton import Trained, TrainingRun, encoder_name, run_training
 from unitask.training.trainer import (
     MlflowMetrics,
     UnitaskTrainer,
     is_main_process,
-    resume_point,
-    train_from,
     trainer_arguments,
 )
 
@@ -181,11 +179,7 @@ def build_model(cfg: Config, modalities: tuple[str, ...], num_labels: int) -> Bu
     if "text" in modalities:
         frozen = settings.freeze_text_encoder
         encoders["text"] = TextEncoder(build_encoder(cfg), frozen=frozen, cache_size=settings.text_cache)
-        sources["text_encoder"] = (
-            f"config:{cfg.model.backbone_config.get('model_type')}"
-            if cfg.model.backbone_config and not cfg.pretrain.enabled
-            else (cfg.pretrain.output if cfg.pretrain.enabled else cfg.model.backbone)
-        )
+        sources["text_encoder"] = encoder_name(cfg)
     if "image" in modalities:
         image_model, processor, sources["image_encoder"] = build_image_encoder(cfg)
         encoders["image"] = ImageEncoder(image_model, frozen=settings.freeze_image_encoder, cache_size=settings.image_cache)
@@ -236,6 +230,24 @@ def fusion(cfg: Config, name: str, resume: bool = False) -> dict[str, Any]:
 DONE = "done.json"  # in a model's checkpoint folder: its summary, once its outputs are written
 
 
+def training_arguments(cfg: Config, checkpoints: Path) -> Any:
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(checkpoints),
+        **{**trainer_arguments(cfg.fusion, cfg.seed), "train_sampling_strategy": "random"},
+        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=cfg.fusion.save_steps,
+        save_total_limit=1,
+        save_only_model=False,  # optimizer, scheduler and RNG states too, for --resume
+        remove_unused_columns=False,
+        logging_strategy="steps",
+        logging_first_step=True,
+        data_seed=cfg.seed,
+    )
+
+
 def train_model(
     cfg: Config,
     name: str,
@@ -250,30 +262,11 @@ def train_model(
     """One model (fused or unimodal): train (from the last checkpoint in `checkpoints` with `resume`),
     score validation and test, write its predictions (and, for the fused model, the model folder),
     all in one MLflow run."""
-    import mlflow
-    from transformers import TrainingArguments
-
-    settings = cfg.fusion
-    last = resume_point(checkpoints, resume)
-    datasets, frames = data.datasets(modalities), data.frames
+    datasets = data.datasets(modalities)
     built = build_model(cfg, modalities, len(labels))
-    model = built.model
-    args = TrainingArguments(
-        output_dir=str(checkpoints),
-        **{**trainer_arguments(settings, cfg.seed), "train_sampling_strategy": "random"},
-        eval_strategy="no",
-        save_strategy="steps",
-        save_steps=settings.save_steps,
-        save_total_limit=1,
-        save_only_model=False,  # optimizer, scheduler and RNG states too, for --resume
-        remove_unused_columns=False,
-        logging_strategy="steps",
-        logging_first_step=True,
-        data_seed=cfg.seed,
-    )
     trainer = UnitaskTrainer(
-        model=model,
-        args=args,
+        model=built.model,
+        args=training_arguments(cfg, checkpoints),
         data_collator=FusionCollator(tokenizer, built.processor, modalities),
         train_dataset=datasets["train"],
         callbacks=[MlflowMetrics()],
@@ -284,55 +277,65 @@ def train_model(
         "modalities": ",".join(modalities),
         "seed": cfg.seed,
         "max_length": cfg.model.max_length,
-        "world_size": args.world_size,
-        "bf16": args.bf16,
+        "world_size": trainer.args.world_size,
+        "bf16": trainer.args.bf16,
         "train_examples": len(datasets["train"]),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "resumed_from": last or "",
+        "parameters": sum(p.numel() for p in built.model.parameters()),
         **built.sources,
         **{f"fusion.{k}": json.dumps(v) if isinstance(v, dict) else v
-           for k, v in settings.model_dump(exclude={"tasks"}).items()},  # fmt: skip
+           for k, v in cfg.fusion.model_dump(exclude={"tasks"}).items()},  # fmt: skip
     }
-    main = is_main_process()
-    with stage_run(cfg, "fusion", name, params=params) if main else nullcontext():
-        if main:
-            mlflow.set_tags({"mlflow.runName": f"fusion:{name}:{model_name}", "unitask.model": model_name})
-            log_datasets(cfg, [name])
-        started = time.perf_counter()
-        result = train_from(trainer, last)
-        seconds = time.perf_counter() - started
-        trainer.remove_callback(MlflowMetrics)
-        summary: dict[str, Any] = {
-            "modalities": list(modalities),
-            "parameters": params["parameters"],
-            "train": {"loss": result.training_loss, "steps": trainer.state.global_step,
-                      "epochs": trainer.state.epoch, "seconds": round(seconds, 1), "world_size": args.world_size},
-        }  # fmt: skip
-        outputs: dict[str, list[dict[str, Any]]] = {}
-        for split in ("validation", "test"):
-            logits = trainer.predict(datasets[split]).predictions
-            outputs[split] = label_outputs(softmax(np.asarray(logits, dtype=float)), labels)
-            gold = frames[split]["label"].astype(str).tolist()
-            summary[split] = task_metrics("multimodal_classification", gold, outputs[split])
-            if "group" in frames[split]:  # tasks.<name>.group: accuracy per group (easy_vqa: per question kind)
-                groups = frames[split]["group"].astype(str).tolist()
-                predicted = [o["label"] for o in outputs[split]]
-                summary[split]["by_group"] = group_accuracy(gold, predicted, groups)
-                outputs[split] = [{**o, "group": g} for o, g in zip(outputs[split], groups)]
-        if hasattr(model.fusion_module, "weights"):
-            summary["modality_weights"] = model.fusion_module.weights()
-        if main:
-            for split, decoded in outputs.items():
-                write_predictions(cfg, model_name, name, frames[split]["label"].astype(str).tolist(), decoded, split)
-            mlflow.log_metrics(flatten("train", summary["train"]))
-            results = {split: {name: summary[split]} for split in ("validation", "test")}
-            for split in results:  # accuracy per group (question kind), beside the task's metrics
-                mlflow.log_metrics(flatten(f"{split}/{name}/by_group", summary[split].get("by_group", {})))
-            if model_name == "fusion":
-                log_trained_model(f"fusion-{name}", write_model(cfg, name, built, tokenizer, labels), results)
-            else:  # the one-modality baselines save no model
-                for split, metrics in results.items():
-                    log_task_metrics(split, name, metrics[name])
+    run = TrainingRun("fusion", trainer, checkpoints, params, task=name, datasets=[name], keep_checkpoints=True,
+                      tags={"mlflow.runName": f"fusion:{name}:{model_name}", "unitask.model": model_name})  # fmt: skip
+    finish = functools.partial(_finish, cfg, name, model_name, labels, (datasets, data.frames), built, tokenizer)
+    return run_training(cfg, run, resume, finish)
+
+
+def _scores(trainer: Any, dataset: Any, frame: Any, labels: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One split's metrics and outputs (with accuracy and outputs per group when the task has groups:
+    tasks.<name>.group, e.g. easy_vqa's question kinds)."""
+    outputs = label_outputs(softmax(np.asarray(trainer.predict(dataset).predictions, dtype=float)), labels)
+    gold = frame["label"].astype(str).tolist()
+    metrics = task_metrics("multimodal_classification", gold, outputs)
+    if "group" in frame:
+        groups = frame["group"].astype(str).tolist()
+        metrics["by_group"] = group_accuracy(gold, [o["label"] for o in outputs], groups)
+        outputs = [{**o, "group": g} for o, g in zip(outputs, groups)]
+    return metrics, outputs
+
+
+def _finish(cfg: Config, name: str, model_name: str, labels: list[str], data: tuple[dict[str, Any], dict[str, Any]],
+            built: Built, tokenizer: Any, trained: Trained) -> dict[str, Any]:  # fmt: skip
+    """Score validation and test (every process); write predictions, the fused model and MLflow metrics
+    (the main one). `data`: the model's datasets and the task's frames, per split."""
+    import mlflow
+
+    trainer, modalities = trained.trainer, built.spec.modalities
+    datasets, frames = data
+    summary: dict[str, Any] = {
+        "modalities": list(modalities),
+        "parameters": sum(p.numel() for p in built.model.parameters()),
+        "train": {"loss": trained.result.training_loss, "steps": trainer.state.global_step,
+                  "epochs": trainer.state.epoch, "seconds": trained.seconds, "world_size": trainer.args.world_size},
+    }  # fmt: skip
+    outputs = {}
+    for split in ("validation", "test"):
+        summary[split], outputs[split] = _scores(trainer, datasets[split], frames[split], labels)
+    if hasattr(built.model.fusion_module, "weights"):
+        summary["modality_weights"] = built.model.fusion_module.weights()
+    if not trained.main:
+        return summary
+    for split, decoded in outputs.items():
+        write_predictions(cfg, model_name, name, frames[split]["label"].astype(str).tolist(), decoded, split)
+    mlflow.log_metrics(flatten("train", summary["train"]))
+    results = {split: {name: summary[split]} for split in ("validation", "test")}
+    for split in results:  # accuracy per group (question kind), beside the task's metrics
+        mlflow.log_metrics(flatten(f"{split}/{name}/by_group", summary[split].get("by_group", {})))
+    if model_name == "fusion":
+        log_trained_model(f"fusion-{name}", write_model(cfg, name, built, tokenizer, labels), results)
+    else:  # the one-modality baselines save no model
+        for split, metrics in results.items():
+            log_task_metrics(split, name, metrics[name])
     return summary
 
 

@@ -15,15 +15,14 @@ draw the same task for a step and each takes its shard of that task's global bat
 
 from __future__ import annotations
 
-import shutil
-import time
+import functools
 from collections import defaultdict
-from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 
 from unitask.atomic import atomic_dir, write_json
@@ -34,19 +33,12 @@ from unitask.evaluation.predictions import SCORED_SPLITS, write_predictions
 from unitask.models.backbone import load_tokenizer
 from unitask.models.multitask import HeadSpec, MultitaskModel, save_multitask
 from unitask.tasks.text import TextTask, read_split, text_task
-from unitask.tracking import flatten, log_datasets, log_trained_model, stage_run
+from unitask.tracking import flatten, log_trained_model
 from unitask.training.distributed import same_on_every_rank
 from unitask.training.model import build_encoder
-from unitask.training.sampling import TaskBatchSampler, steps_per_epoch, task_probabilities
-from unitask.training.trainer import (
-    MlflowMetrics,
-    UnitaskTrainer,
-    is_main_process,
-    resume_point,
-    selection_arguments,
-    train_from,
-    trainer_arguments,
-)
+from unitask.training.sampling import TaskBatchSampler, TaskCollator, TaskRows, steps_per_epoch, task_probabilities
+from unitask.training.skeleton import Trained, TrainingRun, encoder_name, run_training
+from unitask.training.trainer import MlflowMetrics, UnitaskTrainer, selection_arguments, trainer_arguments
 from unitask.training.weighting import LossWeighting, make_weighting
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -55,35 +47,6 @@ MEAN = "mean_score"
 
 
 # ---- data ------------------------------------------------------------------------------------
-
-
-class TaskRows(Dataset):
-    """Rows of one or more tasks laid end to end; each item carries its task's index as `task_id`."""
-
-    def __init__(self, parts: list[tuple[int, list[dict[str, Any]]]]) -> None:
-        self.rows = [{**row, "task_id": task} for task, rows in parts for row in rows]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.rows[index]
-
-
-class TaskCollator:
-    """Pads a batch with its task's collator and adds `task_id`; a batch must hold one task."""
-
-    def __init__(self, collators: list[Any]) -> None:
-        self.collators = collators
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        tasks = {f["task_id"] for f in features}
-        if len(tasks) != 1:
-            raise ValueError(f"a multi-task batch must hold one task's examples, not tasks {sorted(tasks)}")
-        (task,) = tasks
-        batch = self.collators[task]([{k: v for k, v in f.items() if k != "task_id"} for f in features])
-        batch["task_id"] = torch.tensor(task)
-        return batch
 
 
 def model_rows(features: Any, keep: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -242,14 +205,27 @@ class WeightingEpochs(TrainerCallback):
 # ---- the stage -------------------------------------------------------------------------------
 
 
-def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
-    """Train the multi-task model on `multitask.tasks`; return the summary written to `multitask.metrics`."""
-    from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+@dataclass
+class Joint:
+    """The multi-task data, model and trainer of one run."""
 
-    mt = cfg.multitask
-    names = cfg.multitask_tasks()
-    if not names:
-        raise ConfigError("multitask: no text tasks to train", hint="declare text tasks, or list them in multitask.tasks")
+    names: list[str]
+    tasks: dict[str, TextTask]
+    frames: dict[str, dict[str, Any]]
+    features: dict[str, dict[str, Any]]
+    tokenizer: Any
+    sizes: dict[str, int]
+    rates: dict[str, float]
+    probabilities: dict[str, float]
+    steps: int
+    sampler: TaskBatchSampler
+    model: MultitaskModel
+    weighting: LossWeighting
+    trainer: Any
+
+
+def task_data(cfg: Config, names: list[str], tokenizer: Any) -> tuple[dict[str, TextTask], dict[str, Any], dict[str, Any]]:
+    """Each task, its splits (every one must have rows) and their features."""
     tasks = {name: text_task(cfg, name) for name in names}
     frames = {name: {split: read_split(cfg, name, split) for split in SPLITS} for name in names}
     for name in names:
@@ -259,15 +235,19 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
                     f"tasks.{name}: the {split} split has no rows; multi-task training needs rows in every split",
                     hint=f"check `unitask prepare --task {name}` (reports/prepare/{name}.json), or leave the task out of multitask.tasks",
                 )
-    tokenizer = load_tokenizer(cfg)
     features = {
         name: {split: tasks[name].encode(frames[name][split], tokenizer, cfg.model.max_length) for split in SPLITS}
         for name in names
     }
-    checkpoints = cfg.path(mt.checkpoints)
-    last = resume_point(checkpoints, resume)
-    args = TrainingArguments(
-        output_dir=str(checkpoints),
+    return tasks, frames, features
+
+
+def training_arguments(cfg: Config) -> Any:
+    from transformers import TrainingArguments
+
+    mt = cfg.multitask
+    return TrainingArguments(
+        output_dir=str(cfg.path(mt.checkpoints)),
         **trainer_arguments(mt, cfg.seed),
         **selection_arguments(mt, cfg.seed, MEAN),
         remove_unused_columns=False,
@@ -277,6 +257,16 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
         # on them would give zero gradients that AdamW's momentum and decay still apply
         ddp_find_unused_parameters=True,
     )
+
+
+def build_joint(cfg: Config, names: list[str]) -> Joint:
+    """Data, batch sampler, model, loss weighting and trainer of the multi-task run."""
+    from transformers import EarlyStoppingCallback, set_seed
+
+    mt = cfg.multitask
+    tokenizer = load_tokenizer(cfg)
+    tasks, frames, features = task_data(cfg, names, tokenizer)
+    args = training_arguments(cfg)
     sizes = {name: len(features[name]["train"]) for name in names}
     rates = {name: cfg.tasks[name].multitask.rate for name in names}
     probabilities = task_probabilities(sizes, mt.sampler, mt.temperature, mt.size_cap, rates)
@@ -286,8 +276,7 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
         [[len(ids) for ids in features[name]["train"]["input_ids"]] for name in names],
         global_batch, [probabilities[n] for n in names], steps, cfg.seed, round_robin=mt.sampler == "round_robin",
         rank=args.process_index, world_size=args.world_size,
-    )
-
+    )  # fmt: skip
     encoder = build_encoder(cfg)
     set_seed(cfg.seed)
     model = MultitaskModel(encoder, {name: HeadSpec(task.type, task.num_labels()) for name, task in tasks.items()})
@@ -304,81 +293,87 @@ def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
     if mt.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=mt.early_stopping_patience))
     trainer = MultitaskTrainer(
-        model=WeightedModel(model, weighting),
-        args=args,
-        data_collator=TaskCollator([tasks[n].collator(tokenizer) for n in names]),
-        train_dataset=train_set,
+        model=WeightedModel(model, weighting), args=args,
+        data_collator=TaskCollator([tasks[n].collator(tokenizer) for n in names]), train_dataset=train_set,
         eval_dataset={name: evaluation[name]["validation"][0] for name in names},  # scored by `evaluate`
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        tasks=tasks,
-        evaluation=evaluation,
-        batch_sampler=sampler,
+        processing_class=tokenizer, callbacks=callbacks, tasks=tasks, evaluation=evaluation, batch_sampler=sampler,
         weighting_lr=mt.weighting_lr,
-    )
-    encoder_name = _encoder_name(cfg)
+    )  # fmt: skip
+    return Joint(names, tasks, frames, features, tokenizer, sizes, rates, probabilities, steps, sampler, model, weighting, trainer)
+
+
+def multitask(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Train the multi-task model on `multitask.tasks`; return the summary written to `multitask.metrics`."""
+    mt = cfg.multitask
+    names = cfg.multitask_tasks()
+    if not names:
+        raise ConfigError("multitask: no text tasks to train", hint="declare text tasks, or list them in multitask.tasks")
+    joint = build_joint(cfg, names)
+    args = joint.trainer.args
     params = {
         "tasks": ",".join(names),
-        "encoder": encoder_name,
+        "encoder": encoder_name(cfg),
         "seed": cfg.seed,
         "max_length": cfg.model.max_length,
         "bf16": args.bf16,
-        "steps_per_epoch": steps,
+        "steps_per_epoch": joint.steps,
         "world_size": args.world_size,
-        "resumed_from": last or "",
-        **{f"train_features.{n}": size for n, size in sizes.items()},
-        **{f"sampling.{n}": round(p, 6) for n, p in probabilities.items()},
+        **{f"train_features.{n}": size for n, size in joint.sizes.items()},
+        **{f"sampling.{n}": round(p, 6) for n, p in joint.probabilities.items()},
         **flatten("multitask", mt.model_dump(exclude={"tasks"})),
         **{f"multitask.{field}.{n}": v for n in names for field, v in cfg.tasks[n].multitask.model_dump().items()},
     }
-    main = is_main_process()
-    with stage_run(cfg, "multitask", params=params) if main else nullcontext() as run:
-        if main:
-            log_datasets(cfg, names)
-        started = time.perf_counter()
-        result = train_from(trainer, last)
-        seconds = time.perf_counter() - started
-        trainer.remove_callback(MlflowMetrics)
-        micro_batches = _micro_batches(trainer.state.global_step, steps, args.gradient_accumulation_steps)
-        seen = sampler.examples_seen(micro_batches)
-        summary: dict[str, Any] = {
-            "tasks": names,
-            "types": {n: tasks[n].type for n in names},
-            "main_metrics": {n: tasks[n].main_metric for n in names},
-            "encoder": encoder_name,
-            "sampler": {"name": mt.sampler, "temperature": mt.temperature, "size_cap": mt.size_cap,
-                        "rates": rates, "probabilities": probabilities},
-            "weighting": {"name": mt.weighting, "final_weights": weighting.weights()},
-            "train": {
-                "loss": result.training_loss,
-                "steps": trainer.state.global_step,
-                "epochs": trainer.state.epoch,
-                "steps_per_epoch": steps,
-                "world_size": args.world_size,
-                "best_step": trainer.state.best_global_step,
-                "seconds": round(seconds, 1),
-                "examples": sizes,
-                "examples_seen": {**{n: seen[i] for i, n in enumerate(names)}, "total": sum(seen)},
-            },
-            "parameters": {
-                "encoder": sum(p.numel() for p in model.encoder.parameters()),
-                "heads": sum(p.numel() for p in model.heads.parameters()),
-            },
-        }
-        decoded: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for split in SCORED_SPLITS:
-            summary[split] = {}
-            for name, task in tasks.items():
-                decoded[name, split], summary[split][name] = trainer.task_outputs(name, split)
-            summary[split][MEAN] = sum(
-                unit_score(t.type, t.main_metric, summary[split][n][t.main_metric]) for n, t in tasks.items()
-            ) / len(tasks)
-        if main:
-            summary["mlflow_run_id"] = run.info.run_id
-            for (name, split), outputs in decoded.items():
-                write_predictions(cfg, "multitask", name, tasks[name].gold(frames[name][split]), outputs, split)
-            _write_outputs(cfg, model, tokenizer, tasks, summary)
-            shutil.rmtree(checkpoints, ignore_errors=True)
+    run = TrainingRun("multitask", joint.trainer, cfg.path(mt.checkpoints), params, datasets=names)
+    return run_training(cfg, run, resume, functools.partial(_finish, cfg, joint))
+
+
+def _summary(cfg: Config, joint: Joint, trained: Trained) -> dict[str, Any]:
+    mt, trainer, names, tasks = cfg.multitask, trained.trainer, joint.names, joint.tasks
+    micro_batches = _micro_batches(trainer.state.global_step, joint.steps, trainer.args.gradient_accumulation_steps)
+    seen = joint.sampler.examples_seen(micro_batches)
+    return {
+        "tasks": names,
+        "types": {n: tasks[n].type for n in names},
+        "main_metrics": {n: tasks[n].main_metric for n in names},
+        "encoder": encoder_name(cfg),
+        "sampler": {"name": mt.sampler, "temperature": mt.temperature, "size_cap": mt.size_cap,
+                    "rates": joint.rates, "probabilities": joint.probabilities},
+        "weighting": {"name": mt.weighting, "final_weights": joint.weighting.weights()},
+        "train": {
+            "loss": trained.result.training_loss,
+            "steps": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
+            "steps_per_epoch": joint.steps,
+            "world_size": trainer.args.world_size,
+            "best_step": trainer.state.best_global_step,
+            "seconds": trained.seconds,
+            "examples": joint.sizes,
+            "examples_seen": {**{n: seen[i] for i, n in enumerate(names)}, "total": sum(seen)},
+        },
+        "parameters": {
+            "encoder": sum(p.numel() for p in joint.model.encoder.parameters()),
+            "heads": sum(p.numel() for p in joint.model.heads.parameters()),
+        },
+    }  # fmt: skip
+
+
+def _finish(cfg: Config, joint: Joint, trained: Trained) -> dict[str, Any]:
+    """Score and decode every task's validation and test rows (every process); write (the main one)."""
+    summary = _summary(cfg, joint, trained)
+    tasks = joint.tasks
+    decoded: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for split in SCORED_SPLITS:
+        summary[split] = {}
+        for name in tasks:
+            decoded[name, split], summary[split][name] = trained.trainer.task_outputs(name, split)
+        summary[split][MEAN] = sum(
+            unit_score(t.type, t.main_metric, summary[split][n][t.main_metric]) for n, t in tasks.items()
+        ) / len(tasks)
+    if trained.main:
+        summary["mlflow_run_id"] = trained.run.info.run_id
+        for (name, split), outputs in decoded.items():
+            write_predictions(cfg, "multitask", name, tasks[name].gold(joint.frames[name][split]), outputs, split)
+        _write_outputs(cfg, joint.model, joint.tokenizer, tasks, summary)
     return summary
 
 
@@ -387,12 +382,6 @@ def _micro_batches(global_step: int, steps: int, accumulation: int) -> int:
     per_epoch = -(-steps // accumulation)
     epochs, rest = divmod(global_step, per_epoch)
     return epochs * steps + min(rest * accumulation, steps)
-
-
-def _encoder_name(cfg: Config) -> str:
-    if cfg.model.backbone_config and not cfg.pretrain.enabled:
-        return f"config:{cfg.model.backbone_config.get('model_type')}"
-    return cfg.pretrain.output if cfg.pretrain.enabled else cfg.model.backbone
 
 
 def _write_outputs(cfg: Config, model: MultitaskModel, tokenizer: Any, tasks: dict[str, TextTask], summary: dict[str, Any]) -> None:

@@ -13,35 +13,32 @@ only rank 0 writes.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import random
-import shutil
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-
 from unitask.atomic import atomic_dir, write_json
 from unitask.config import Config, Corpus, PackageSource
+from unitask.config.task_types import TEXT_ROLES
 from unitask.data.hashing import verify_sha256
 from unitask.data.readers import READERS
 from unitask.data.sources import package_path
 from unitask.errors import ConfigError, DataError, UnitaskError
 from unitask.models import MANIFEST
 from unitask.models.backbone import backbone_path, load_tokenizer
-from unitask.tasks import TEXT_ROLES
 from unitask.tasks.text import read_split
+from unitask.tracking import log_trained_model, preflight
 from unitask.training.model import check_weights
-from unitask.tracking import log_datasets, log_trained_model, preflight, stage_run
+from unitask.training.skeleton import Trained, TrainingRun, run_training
 from unitask.training.trainer import (
     MlflowMetrics,
     UnitaskTrainer,
     is_main_process,
-    resume_point,
-    train_from,
     trainer_arguments,
 )
 
@@ -54,7 +51,6 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
     if not cfg.pretrain.enabled:
         return skip(cfg)
     preflight(cfg)  # an unreachable tracking server fails the stage before any work
-    import mlflow
     from transformers import set_seed
 
     p = cfg.pretrain
@@ -67,13 +63,10 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
     max_length = _check_max_length(cfg, model.config, tokenizer)
     train_set = _tokenize(tokenizer, train_texts, max_length)
     heldout_set = _masked_once(cfg, tokenizer, _tokenize(tokenizer, heldout_texts, max_length))
-
     checkpoints = cfg.path(p.checkpoints)
-    last = resume_point(checkpoints, resume)
-    args = _training_args(cfg, checkpoints)
     trainer = UnitaskTrainer(  # its epoch-seeded, length-grouped batches: the same examples per step for N processes
         model=model,  # as for one, and the same batches after a resume
-        args=args,
+        args=_training_args(cfg, checkpoints),
         # masks seeded by their rows (EpochMaskSeeds): fresh each epoch, the same after a resume, and
         # different on each process, whose rows differ
         data_collator=_Collator(tokenizer, p.objective, p.mlm_probability, cfg.seed),
@@ -89,40 +82,41 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
         "model.backbone_config": cfg.model.backbone_config,
         "model.max_length": max_length,
     }
-    main = is_main_process()
-    with stage_run(cfg, "pretrain", params=params) if main else nullcontext():
-        if main and cfg.pretrain.corpus is None:  # the train splits of the tasks (gather_corpus)
-            log_datasets(cfg, cfg.pretrain.tasks or list(cfg.tasks), splits=("train",))
-        result = train_from(trainer, last)
-        before = _initial_loss(trainer.state.log_history)
-        after = trainer.evaluate(metric_key_prefix="heldout_after")["heldout_after_loss"]
-        metrics = {
-            "objective": p.objective,
-            "corpus": {
-                "source": origin,
-                "train_texts": len(train_texts),
-                "heldout_texts": len(heldout_texts),
-                "train_tokens": sum(len(ids) for ids in train_set["input_ids"]),
-            },
-            "heldout": {
-                "loss_before": before,
-                "loss_after": after,
-                "perplexity_before": _perplexity(before),
-                "perplexity_after": _perplexity(after),
-            },
-            "train_loss": result.training_loss,
-            "steps": result.global_step,
-            "epochs": round(trainer.state.epoch or 0.0, 3),
-            "seconds": round(time.monotonic() - started, 1),
-        }
-        if main:
-            save_encoder(cfg, trainer.model, tokenizer)
-            metrics_file = cfg.path(p.metrics)
-            write_json(metrics_file, metrics)
-            mlflow.log_metrics({f"pretrain.{k}": v for k, v in metrics["heldout"].items()})
-            mlflow.log_artifact(str(metrics_file))
-            log_trained_model("pretrain", cfg.path(p.output), {"validation": {"heldout": metrics["heldout"]}})
-            shutil.rmtree(checkpoints, ignore_errors=True)
+    corpus = {"source": origin, "train_texts": len(train_texts), "heldout_texts": len(heldout_texts),
+              "train_tokens": sum(len(ids) for ids in train_set["input_ids"])}  # fmt: skip
+    tasks = (p.tasks or list(cfg.tasks)) if p.corpus is None else []  # the train splits of the tasks (gather_corpus)
+    run = TrainingRun("pretrain", trainer, checkpoints, params, datasets=tasks, splits=("train",))
+    return run_training(cfg, run, resume, functools.partial(_finish, cfg, tokenizer, corpus, started))
+
+
+def _finish(cfg: Config, tokenizer: Any, corpus: dict[str, Any], started: float, trained: Trained) -> dict[str, Any]:
+    """Held-out loss before and after (every process); the encoder and the metrics written (the main one)."""
+    import mlflow
+
+    trainer = trained.trainer
+    before = _initial_loss(trainer.state.log_history)
+    after = trainer.evaluate(metric_key_prefix="heldout_after")["heldout_after_loss"]
+    metrics = {
+        "objective": cfg.pretrain.objective,
+        "corpus": corpus,
+        "heldout": {
+            "loss_before": before,
+            "loss_after": after,
+            "perplexity_before": _perplexity(before),
+            "perplexity_after": _perplexity(after),
+        },
+        "train_loss": trained.result.training_loss,
+        "steps": trained.result.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 3),
+        "seconds": round(time.monotonic() - started, 1),  # the whole stage: gathering and tokenizing the corpus too
+    }
+    if trained.main:
+        save_encoder(cfg, trainer.model, tokenizer)
+        metrics_file = cfg.path(cfg.pretrain.metrics)
+        write_json(metrics_file, metrics)
+        mlflow.log_metrics({f"pretrain.{k}": v for k, v in metrics["heldout"].items()})
+        mlflow.log_artifact(str(metrics_file))
+        log_trained_model("pretrain", cfg.path(cfg.pretrain.output), {"validation": {"heldout": metrics["heldout"]}})
     return metrics
 
 

@@ -1,4 +1,4 @@
-"""Task sampling for multi-task training: which task each batch comes from.
+"""Task sampling for multi-task training: which task each batch comes from, and the rows it comes from.
 
 Every batch holds one task's examples. `task_probabilities` gives the share of batches per task for
 each sampler (as jiant's and T5's samplers define them):
@@ -25,9 +25,12 @@ import itertools
 import json
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
+from torch.utils.data import Dataset
 from torch.utils.data import Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
@@ -166,3 +169,40 @@ class TaskBatchSampler(Sampler[list[int]]):
 
     def task_of(self, index: int) -> int:
         return int(np.searchsorted(self.offsets, index, side="right")) - 1
+
+
+# ---- the rows a task batch comes from ----------------------------------------------------------
+
+
+def sample_rows(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    """A seeded sample of `limit` rows in their original order (all rows when there are no more)."""
+    return frame if limit is None or limit >= len(frame) else frame.sample(n=limit, random_state=seed).sort_index()
+
+
+class TaskRows(Dataset):
+    """Rows of one or more tasks laid end to end; each item carries its task's index as `task_id`."""
+
+    def __init__(self, parts: list[tuple[int, list[dict[str, Any]]]]) -> None:
+        self.rows = [{**row, "task_id": task} for task, rows in parts for row in rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+
+class TaskCollator:
+    """Pads a batch with its task's collator and adds `task_id`; a batch must hold one task."""
+
+    def __init__(self, collators: list[Any]) -> None:
+        self.collators = collators
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        tasks = {f["task_id"] for f in features}
+        if len(tasks) != 1:
+            raise ValueError(f"a multi-task batch must hold one task's examples, not tasks {sorted(tasks)}")
+        (task,) = tasks
+        batch = self.collators[task]([{k: v for k, v in f.items() if k != "task_id"} for f in features])
+        batch["task_id"] = torch.tensor(task)
+        return batch

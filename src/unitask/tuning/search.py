@@ -91,11 +91,7 @@ def child_run(name: str, tags: dict[str, str], params: dict[str, Any]) -> Iterat
 
 def tune(cfg: Config, stage: str, name: str, report: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the search for task `name`; write the best values and the Katib manifest; return a summary."""
-    import mlflow
     import optuna
-
-    from unitask.training.finetune import build_trainer
-    from unitask.training.trainer import MlflowMetrics
 
     if stage not in STAGES:
         raise ConfigError(f"tune --stage {stage}: not a tunable stage", hint=f"use one of: {', '.join(STAGES)}")
@@ -110,8 +106,30 @@ def tune(cfg: Config, stage: str, name: str, report: Callable[[str], None] = pri
             n_startup_trials=settings.pruner_startup_trials, n_warmup_steps=settings.pruner_warmup
         ),
     )
+    params = {"stage": stage, "task": name, "metric": metric, "trials": settings.trials, "sampler": "tpe",
+              "sampler_seed": settings.seed, "pruner": "median", "pruner_startup_trials": settings.pruner_startup_trials,
+              "pruner_warmup": settings.pruner_warmup,
+              **{f"budget.{k}": v for k, v in settings.budget.items()},
+              **{f"space.{k}": v.model_dump_json(exclude_none=True) for k, v in settings.space.items()}}  # fmt: skip
+    with stage_run(cfg, "tune", name, params=params):
+        started = time.perf_counter()
+        study.optimize(objective(cfg, name, metric), n_trials=settings.trials, timeout=settings.timeout,
+                       callbacks=[progress(settings.trials, metric, report)])  # fmt: skip
+        return _finish(cfg, study, stage, name, metric, time.perf_counter() - started)
 
-    def objective(trial: optuna.Trial) -> float:
+
+def objective(cfg: Config, name: str, metric: str) -> Callable[[Any], float]:
+    """Optuna's objective: one trial fine-tunes `name` with its values in a child MLflow run; its best
+    validation `metric`, or TrialPruned."""
+    import mlflow
+    import optuna
+
+    from unitask.training.finetune import build_trainer
+    from unitask.training.trainer import MlflowMetrics
+
+    settings = cfg.tune
+
+    def run(trial: optuna.Trial) -> float:
         values = {key: suggest(trial, key, space) for key, space in settings.space.items()}
         trial_cfg = with_task_settings(cfg, name, {**settings.budget, **values})
         pruning = pruning_callback(trial, metric)
@@ -132,45 +150,51 @@ def tune(cfg: Config, stage: str, name: str, report: Callable[[str], None] = pri
                 raise optuna.TrialPruned(f"pruned after evaluation {pruning.evaluations}")
         return float(best)
 
-    def progress(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+    return run
+
+
+def progress(trials: int, metric: str, report: Callable[[str], None]) -> Callable[[Any, Any], None]:
+    """An Optuna callback that reports one line per finished trial."""
+    import optuna
+
+    def line(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         shown = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in frozen.params.items())
         steps = frozen.intermediate_values
         value = frozen.value if frozen.value is not None else (steps[max(steps)] if steps else float("nan"))
         seconds = frozen.duration.total_seconds() if frozen.duration else 0.0
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         best = f"\tbest {study.best_value:.4f}" if done else ""
-        report(f"trial {frozen.number + 1}/{settings.trials}\t{frozen.state.name.lower():8}\t{metric} {value:.4f}"
+        report(f"trial {frozen.number + 1}/{trials}\t{frozen.state.name.lower():8}\t{metric} {value:.4f}"
                f"\t{shown}\t{seconds:.0f} s{best}")  # fmt: skip
 
-    params = {"stage": stage, "task": name, "metric": metric, "trials": settings.trials, "sampler": "tpe",
-              "sampler_seed": settings.seed, "pruner": "median", "pruner_startup_trials": settings.pruner_startup_trials,
-              "pruner_warmup": settings.pruner_warmup,
-              **{f"budget.{k}": v for k, v in settings.budget.items()},
-              **{f"space.{k}": v.model_dump_json(exclude_none=True) for k, v in settings.space.items()}}  # fmt: skip
-    with stage_run(cfg, "tune", name, params=params):
-        started = time.perf_counter()
-        study.optimize(objective, n_trials=settings.trials, timeout=settings.timeout, callbacks=[progress])
-        seconds = time.perf_counter() - started
-        states = [t.state.name.lower() for t in study.trials]
-        if "complete" not in states:
-            raise ConfigError(
-                f"tune: no trial of {name} finished ({', '.join(sorted(set(states))) or 'none ran'})",
-                hint="raise tune.trials or tune.pruner_startup_trials (trials that always finish)",
-            )
-        best = study.best_trial
-        summary = {
-            "stage": stage, "task": name, "metric": metric, "best_value": best.value, "best_params": best.params,
-            "best_trial": best.number + 1, "trials": len(states), "complete": states.count("complete"),
-            "pruned": states.count("pruned"), "seconds": round(seconds, 1), "budget": settings.budget,
-        }  # fmt: skip
-        folder = cfg.path(settings.output, "tune.output")
-        summary["params_file"] = str(write_best(folder / f"{name}.yaml", summary))
-        summary["katib_file"] = str(write_experiment(cfg, name, metric, folder / f"{name}-katib.yaml"))
-        mlflow.log_metrics({"best_value": best.value, "trials_complete": summary["complete"],
-                            "trials_pruned": summary["pruned"], "seconds": seconds})  # fmt: skip
-        mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
-        mlflow.log_artifact(summary["params_file"])
-        mlflow.log_artifact(summary["katib_file"])
+    return line
+
+
+def _finish(cfg: Config, study: Any, stage: str, name: str, metric: str, seconds: float) -> dict[str, Any]:
+    """The search's summary; the best values and the Katib Experiment written and logged."""
+    import mlflow
+
+    settings = cfg.tune
+    states = [t.state.name.lower() for t in study.trials]
+    if "complete" not in states:
+        raise ConfigError(
+            f"tune: no trial of {name} finished ({', '.join(sorted(set(states))) or 'none ran'})",
+            hint="raise tune.trials or tune.pruner_startup_trials (trials that always finish)",
+        )
+    best = study.best_trial
+    summary = {
+        "stage": stage, "task": name, "metric": metric, "best_value": best.value, "best_params": best.params,
+        "best_trial": best.number + 1, "trials": len(states), "complete": states.count("complete"),
+        "pruned": states.count("pruned"), "seconds": round(seconds, 1), "budget": settings.budget,
+    }  # fmt: skip
+    folder = cfg.path(settings.output, "tune.output")
+    summary["params_file"] = str(write_best(folder / f"{name}.yaml", summary))
+    summary["katib_file"] = str(write_experiment(cfg, name, metric, folder / f"{name}-katib.yaml"))
+    mlflow.log_metrics({"best_value": best.value, "trials_complete": summary["complete"],
+                        "trials_pruned": summary["pruned"], "seconds": seconds})  # fmt: skip
+    mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
+    mlflow.log_artifact(summary["params_file"])
+    mlflow.log_artifact(summary["katib_file"])
     return summary
 
 

@@ -21,7 +21,8 @@ import pandas as pd
 from PIL import Image
 
 from unitask.config import CheckName, Config, Severity, TaskConfig
-from unitask.tasks import TASK_TYPES, TEXT_ROLES, example_keys
+from unitask.config.task_types import TASK_TYPES, TEXT_ROLES
+from unitask.tasks import example_keys
 
 SCHEMA = "columns_exist"
 """Required columns: always an error, since no other check can run on a split without them."""
@@ -56,7 +57,6 @@ def schema_checks(task: TaskConfig) -> list[Check]:
 def content_checks(cfg: Config, task: TaskConfig) -> list[Check]:
     """The task's row and split checks; the derived columns they read come from `derive`."""
     spec = TASK_TYPES[task.type]
-    v = cfg.validate
     checks: list[Check] = []
     for role in spec.roles:
         if role in TEXT_ROLES:
@@ -64,6 +64,15 @@ def content_checks(cfg: Config, task: TaskConfig) -> list[Check]:
                 Check("text_not_empty", role, gxe.ExpectColumnValuesToNotBeNull(column=role)),
                 Check("text_not_empty", role, gxe.ExpectColumnValuesToNotMatchRegex(column=role, regex=r"^\s*$")),
             ]
+    checks += _label_checks(cfg, task)
+    if "image" in spec.roles:
+        checks += _image_checks(cfg)
+    return checks + _split_checks(cfg, task)
+
+
+def _label_checks(cfg: Config, task: TaskConfig) -> list[Check]:
+    spec, v = TASK_TYPES[task.type], cfg.validate
+    checks: list[Check] = []
     if spec.label_kind in ("categorical", "numeric"):
         checks.append(Check("label_not_null", "label", gxe.ExpectColumnValuesToNotBeNull(column="label")))
     if spec.label_kind == "categorical":
@@ -100,27 +109,34 @@ def content_checks(cfg: Config, task: TaskConfig) -> list[Check]:
         ]
     if spec.label_kind == "span":
         checks.append(_derived("answer_in_context", "answers", "_span_error", "", "context[start:start+len] == text"))
-    if "image" in spec.roles:
-        (w0, h0), (w1, h1) = v.image_min_size, v.image_max_size
-        checks += [
-            _derived("image_exists", "image", "_image_exists", True, "the image file exists"),
-            _derived("image_decodes", "image", "_image_decodes", True, "PIL decodes the whole image"),
-            Check(
-                "image_mode", "image", gxe.ExpectColumnValuesToBeInSet(column="_image_mode", value_set=v.image_modes)
-            ),
-            Check(
-                "image_size",
-                "image",
-                gxe.ExpectColumnValuesToBeBetween(column="_image_width", min_value=w0, max_value=w1),
-            ),
-            Check(
-                "image_size",
-                "image",
-                gxe.ExpectColumnValuesToBeBetween(column="_image_height", min_value=h0, max_value=h1),
-            ),
-        ]
+    return checks
+
+
+def _image_checks(cfg: Config) -> list[Check]:
+    v = cfg.validate
+    (w0, h0), (w1, h1) = v.image_min_size, v.image_max_size
+    return [
+        _derived("image_exists", "image", "_image_exists", True, "the image file exists"),
+        _derived("image_decodes", "image", "_image_decodes", True, "PIL decodes the whole image"),
+        Check("image_mode", "image", gxe.ExpectColumnValuesToBeInSet(column="_image_mode", value_set=v.image_modes)),
+        Check(
+            "image_size",
+            "image",
+            gxe.ExpectColumnValuesToBeBetween(column="_image_width", min_value=w0, max_value=w1),
+        ),
+        Check(
+            "image_size",
+            "image",
+            gxe.ExpectColumnValuesToBeBetween(column="_image_height", min_value=h0, max_value=h1),
+        ),
+    ]
+
+
+def _split_checks(cfg: Config, task: TaskConfig) -> list[Check]:
+    """Checks across rows and splits: duplicates, leakage, truncation."""
+    spec, v = TASK_TYPES[task.type], cfg.validate
     first = spec.inputs[0]
-    checks += [
+    return [
         Check(
             "unique_in_split",
             first,
@@ -146,7 +162,6 @@ def content_checks(cfg: Config, task: TaskConfig) -> list[Check]:
             shows="_n_model_tokens",
         ),
     ]
-    return checks
 
 
 def _derived(name: str, role: str, column: str, ok: Any, description: str) -> Check:

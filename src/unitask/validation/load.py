@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from unitask.config import Config, TaskConfig
+from unitask.config.task_types import TASK_TYPES, TEXT_ROLES
 from unitask.errors import DataError
-from unitask.tasks import TASK_TYPES, TEXT_ROLES
 
 STRING_ROLES = (*TEXT_ROLES, "image")
 LIST_ROLES = ("tokens", "tags")
