@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from unitask.cli import main
 from unitask.config import load_config
+from unitask.kubeflow.settings import kubeflow_settings
 from unitask.errors import ConfigError, UnitaskError
 from unitask.kubeflow import jobs, schemas
 
@@ -52,11 +53,11 @@ def test_kubernetes_validator_catches_planted_errors() -> None:
 def test_the_secret_names_and_keys_agree() -> None:
     """The pods' Secrets (kubeflow.mlflow_secret, s3_secret: config defaults = params.yaml) are the ones
     mlflow/k8s/secret.template.yaml creates, with the same keys; so are the MLflow server's."""
-    from unitask.config.kubeflow import SECRET_DEFAULTS
+    from unitask.kubeflow.settings import SECRET_DEFAULTS
 
     created = {d["metadata"]["name"]: set(d["stringData"]) for d in schemas.load_kubectl((REPO / "mlflow/k8s/secret.template.yaml").read_text())}
     params = yaml.safe_load((REPO / "params.yaml").read_text())["kubeflow"]
-    kf = load_config(REPO / "params.yaml").kubeflow
+    kf = kubeflow_settings(load_config(REPO / "params.yaml"))
     for field, default in SECRET_DEFAULTS.items():
         assert params[field] == default  # params.yaml spells out the defaults, unchanged
         secret = getattr(kf, field)
@@ -119,7 +120,7 @@ def test_trainjob_manifest(tmp_path: Path) -> None:
     assert spec["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime", "name": "torch-distributed"}
     trainer = spec["trainer"]
     assert trainer["command"] == ["torchrun", "-m", "unitask.cli", *ARGS]  # Trainer sets the PET_* rendezvous
-    assert (trainer["numNodes"], trainer["numProcPerNode"], trainer["image"]) == (2, 4, cfg.kubeflow.image_ref)
+    assert (trainer["numNodes"], trainer["numProcPerNode"], trainer["image"]) == (2, 4, kubeflow_settings(cfg).image_ref)
     assert trainer["resourcesPerNode"] == {"requests": {"cpu": "8", "memory": "32Gi"},
                                            "limits": {"memory": "40Gi", "nvidia.com/gpu": "4"}}  # one GPU per process
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in trainer["env"]}
@@ -184,16 +185,16 @@ def test_job_validators_catch_planted_errors() -> None:
 def test_distributed_config(tmp_path: Path) -> None:
     from unitask.kubeflow.pods import pod
 
-    kf = load_config(REPO / "params.yaml").kubeflow
+    kf = kubeflow_settings(load_config(REPO / "params.yaml"))
     assert kf.job_kind == "trainjob" and not any(pod(kf, s).distributed for s in ("pretrain", "finetune", "multitask", "fusion"))
-    kf = job_config("trainjob").kubeflow
+    kf = kubeflow_settings(job_config("trainjob"))
     assert pod(kf, "finetune").distributed and pod(kf, "finetune").gpus_per_node == 4 and not pod(kf, "multitask").distributed
     params = write_project(tmp_path, {"t": classification_task("x.csv")})
-    planted = load_config(params, ["kubeflow.stages.evaluate.nodes=2"]).kubeflow
+    planted = kubeflow_settings(load_config(params, ["kubeflow.stages.evaluate.nodes=2"]))
     with pytest.raises(ConfigError, match=r"kubeflow.stages.evaluate: nodes and procs_per_node apply to pretrain, finetune, multitask, llm, fusion only"):
         pod(planted, "evaluate")
-    with pytest.raises(ConfigError, match=r"kubeflow.job_kind"):
-        load_config(params, ["kubeflow.job_kind=mpijob"])
+    with pytest.raises(ConfigError, match=r"kubeflow.job_kind: Input should be 'trainjob' or 'pytorchjob'"):
+        kubeflow_settings(load_config(params, ["kubeflow.job_kind=mpijob"]))  # the driver validates its section
     with pytest.raises(ConfigError, match="not a training stage"):
         jobs.job_manifest(load_config(params), "evaluate", ["evaluate"], "e")
 

@@ -149,7 +149,7 @@ def test_compiled_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     assert upstream["finetune@alpha"] == {"prepare@alpha", "validate@alpha", "pretrain"}
     assert upstream["pretrain"] == {*per_task[:4]}  # every train split, after the gate
     assert upstream["evaluate"] == {"baseline", "finetune@alpha", "finetune@beta", "multitask"}
-    assert upstream["register"] == {"evaluate", "multitask", "prepare@alpha", "prepare@beta"}
+    assert upstream["register"] == {"evaluate", "multitask", *per_task[:4]}  # the card reads the data and the gate
     reads = dag["finetune@alpha"]["inputs"]["artifacts"]
     assert reads["pretrain_model"]["taskOutputArtifact"] == {"outputArtifactKey": "model", "producerTask": "pretrain"}
     assert reads["prepare__alpha_data"]["taskOutputArtifact"]["outputArtifactKey"] == "data"
@@ -246,9 +246,10 @@ def test_kubeflow_config_overrides_keep_stage_defaults(tmp_path: Path, capsys: p
     """kubeflow.stages.<stage> sets only the keys it names; the rest is the stage's declared pod."""
     from unitask.config import load_config
     from unitask.kubeflow.pods import pod
+    from unitask.kubeflow.settings import kubeflow_settings
 
     params = write_project(tmp_path, {"t": classification_task("x.csv")})
-    kf = load_config(params, ["kubeflow.stages.pretrain.cpu=4", "kubeflow.stages.finetune.memory_limit=40Gi"]).kubeflow
+    kf = kubeflow_settings(load_config(params, ["kubeflow.stages.pretrain.cpu=4", "kubeflow.stages.finetune.memory_limit=40Gi"]))
     assert (pod(kf, "pretrain").cpu, pod(kf, "pretrain").gpus, pod(kf, "pretrain").memory) == ("4", 1, "32Gi")
     assert pod(kf, "finetune").memory_limit == "40Gi" and pod(kf, "finetune").gpus == 1 and pod(kf, "validate").retries == 0
     assert pod(kf, "multitask").gpus == 1 and pod(kf, "fusion").gpus == 1 and not pod(kf, "evaluate").caching

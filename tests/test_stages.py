@@ -49,6 +49,16 @@ def test_code_deps_hold_what_the_stage_really_imports(name: str) -> None:
     assert stage.module in loaded and set(loaded) <= set(imports(stage.module)), set(loaded) - set(imports(stage.module))
 
 
+def test_no_stage_depends_on_a_driver() -> None:
+    """Editing the Kubeflow driver or its schema, the CLI or the DVC generator reruns no stage: no stage
+    imports them (the prepare stage, for one, reads only the config's data sections and its own code)."""
+    drivers = ("unitask.kubeflow", "unitask.cli", "unitask.commands", "unitask.dvcfile", "unitask.stages", "unitask.graph")
+    for stage in STAGES.values():
+        reached = [m for m in imports(stage.module) if m.startswith(drivers)]
+        assert reached == [], (stage.name, reached)
+    assert "unitask.kubeflow.settings" not in imports("unitask.config")
+
+
 def test_every_stage_is_a_subcommand_with_its_options() -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
@@ -101,9 +111,11 @@ def test_replacing_tasks_is_all_a_new_project_needs(tmp_path: Path) -> None:
 
 
 def _effective(cfg: Config) -> dict[str, Any]:
+    from unitask.kubeflow.settings import kubeflow_settings
     from unitask.validation.checks import DEFAULT_SEVERITY
 
     dumped = cfg.model_dump(mode="json", exclude={"tasks"})
+    dumped["kubeflow"] = kubeflow_settings(cfg).model_dump(mode="json")  # validated by its driver
     dumped["validate"]["severity"] = {**DEFAULT_SEVERITY, **dumped["validate"]["severity"]}
     return dumped
 

@@ -13,6 +13,7 @@ from conftest import text_project
 
 from unitask.cli import build_parser, main
 from unitask.config import load_config
+from unitask.kubeflow.settings import kubeflow_settings
 from unitask.kubeflow.schemas import katib_errors, load_kubectl
 from unitask.tuning import metric_line
 from unitask.tuning.katib import METRICS_FORMAT, experiment, write_experiment
@@ -96,7 +97,7 @@ def test_katib_experiment(tmp_path: Path) -> None:
                                         "feasibleSpace": {"min": "0.0001", "max": "0.01", "distribution": "logUniform"}}
     assert by_name["batch_size"]["feasibleSpace"] == {"list": ["16", "32"]}
     container = spec["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == f"{cfg.kubeflow.image}:{cfg.kubeflow.tag}"
+    assert container["image"] == kubeflow_settings(cfg).image_ref
 
     # Katib's collector reads the metric from the line `unitask finetune` prints
     match = re.search(spec["metricsCollectorSpec"]["source"]["filter"]["metricsFormat"][0], metric_line("macro_f1", 0.8125))

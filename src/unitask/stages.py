@@ -58,7 +58,7 @@ class Option:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-# Kubeflow pod defaults (`kubeflow.stages.<stage>` overrides any key; see config.kubeflow.KubeflowStage)
+# Kubeflow pod defaults (`kubeflow.stages.<stage>` overrides any key; see unitask.kubeflow.settings.KubeflowStage)
 SMALL_POD: dict[str, Any] = {"cpu": "2", "memory": "8Gi"}
 TRAINING_POD: dict[str, Any] = {"cpu": "8", "memory": "32Gi", "gpus": 1}
 

@@ -8,7 +8,6 @@ from unitask.config.augment import Augment
 from unitask.config.base import Strict
 from unitask.config.evaluate import Evaluate, Gate, Register
 from unitask.config.fusion import Fusion, FusionMethod, ImageAugment, LossWeights
-from unitask.config.kubeflow import Kubeflow
 from unitask.config.llm import Fsdp, Llm, Lora, Prompt
 from unitask.config.loader import apply_override, load_config
 from unitask.config.schema import Config
@@ -42,7 +41,7 @@ from unitask.config.tune import Katib, SearchRange, Tune
 
 __all__ = [
     "SPLITS", "CheckName", "Config", "Corpus", "Finetune", "Fusion", "FusionMethod", "ImageAugment", "LossWeights",
-    "HubSource", "Kubeflow", "LocalSource",
+    "HubSource", "LocalSource",
     "Model", "Multitask", "PackageSource", "Paths", "Prepare", "Pretrain", "ReadSpec", "Role", "S3Source",
     "Severity", "Source", "SplitName", "Strict", "TaskConfig", "Tracking", "TrainSettings",
     "Validate", "apply_override", "load_config",

@@ -24,7 +24,7 @@ def load_config(params: str | Path = "params.yaml", overrides: list[str] = ()) -
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(err) for err in exc.errors()]
+        lines = [describe_error(err) for err in exc.errors()]
         raise ConfigError(
             f"{path}: invalid configuration\n  " + "\n  ".join(lines),
             hint="fix the keys above (see README.md, 'The config')",
@@ -90,9 +90,11 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         ) from None
 
 
-def _describe(err: dict[str, Any]) -> str:
-    """One line per error: the dotted key, what went wrong and what is allowed."""
-    model, shown = _walk(err["loc"])
+def describe_error(err: dict[str, Any], schema: type[BaseModel] | None = None, prefix: tuple[str, ...] = ()) -> str:
+    """One line per error of `schema` (default: Config), found under `prefix`: the dotted key, what
+    went wrong and what is allowed."""
+    model, shown = _walk(err["loc"], schema or Config)
+    shown = [*prefix, *shown]
     key = ".".join(shown) or "(top level)"
     if err["type"] == "extra_forbidden":
         allowed = ", ".join(model.model_fields) if model else "?"
@@ -111,13 +113,13 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{key}: {msg} (got {got!r})"
 
 
-def _walk(loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, list[str]]:
-    """Follow an error location through the schema: the model that owns the last key, and the
-    path to show (discriminator tags that pydantic inserts into `loc` are left out)."""
+def _walk(loc: tuple[Any, ...], schema: type[BaseModel]) -> tuple[type[BaseModel] | None, list[str]]:
+    """Follow an error location through `schema`: the model that owns the last key, and the path to
+    show (discriminator tags that pydantic inserts into `loc` are left out)."""
     shown: list[str] = []
-    model: type[BaseModel] | None = Config
+    model: type[BaseModel] | None = schema
     annotation: Any = None
-    owner: type[BaseModel] | None = Config
+    owner: type[BaseModel] | None = schema
     for part in loc:
         if annotation is not None:
             origin = typing.get_origin(annotation)

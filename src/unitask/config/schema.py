@@ -5,13 +5,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, PrivateAttr, model_validator
 
 from unitask.config.base import Strict, project_paths
 from unitask.config.evaluate import Evaluate, Register
 from unitask.config.fusion import Fusion
-from unitask.config.kubeflow import Kubeflow
 from unitask.config.llm import Llm
 from unitask.config.stages import Finetune, Model, Multitask, Paths, Prepare, Pretrain, Tracking, Validate
 from unitask.config.tasks import TASK_NAME, TaskConfig
@@ -39,7 +39,9 @@ class Config(Strict):
     llm: Llm = Llm()
     evaluate: Evaluate = Evaluate()
     register: Register = Register()
-    kubeflow: Kubeflow = Kubeflow()
+    # read by the Kubeflow driver only, which validates it (unitask.kubeflow.settings): kept as given here,
+    # so that its schema is no code dep of any stage
+    kubeflow: dict[str, Any] = Field(default_factory=dict)
     tune: Tune = Tune()
     tasks: dict[str, TaskConfig] = Field(min_length=1)
 

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from unitask.config import Config
-from unitask.config.kubeflow import Kubeflow
 from unitask.errors import ConfigError, UnitaskError
 from unitask.kubeflow.pods import pod
+from unitask.kubeflow.settings import Kubeflow, kubeflow_settings
 from unitask.stages import STAGES
 
 # kind -> (group, version, plural, Kind, the condition that means success)
@@ -108,7 +108,7 @@ def job_manifest(
     `args` is the CLI call after `unitask`, e.g. ["finetune", "--task", "x", "--params", "/workspace/<run>/params.yaml"]:
     its paths must be on the workspace volume, (PVC name, mount path) `workspace`, by default
     kubeflow.jobs.workspace_pvc at kubeflow.jobs.mount_path."""
-    kf = cfg.kubeflow
+    kf = kubeflow_settings(cfg)
     if not STAGES[stage].trains:
         training = ", ".join(name for name, s in STAGES.items() if s.trains)
         raise ConfigError(f"kubeflow: {stage} is not a training stage", hint=f"distributed stages: {training}")
@@ -312,6 +312,6 @@ def run_job(
 
     manifest = job_manifest(cfg, stage, args, name)
     check(manifest_errors(manifest), f"{manifest['kind']} {name}")
-    jobs = cfg.kubeflow.jobs
+    jobs = kubeflow_settings(cfg).jobs
     return launch(manifest, namespace or current_namespace(), api if api is not None else custom_objects_api(),
                   timeout=jobs.timeout, poll_seconds=jobs.poll_seconds, report=report)  # fmt: skip

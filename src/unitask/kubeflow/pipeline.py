@@ -13,7 +13,7 @@ credentials (by name: no secret value is ever compiled in).
 from typing import Any
 
 from unitask.config import Config
-from unitask.config.kubeflow import Kubeflow, KubeflowStage
+from unitask.kubeflow.settings import Kubeflow, KubeflowStage, kubeflow_settings
 from unitask.errors import ConfigError
 from unitask.graph import Step, reads, steps
 from unitask.kubeflow import components
@@ -80,7 +80,7 @@ def build_pipeline(cfg: Config, arguments: dict[str, Any], stages: list[str] | N
     parameter (project.pipeline_arguments); `stages` as in `plan`."""
     from kfp import dsl
 
-    kf = cfg.kubeflow
+    kf = kubeflow_settings(cfg)
     planned = plan(cfg, stages)
     ops = components.build(planned, kf.image_ref)
 

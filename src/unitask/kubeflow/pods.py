@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from unitask.config.kubeflow import Kubeflow, KubeflowStage
+from unitask.kubeflow.settings import Kubeflow, KubeflowStage
 from unitask.errors import ConfigError
 from unitask.stages import STAGES
 

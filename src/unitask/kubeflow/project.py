@@ -12,6 +12,7 @@ from typing import Any
 from unitask import tracking
 from unitask.config import Config
 from unitask.errors import UnitaskError
+from unitask.kubeflow.settings import kubeflow_settings
 
 LOCAL_OUTPUTS = Path("pipelines") / "local_outputs"
 
@@ -70,7 +71,7 @@ def compile_pipeline(cfg: Config, output: Path | None = None) -> Path:
     """Write the compiled pipeline YAML (default kubeflow.package, under the project root)."""
     from kfp import compiler
 
-    path = output or cfg.path(cfg.kubeflow.package)
+    path = output or cfg.path(kubeflow_settings(cfg).package)
     pipeline = build(cfg)  # a config error stops here, before anything is written
     path.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(path))
@@ -150,7 +151,7 @@ def submit(
             run = client.create_run_from_pipeline_package(
                 str(package),
                 arguments=pipeline_arguments(cfg),
-                run_name=run_name or f"{cfg.kubeflow.pipeline_name}-{stamp}",
+                run_name=run_name or f"{kubeflow_settings(cfg).pipeline_name}-{stamp}",
                 experiment_name=experiment or cfg.tracking.experiment,
                 namespace=namespace,
                 enable_caching=enable_caching,

@@ -32,6 +32,7 @@ from unitask.config import Config, load_config
 from unitask.errors import UnitaskError
 from unitask.graph import Step
 from unitask.kubeflow.pods import pod
+from unitask.kubeflow.settings import kubeflow_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,9 +83,9 @@ def workspace(params: str, seed: int, pipeline_run: str, *inputs: Any, stage: st
     root = Path(tempfile.mkdtemp(prefix="unitask-kfp-"))
     try:
         cfg = load_params(params, seed, root, inputs)
-        if stage is not None and pod(cfg.kubeflow, stage).distributed:
+        if stage is not None and pod(kubeflow_settings(cfg), stage).distributed:
             shutil.rmtree(root)
-            root = Path(tempfile.mkdtemp(prefix="unitask-kfp-", dir=cfg.kubeflow.jobs.mount_path))
+            root = Path(tempfile.mkdtemp(prefix="unitask-kfp-", dir=kubeflow_settings(cfg).jobs.mount_path))
             cfg = load_params(params, seed, root, inputs)
         yield cfg
     finally:
@@ -152,7 +153,7 @@ def run_command(cfg: Config, step: Step) -> None:
 
     args = [step.stage.command, *(["--task", step.task] if step.task else [])]
     params = ["--params", str(cfg.root / "params.yaml")]
-    if not pod(cfg.kubeflow, step.stage.name).distributed:
+    if not pod(kubeflow_settings(cfg), step.stage.name).distributed:
         parsed = build_parser().parse_args([*args, *params])
         parsed.run(cfg, parsed)
         return

@@ -66,7 +66,9 @@ def _trial_args(cfg: Config, name: str) -> list[str]:
 def _container(cfg: Config, name: str) -> dict[str, Any]:
     from unitask.kubeflow.jobs import resources, secret_env
 
-    settings, kf = cfg.tune.katib, cfg.kubeflow
+    from unitask.kubeflow.settings import kubeflow_settings
+
+    settings, kf = cfg.tune.katib, kubeflow_settings(cfg)
     return {
         "name": CONTAINER,
         "image": kf.image_ref,
@@ -101,7 +103,9 @@ def _trial_template(cfg: Config, name: str) -> dict[str, Any]:
     from unitask.kubeflow.jobs import gpu_placement, job_manifest
     from unitask.kubeflow.pods import pod
 
-    kf, settings = cfg.kubeflow, cfg.tune.katib
+    from unitask.kubeflow.settings import kubeflow_settings
+
+    kf, settings = kubeflow_settings(cfg), cfg.tune.katib
     if pod(kf, "finetune").distributed:
         args = [*_trial_args(cfg, name), "--params", f"{settings.mount_path}/params.yaml"]
         job = job_manifest(cfg, "finetune", args, name="", workspace=(settings.workspace_pvc, settings.mount_path))

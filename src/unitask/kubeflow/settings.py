@@ -1,4 +1,7 @@
-"""`kubeflow:`: how the pipeline's pods are built and placed (not passed to the stages)."""
+"""`kubeflow:` of params.yaml: how the pipeline's pods are built and placed.
+
+No stage reads this section, so the config's schema (`unitask.config.Config`) keeps it as given and
+the Kubeflow driver validates it here (`kubeflow_settings`): editing this schema reruns no stage."""
 
 from __future__ import annotations
 
@@ -6,7 +9,10 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from unitask.config import Config
 from unitask.config.base import ProjectPath, Strict
+from unitask.config.loader import describe_error
+from unitask.errors import ConfigError
 
 
 
@@ -150,3 +156,17 @@ class Kubeflow(Strict):
         if self.mlflow_secret is not None and "MLFLOW_TRACKING_URI" not in self.mlflow_secret.keys.values():
             raise ValueError("mlflow_secret: keys must map one secret key to MLFLOW_TRACKING_URI")
         return self
+
+
+def kubeflow_settings(cfg: Config) -> Kubeflow:
+    """The `kubeflow` section of `cfg`, validated; a ConfigError names each bad key as the loader does."""
+    from pydantic import ValidationError
+
+    try:
+        return Kubeflow.model_validate(cfg.kubeflow)
+    except ValidationError as exc:
+        lines = [describe_error(err, Kubeflow, ("kubeflow",)) for err in exc.errors()]
+        raise ConfigError(
+            f"{cfg.root / 'params.yaml'}: invalid configuration\n  " + "\n  ".join(lines),
+            hint="fix the keys above (see README.md, 'Kubeflow Pipelines')",
+        ) from None
