@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help env data demo test mlflow-ui clean postgres browser screenshots team-up team-down
+.PHONY: help env data demo test docs mlflow-ui clean postgres browser screenshots team-up team-down
 .DEFAULT_GOAL := help
 
 help:
@@ -19,6 +19,7 @@ help:
 	@echo "make test       environment + the test suite"
 	@echo "make env        only the environment ($(VENV))"
 	@echo "make data       fetch data/raw from the sources in params.yaml"
+	@echo "make docs       the documentation site at http://127.0.0.1:8000 (its reference pages regenerated first)"
 	@echo "make mlflow-ui  browse the tracked runs at http://127.0.0.1:5000 (the link it prints opens the training runs)"
 	@echo "make screenshots  the README's MLflow pictures (docs/mlflow-*.png) from the browser test"
 	@echo "make team-up    the team tracking setup here: PostgreSQL + S3 (moto) + mlflow server at http://127.0.0.1:5000"
@@ -50,6 +51,10 @@ TEST_WORKERS ?= 2
 
 test: env postgres browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+docs: env
+	unitask docs
+	mkdocs serve
 
 mlflow-ui: env
 	@echo "open $$(unitask summary --link)"

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_data_commands, _stage_commands, _tune_command, _predict_command, _summary_command, _repro_command,
-                _pipeline_commands, _dvc_command):
+                _pipeline_commands, _dvc_command, _docs_command):
         add(subcommands, common)
     return parser
 
@@ -201,6 +201,19 @@ def _dvc_command(subcommands: Subparsers, common: argparse.ArgumentParser) -> No
     )
     dvc.add_argument("--check", action="store_true", help="write nothing; exit 2 when dvc.yaml is out of date")
     dvc.set_defaults(run=commands.dvc_command)
+
+
+def _docs_command(subcommands: Subparsers, common: argparse.ArgumentParser) -> None:
+    docs = subcommands.add_parser(
+        "docs",
+        parents=[common],
+        help="write the documentation site's generated pages: the reference from the code, the home page from README.md",
+        description="Generate, under the project root, docs/reference/config.md (every key of params.yaml: type, "
+        "default, description), docs/reference/stages.md (every stage: command, help, config keys, reads, writes, "
+        "pod) and docs/index.md (README.md with its links made relative to docs/). `make docs` serves the site.",
+    )
+    docs.add_argument("--check", action="store_true", help="write nothing; exit 2 when a page is out of date")
+    docs.set_defaults(run=commands.docs_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -181,6 +181,17 @@ def dvc_command(cfg: Config, args: argparse.Namespace) -> None:
         print(f"wrote\t{dvcfile.write(cfg)}")
 
 
+def docs_command(cfg: Config, args: argparse.Namespace) -> None:
+    from unitask import docsite
+
+    if args.check:
+        docsite.check(cfg.root)
+        print(f"up to date\t{cfg.root / 'docs'}")
+    else:
+        for path in docsite.write(cfg.root):
+            print(f"wrote\t{path}")
+
+
 def summary_command(cfg: Config, args: argparse.Namespace) -> None:
     from unitask.summary import link, summary
 
