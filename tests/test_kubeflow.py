@@ -201,19 +201,19 @@ def test_every_pod_loads_the_config_compiled_in(tmp_path: Path, monkeypatch: pyt
 
 
 def test_pods_contain_paths(tmp_path: Path) -> None:
-    """A pod may read its workspace and its input artifacts only: a path elsewhere is refused."""
-    from types import SimpleNamespace
-
+    """A pod may read its workspace (which holds copies of its inputs) and nothing else: an input
+    artifact's own folder and any other path are refused."""
     from unitask.errors import ConfigError
     from unitask.kubeflow.runtime import load_params
 
     artifact = tmp_path / "artifact"
     artifact.mkdir()
     text = yaml.safe_dump({"tasks": {"t": classification_task("data/x.csv")}})
-    cfg = load_params(text, 1, tmp_path / "ws", (SimpleNamespace(path=str(artifact)),))
-    assert cfg.path(str(artifact / "file")) and cfg.path("data/x.csv")
-    with pytest.raises(ConfigError, match="outside the project"):
-        cfg.path("/etc/passwd")
+    cfg = load_params(text, 1, tmp_path / "ws")
+    assert cfg.path("data/x.csv") == (tmp_path / "ws" / "data" / "x.csv").resolve()
+    for elsewhere in ("/etc/passwd", str(artifact / "file")):
+        with pytest.raises(ConfigError, match="outside the project"):
+            cfg.path(elsewhere)
     escaped = yaml.safe_dump({"tasks": {"t": classification_task("/etc/passwd")}})
     with pytest.raises(ConfigError, match="outside the project"):
         load_params(escaped, 1, tmp_path / "ws2")

@@ -54,14 +54,12 @@ def stage_errors(func: F) -> F:
 # ---- the workspace ---------------------------------------------------------------------------
 
 
-def load_params(params: str, seed: int, root: Path, inputs: tuple[Any, ...] = ()) -> Config:
+def load_params(params: str, seed: int, root: Path) -> Config:
     """Write `root/params.yaml` from the pipeline's `params` YAML and load it as the CLI would, with `seed`.
 
-    Paths stay contained: besides the config's own `paths.roots` (a local run adds the project), a stage
-    may read only the workspace and the input artifacts linked into it."""
+    Paths stay contained: a stage may read its workspace (which holds copies of its input artifacts)
+    and the config's own `paths.roots` (a local run adds the project) only."""
     raw = yaml.safe_load(params) or {}
-    paths = raw.setdefault("paths", {})
-    paths["roots"] = [*paths.get("roots", []), *(str(Path(a.path).resolve()) for a in inputs if a is not None)]
     uri = os.environ.get("MLFLOW_TRACKING_URI")  # from the Kubernetes secret: wins over tracking.uri
     if uri:
         raw["tracking"] = {**(raw.get("tracking") or {}), "uri": uri}
@@ -72,21 +70,22 @@ def load_params(params: str, seed: int, root: Path, inputs: tuple[Any, ...] = ()
 
 
 @contextmanager
-def workspace(params: str, seed: int, pipeline_run: str, *inputs: Any, stage: str | None = None) -> Iterator[Config]:
-    """A temporary project root holding the config; `inputs` are the artifacts the stage reads; the
-    stage's MLflow runs nest under the parent run of Kubeflow run `pipeline_run` (kfp's job id). Removed afterwards. A training `stage` that kubeflow.stages sets to several processes gets its root
-    on the shared workspace volume (kubeflow.jobs.mount_path), where the job's nodes find it."""
+def workspace(params: str, seed: int, pipeline_run: str, stage: str | None = None) -> Iterator[Config]:
+    """A temporary project root holding the config, removed afterwards; the stage's MLflow runs nest
+    under the parent run of Kubeflow run `pipeline_run` (kfp's job id). A training `stage` that
+    kubeflow.stages sets to several processes gets its root on the shared workspace volume
+    (kubeflow.jobs.mount_path), where the job's nodes find it."""
     from unitask.tracking import pipeline_run as nest_under
 
     if pipeline_run:
         nest_under(pipeline_run, driver="kubeflow")
     root = Path(tempfile.mkdtemp(prefix="unitask-kfp-"))
     try:
-        cfg = load_params(params, seed, root, inputs)
+        cfg = load_params(params, seed, root)
         if stage is not None and pod(kubeflow_settings(cfg), stage).distributed:
             shutil.rmtree(root)
             root = Path(tempfile.mkdtemp(prefix="unitask-kfp-", dir=kubeflow_settings(cfg).jobs.mount_path))
-            cfg = load_params(params, seed, root, inputs)
+            cfg = load_params(params, seed, root)
         yield cfg
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -186,7 +185,7 @@ def run_stage(
     fill `outputs` ("model", "data") and `metrics`."""
     from unitask.graph import find
 
-    with workspace(params, seed, pipeline_run, *inputs, stage=stage) as cfg:
+    with workspace(params, seed, pipeline_run, stage=stage) as cfg:
         step, earlier = find(cfg, f"{stage}@{task}" if task else stage)
         for artifact in inputs:
             merge(artifact, cfg.root)
