@@ -162,7 +162,7 @@ def one_run(
             common["optim"] = "adamw_torch"
         if variant in ("unitask", *ABLATIONS):
             features = task.encode(frame, tokenizer, cfg.model.max_length)
-            args = training_arguments(cfg, task, Path(tmp))
+            args = training_arguments(cfg.finetune_for(task.name), cfg.seed, task, Path(tmp))
             args = TrainingArguments(**{**args.to_dict(), **common, "load_best_model_at_end": False, "output_dir": tmp})
             collate = ShapeRecorder(task.collator(tokenizer))
             trainer_class: Any = UnitaskTrainer
