@@ -51,6 +51,7 @@ def _opt(*flags: str, **kwargs: Any) -> Option:
 
 GROUPS = {  # name: (help, description)
     "data": ("data sources", "Work with the declared data sources."),
+    "task": ("declare tasks", "Declare a new task from a data file."),
     "pipeline": (
         "Kubeflow Pipelines: compile, run locally, submit",
         "The graph dvc.yaml runs, as Kubeflow Pipelines: one component per step (a stage, or one task of a per-task "
@@ -66,6 +67,21 @@ COMMANDS = (
         "data/raw/<task>/, checking its sha256 when the config declares one.",
         commands.fetch_command, group="data",
         options=(task_filter("fetch"), _opt("--force", action="store_true", help="fetch again even when data/raw is up to date")),
+    ),
+    Command(
+        "add", "declare a task from a CSV, TSV, JSONL, JSON, Parquet or CoNLL file, then fetch, prepare and validate it",
+        "Read FILE with the project's readers (the format from its suffix), propose the task's declaration (its type "
+        "from the columns: tokens and tags: token_classification; a text column and a label: classification, or "
+        "regression for a numeric label with many values; two text columns and a label: pair_classification; the "
+        "roles, the label list and the reader options), write it into params.yaml with its comments kept, and run "
+        "fetch, prepare and validate on the new task. When the file leaves a choice open (two candidate label "
+        "columns, say), it stops with the question and the flag that answers it, and params.yaml is unchanged.",
+        commands.task_add_command, group="task",
+        options=(_opt("file", metavar="FILE", help="the data file (a path from here), inside the project or paths.roots"),
+                 _opt("--name", metavar="NAME", help="the task's name (default: the file's name)"),
+                 _opt("--text", metavar="COLUMN", help="the text column"),
+                 _opt("--text-pair", metavar="COLUMN", help="the second text column (pair classification)"),
+                 _opt("--label", metavar="COLUMN", help="the label column")),
     ),
     Command(
         "tune", "hyperparameter search for a task's fine-tuning (Optuna; also writes a Katib Experiment)",
@@ -190,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
             groups[command.group] = group.add_subparsers(dest=f"{command.group}_command", required=True, metavar="COMMAND")
         return groups[command.group]
 
-    first = [c for c in COMMANDS if c.group == "data"]  # `data fetch` before the stages it feeds
+    first = [c for c in COMMANDS if c.group in ("data", "task")]  # before the stages they feed
     for command in first:
         _add(where(command), common, command.name, command.help, command.description, command.options, command.run)
     for stage in STAGES.values():

@@ -155,6 +155,28 @@ def fetch_command(cfg: Config, args: argparse.Namespace) -> None:
         print(f"{name}\tsha256:{digest}")
 
 
+def task_add_command(cfg: Config, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from unitask.config import load_config
+    from unitask.data.fetch import fetch
+    from unitask.data.prepare import prepare
+    from unitask.data.task_add import Choices, add_task
+    from unitask.validation import validate
+
+    params = Path(args.params)
+    choices = Choices(args.name, args.text, args.text_pair, args.label)
+    name, entry = add_task(cfg, params, Path(args.file), choices)
+    print(f"wrote tasks.{name} to {params}:\n" + yaml.safe_dump({name: entry}, sort_keys=False).rstrip())
+    cfg = load_config(params, args.overrides)
+    fetch(cfg, [name])
+    print(f"prepare\t{json.dumps(prepare(cfg, [name])[name]['rows'])}")
+    print(f"validate\t{validate(cfg, [name])[name]['status']}")
+    print(f"next\tunitask finetune --task {name}   (or `unitask dvc` and `dvc repro` for every stage)")
+
+
 def tune_command(cfg: Config, args: argparse.Namespace) -> None:
     from unitask.tuning.search import tune
 

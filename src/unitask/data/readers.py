@@ -27,16 +27,17 @@ def read_table(task: TaskConfig, entry: Path) -> pd.DataFrame:
     if isinstance(task.source, HubSource) and files is None:
         files = {p.stem: p.name for p in sorted(entry.glob("*.parquet"))}  # type: ignore[misc]
     if not files:
-        return _read(entry, spec)
+        return read_file(entry, spec)
     parts = []
     for split, rel in files.items():
-        part = _read(entry / rel, spec)
+        part = read_file(entry / rel, spec)
         part.insert(0, "split", split)
         parts.append(part)
     return pd.concat(parts, ignore_index=True)
 
 
-def _read(path: Path, spec: ReadSpec) -> pd.DataFrame:
+def read_file(path: Path, spec: ReadSpec) -> pd.DataFrame:
+    """One file (or text folder) as a table; a DataError that names the file when it cannot be read."""
     if not path.exists():
         raise DataError(f"{path}: not found", hint="run `unitask data fetch`, or fix read.files")
     try:
