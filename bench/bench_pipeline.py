@@ -13,8 +13,7 @@
   SubprocessRunner). Reports wall time, tasks run (DVC stages, kfp tasks), the overhead per task
   (kfp wall - DVC wall) / kfp tasks, and each task's time: from its start line in the streamed output
   ("Running stage ..." / "Executing task ...") to the next one or the end, runner bookkeeping included,
-  and per step (kfp runs every task's prepare or validate in one component where DVC runs a stage per
-  task, so the task counts differ; a step missing on one side shows 0).
+  and per stage (both run the same steps: a stage, or one task of a per-task stage).
   Each chain takes minutes on 2 CPU cores, so --repeats defaults to 1 (repeats rerun with --force).
 - `full`: a scratch copy at the default params (about 25 minutes on CPU; `--here`: the project itself;
   `--keep DIR`: the copy in DIR, kept) runs every stage in `dvc dag` order with `dvc repro --force
@@ -140,11 +139,20 @@ def print_tasks(title: str, runs: list[dict[str, float]]) -> None:
         print(f"| {name} | {statistics.median(r.get(name, float('nan')) for r in runs):.1f} |")
 
 
+def stage_of(name: str) -> str:
+    """The stage of a DVC step (`finetune@sms_spam`) or a kfp task (`finetune-sms-spam`): `finetune`."""
+    from unitask.stages import STAGES
+
+    base = re.split(r"[@ ]", name)[0]
+    dashed = sorted((s.replace("_", "-") for s in STAGES), key=len, reverse=True)
+    return next((s for s in dashed if base == s or base.startswith(s + "-")), base).replace("-", "_")
+
+
 def steps(tasks: dict[str, float]) -> dict[str, list[float]]:
-    """Task times grouped by step: `finetune@sms_spam` (DVC) and `finetune #2` (kfp) are `finetune`."""
+    """Task times grouped by stage."""
     grouped: dict[str, list[float]] = defaultdict(list)
     for name, seconds in tasks.items():
-        grouped[re.split(r"[@ ]", name)[0]].append(seconds)
+        grouped[stage_of(name)].append(seconds)
     return grouped
 
 

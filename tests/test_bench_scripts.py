@@ -65,3 +65,22 @@ def test_the_avx2_only_emulation_reaches_every_process_the_suite_starts(tmp_path
                      '<testcase classname="tests.test_a" name="y" time="2"/><testcase classname="tests.test_b" name="z" time="9"/>'
                      "</testsuite></testsuites>")
     assert bench_suite.per_file(junit) == [("test_b", 9.0, 1), ("test_a", 3.5, 2)]
+
+
+def test_same_outputs_finds_a_changed_prediction_and_nothing_else(tmp_path: Path) -> None:
+    """The refactor check: equal runs (timings, run ids and each run's own folder aside) compare equal;
+    one changed prediction is found."""
+    import json
+
+    from same_outputs import compare
+
+    for side, seconds in (("before", 1.0), ("after", 9.0)):
+        root = tmp_path / side
+        (root / "reports" / "predictions" / "finetune").mkdir(parents=True)
+        (root / "reports" / "finetune.json").write_text(json.dumps(
+            {"test": {"accuracy": 0.5 + 1e-12}, "train": {"seconds": seconds}, "model": str(root / "m"), "mlflow_run_id": side}))
+        (root / "reports" / "predictions" / "finetune" / "t.jsonl").write_text('{"gold": "a", "label": "a"}\n')
+    assert compare(tmp_path / "before", tmp_path / "after", 1e-9) == (2, [])
+    (tmp_path / "after" / "reports" / "predictions" / "finetune" / "t.jsonl").write_text('{"gold": "a", "label": "b"}\n')
+    files, found = compare(tmp_path / "before", tmp_path / "after", 1e-9)
+    assert files == 2 and found == [("reports/predictions/finetune/t.jsonl[0]:label", "a", "b")]

@@ -108,7 +108,8 @@ class Stage:
     def execute(self, cfg: Config, args: argparse.Namespace) -> None:
         """`unitask <stage>` for a stage without a body in `unitask.commands`: the function called with
         the config (and, per task, `--task`), its result printed as `key<TAB>value` lines."""
-        result = self.load()(cfg, *([args.task] if self.per_task else []))
+        named = getattr(args, "task", None) or (getattr(args, "tasks", None) or [None])[0]  # --task, one or a filter
+        result = self.load()(cfg, named) if self.per_task else self.load()(cfg)
         for key, value in (result or {}).items():
             print(f"{key}\t{json.dumps(value)}")
 
