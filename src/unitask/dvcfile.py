@@ -16,7 +16,7 @@ import yaml
 from unitask.codedeps import code_files
 from unitask.config import Config
 from unitask.errors import ConfigError
-from unitask.graph import ITEM, inside, kept
+from unitask.graph import ITEM, fill_in, inside, kept
 from unitask.stages import STAGES, Stage
 
 HEADER = """\
@@ -26,29 +26,21 @@ HEADER = """\
 """
 
 
-def _format(template: str, cfg: Config) -> str:
-    return template.format(c=cfg, task=ITEM)
-
-
-def _paths(templates: tuple[str, ...], cfg: Config) -> list[str]:
-    return [_format(t, cfg) for t in templates]
-
-
 def _entry(stage: Stage, cfg: Config, root: Path, dropped: set[str]) -> dict[str, Any]:
-    deps = [d for d in _paths(stage.dep_templates(cfg), cfg) if not any(inside(d, o) for o in dropped)]
+    deps = [d for d in fill_in(stage.dep_templates(cfg), cfg) if not any(inside(d, o) for o in dropped)]
     entry: dict[str, Any] = {
         "cmd": f"unitask {stage.command}" + (f" --task {ITEM}" if stage.per_task else ""),
         "deps": deps + code_files(stage.module, root),
         "params": [key.replace("{task}", ITEM) for key in stage.param_keys(cfg)],
     }
-    outs: list[Any] = _paths(stage.outs, cfg)
-    outs += [{path: {"cache": False}} for path in _paths(stage.plain_outs, cfg)]
+    outs: list[Any] = list(fill_in(stage.outs, cfg))
+    outs += [{path: {"cache": False}} for path in fill_in(stage.plain_outs, cfg)]
     if outs:
         entry["outs"] = outs
     if stage.metrics:
-        entry["metrics"] = [{path: {"cache": False}} for path in _paths(stage.metrics, cfg)]
+        entry["metrics"] = [{path: {"cache": False}} for path in fill_in(stage.metrics, cfg)]
     if stage.plots:
-        entry["plots"] = [{_format(path, cfg): {**props, "cache": False}} for path, props in stage.plots]
+        entry["plots"] = [{fill_in((path,), cfg)[0]: {**props, "cache": False}} for path, props in stage.plots]
     if stage.per_task:
         return {"foreach": stage.per_task(cfg), "do": entry}
     return entry

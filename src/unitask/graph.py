@@ -26,17 +26,23 @@ class Step:
     metrics: tuple[str, ...]
 
     @property
+    def data(self) -> tuple[str, ...]:
+        """Everything it writes but its saved models."""
+        return tuple(o for o in self.outs if o not in self.models)
+
+    @property
     def name(self) -> str:
         """DVC's name of the step: `stage` or `stage@task`."""
         return f"{self.stage.name}@{self.task}" if self.task else self.stage.name
 
 
-def render(templates: tuple[str, ...], cfg: Config, task: str | None) -> tuple[str, ...]:
+def fill_in(templates: tuple[str, ...], cfg: Config, task: str | None = ITEM) -> tuple[str, ...]:
+    """Path templates with the config and the task filled in (`${item}` by default: DVC's foreach)."""
     return tuple(t.format(c=cfg, task=task) for t in templates)
 
 
 def written(stage: Stage, cfg: Config, task: str | None = ITEM) -> tuple[str, ...]:
-    return render(stage.outs + stage.plain_outs + stage.metrics, cfg, task)
+    return fill_in(stage.outs + stage.plain_outs + stage.metrics, cfg, task)
 
 
 def kept(cfg: Config) -> tuple[list[Stage], set[str]]:
@@ -66,9 +72,9 @@ def steps(cfg: Config) -> list[Step]:
     found = []
     for stage in stages:
         for task in stage.per_task(cfg) if stage.per_task else [None]:
-            deps = [d for d in render(stage.dep_templates(cfg), cfg, task) if not any(inside(d, o) for o in dropped)]
-            models = render(tuple(o for o in stage.outs if isinstance(o, ModelPath)), cfg, task)
-            found.append(Step(stage, task, tuple(deps), written(stage, cfg, task), models, render(stage.metrics, cfg, task)))
+            deps = [d for d in fill_in(stage.dep_templates(cfg), cfg, task) if not any(inside(d, o) for o in dropped)]
+            models = fill_in(tuple(o for o in stage.outs if isinstance(o, ModelPath)), cfg, task)
+            found.append(Step(stage, task, tuple(deps), written(stage, cfg, task), models, fill_in(stage.metrics, cfg, task)))
     return found
 
 
@@ -77,8 +83,7 @@ def reads(step: Step, earlier: list[Step]) -> list[tuple[Step, str]]:
     saved models, "data" for everything else it wrote."""
     found = []
     for producer in earlier:
-        data = [o for o in producer.outs if o not in producer.models]
-        for kind, paths in (("model", producer.models), ("data", data)):
+        for kind, paths in (("model", producer.models), ("data", producer.data)):
             if any(overlaps(d, p) for d in step.deps for p in paths):
                 found.append((producer, kind))
     return found

@@ -37,7 +37,7 @@ def input_name(producer: Step, kind: str) -> str:
 
 def output_kinds(step: Step) -> list[str]:
     """The artifacts a step outputs: `model` for its saved models, `data` for the rest it writes."""
-    return [kind for kind, paths in (("model", step.models), ("data", set(step.outs) - set(step.models))) if paths]
+    return [kind for kind, paths in (("model", step.models), ("data", step.data)) if paths]
 
 
 def function_source(step: Step, reads: list[tuple[Step, str]]) -> str:

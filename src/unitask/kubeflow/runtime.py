@@ -30,7 +30,7 @@ import yaml
 
 from unitask.config import Config, load_config
 from unitask.errors import UnitaskError
-from unitask.graph import Step
+from unitask.graph import Step, find, inside, sources
 from unitask.kubeflow.pods import pod
 from unitask.kubeflow.settings import kubeflow_settings
 
@@ -165,7 +165,6 @@ def fetch_sources(cfg: Config, step: Step, earlier: list[Step]) -> None:
     """Fetch the raw data the step reads and no step before it wrote: `{paths.raw}/<task>`, or every
     task the stage runs for `{paths.raw}` itself."""
     from unitask.data.fetch import fetch
-    from unitask.graph import inside, sources
 
     raw = cfg.paths.raw.rstrip("/")
     needed = [d for d in sources(step, earlier) if inside(d, raw)]
@@ -183,8 +182,6 @@ def run_stage(
 ) -> None:
     """Run one step of the pipeline (`stage`, and `task` for a per-task stage) on its input artifacts;
     fill `outputs` ("model", "data") and `metrics`."""
-    from unitask.graph import find
-
     with workspace(params, seed, pipeline_run, stage=stage) as cfg:
         step, earlier = find(cfg, f"{stage}@{task}" if task else stage)
         for artifact in inputs:
@@ -194,6 +191,6 @@ def run_stage(
         if "model" in outputs:
             export(cfg, step.models, outputs["model"], step.name)
         if "data" in outputs:
-            export(cfg, tuple(o for o in step.outs if o not in step.models), outputs["data"], step.name)
+            export(cfg, step.data, outputs["data"], step.name)
         if metrics is not None:
             log_metrics(cfg, step.metrics, metrics)
