@@ -33,6 +33,8 @@ def write_project(root: Path, tasks: dict[str, Any], **sections: Any) -> Path:
     """Write `root/params.yaml` with these tasks and sections (tracking goes to root/mlflow)."""
     params = {"seed": 7, "tasks": tasks, **sections}
     params.setdefault("pretrain", {"enabled": False})
+    # tiny test data keeps the budget each test sets; tests/test_small_data.py drives the step floor
+    params["finetune"] = {"min_steps": None, **params.get("finetune", {})}
     root.mkdir(parents=True, exist_ok=True)
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))

@@ -25,6 +25,23 @@ def test_default_params_load_and_declare_the_offline_tasks():
     assert all(t.source.sha256 for t in cfg.tasks.values())
 
 
+def test_params_rewritten_by_dvc_still_load(tmp_path):
+    """`dvc exp run -S key=value` rewrites params.yaml with DVC's own YAML writer, which drops the quotes
+    around easy_vqa's "yes"/"no" labels; params are read as YAML 1.2, as DVC reads them, so they stay labels."""
+    import shutil
+
+    import yaml
+    from dvc.utils.serialize import modify_yaml
+
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    with modify_yaml(params) as data:  # what `dvc exp run -S multitask.learning_rate=0.0005` does
+        data["multitask"]["learning_rate"] = 0.0005
+    assert True in yaml.safe_load(params.read_text())["tasks"]["easy_vqa"]["labels"]  # YAML 1.1 would read a boolean
+    cfg = load_config(params)
+    assert cfg.multitask.learning_rate == 0.0005 and {"yes", "no"} <= set(cfg.tasks["easy_vqa"].labels)
+
+
 def test_overrides_parse_values_as_yaml(project):
     params = project({"t": classification_task("d.csv")})
     cfg = load_config(params, ["prepare.max_rows=50", "seed=3", "tasks.t.labels=[a, b]"])
@@ -50,7 +67,7 @@ def _error(params, *overrides: str) -> str:
         ("tasks.t.source.kind=ftp", "tasks.t.source: Input tag 'ftp'"),
         ("tasks.t.source.pathx=a", "tasks.t.source.pathx: unknown key; allowed here: kind, path, sha256"),
         ("tasks.t.columns={text: text}", "tasks.t.columns: type 'classification' needs roles"),
-        ("tasks.t.labels=[yes, no]", "tasks.t.labels.0: Input should be a valid string; quote it"),
+        ("tasks.t.labels=[true, false]", "tasks.t.labels.0: Input should be a valid string; quote it"),
         ("tasks.t.read.format=regex", "format 'regex' needs 'pattern'"),
         ("prepare.test_fraction=0.9", "prepare.test_fraction: Input should be less than 0.5"),
         ("tasks.Bad-Name={}", "tasks.Bad-Name.type: required key is missing"),

@@ -89,9 +89,9 @@ def test_repro_runs_the_chain_then_is_a_no_op(clone):
     assert "Running stage" not in second
     _dvc_shows_the_comparison(clone)
     assert json.loads(_run([str(BIN / "dvc"), "status", "--json"], clone)) == {}
-    metrics = _run([str(BIN / "dvc"), "metrics", "show", "--json"], clone)
-    assert "reports/prepare/sms_spam.json" in metrics
-    assert "reports/multitask.json" in metrics and "reports/multitask_comparison.json" in metrics
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]  # the stages' reports: plain outs, versioned
+    assert "reports/prepare/sms_spam.json" in {out["path"] for out in lock["prepare@sms_spam"]["outs"]}
+    assert "reports/multitask_comparison.json" in {out["path"] for out in lock["multitask_comparison"]["outs"]}
 
 
 def _evaluated_and_registered(clone: Path, params: dict[str, Any]) -> None:
@@ -125,14 +125,16 @@ def _evaluated_and_registered(clone: Path, params: dict[str, Any]) -> None:
     assert {d.dataset.digest for d in finetune.inputs.dataset_inputs} == {lock.removesuffix(".dir")}  # the DVC data version
     summary = _run([str(BIN / "unitask"), "summary"], clone)
     assert f"Champion: {cfg.register.name} version 1 promoted" in summary and "reports/evaluate/comparison.md" in summary
-    shown = _run([str(BIN / "dvc"), "metrics", "show"], clone)
-    print(f"dvc metrics show: {len(shown.splitlines())} lines, {len(shown)} characters, widest {max(map(len, shown.splitlines()))}")
+    shown = _run([str(BIN / "dvc"), "metrics", "show"], clone).splitlines()
+    assert max(map(len, shown)) <= 160, "\n".join(shown)  # headline numbers only: a row per model and split
+    models = json.loads((clone / "reports/evaluate/report.json").read_text())["models"]
+    assert shown[0].split()[1:] == sorted(params["tasks"]) and len(shown) == 1 + 2 * len(models)
 
 
 def _dvc_shows_the_comparison(clone: Path) -> None:
-    """`dvc metrics show`, `dvc plots show` and `dvc exp show` read evaluate's outputs."""
+    """`dvc metrics show`, `dvc plots show`, `dvc exp show` and `dvc exp diff` read evaluate's outputs."""
     dvc = str(BIN / "dvc")
-    assert "reports/evaluate/comparison.json" in _run([dvc, "metrics", "show", "--json"], clone)
+    assert "reports/evaluate/metrics/multitask/test.json" in _run([dvc, "metrics", "show", "--json"], clone)
     shown = subprocess.run([dvc, "plots", "show", "--json"], cwd=clone, capture_output=True, text=True, env=_env())
     assert shown.returncode == 0, shown.stderr
     plots = json.loads(shown.stdout)["data"]
@@ -141,7 +143,13 @@ def _dvc_shows_the_comparison(clone: Path) -> None:
     _run(["git", "add", "-A"], clone)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "smoke"], clone)
     experiments = _run([dvc, "exp", "show", "--json"], clone)
-    assert "reports/evaluate/comparison.json" in experiments and "register.json" in experiments
+    assert "reports/evaluate/metrics/finetune/validation.json" in experiments
+    # an experiment beside the committed run; `dvc exp diff` compares the two on one screen
+    rate = yaml.safe_load((clone / "params.yaml").read_text())["multitask"]["learning_rate"] * 2.5
+    _run([dvc, "exp", "run", "--temp", "-n", "faster", "-S", f"multitask.learning_rate={rate}"], clone)
+    diff = _run([dvc, "exp", "diff", "HEAD", "faster"], clone).splitlines()
+    assert max(map(len, diff)) <= 160 and any("multitask.learning_rate" in line for line in diff), diff
+    assert any(line.startswith("reports/evaluate/metrics/multitask/") for line in diff), diff
 
 
 @pytest.mark.timeout(CHAIN_TIMEOUT)

@@ -80,6 +80,13 @@ def test_compares_every_model_on_every_task_it_has(tmp_path: Path) -> None:
     assert table["extractive_qa"]["finetune"] == {"exact_match": 50.0, "f1": 50.0}
     assert table["vqa"]["fusion"]["accuracy"] == pytest.approx(2 / 3)
     assert result["skipped"] == ["fusion_text"]  # fusion.baselines is off
+    # the headline DVC reads: a file per model and split, each task's main metric
+    headline = json.loads((out / "metrics/finetune/validation.json").read_text())
+    assert headline["classification"] == comparison["validation"]["classification"]["finetune"]["macro_f1"]
+    assert headline["regression"] == comparison["validation"]["regression"]["finetune"]["pearson"]
+    assert json.loads((out / "metrics/fusion/test.json").read_text()) == {"vqa": table["vqa"]["fusion"]["macro_f1"]}
+    assert sorted(p.relative_to(out / "metrics").as_posix() for p in (out / "metrics").rglob("*.json")) == [
+        f"{m}/{s}.json" for m in ("baseline", "finetune", "fusion") for s in ("test", "validation")]
 
     report = json.loads((out / "report.json").read_text())
     assert report["tasks"]["classification"]["best"] == "baseline"

@@ -34,7 +34,7 @@ def _entry(stage: Stage, cfg: Config, root: Path, dropped: set[str]) -> dict[str
         "params": [key.replace("{task}", ITEM) for key in stage.param_keys(cfg)],
     }
     outs: list[Any] = list(fill_in(stage.outs, cfg))
-    outs += [{path: {"cache": False}} for path in fill_in(stage.plain_outs, cfg)]
+    outs += [{path: {"cache": False}} for path in fill_in(stage.plain_outs + stage.reports, cfg)]
     if outs:
         entry["outs"] = outs
     if stage.metrics:

@@ -21,7 +21,7 @@ class Step:
     stage: Stage
     task: str | None  # set for a per-task stage
     deps: tuple[str, ...]  # paths under the project root
-    outs: tuple[str, ...]  # every path it writes: outs, plain outs and metrics
+    outs: tuple[str, ...]  # every path it writes: outs, plain outs, reports and metrics
     models: tuple[str, ...]  # the outs that are saved models
     metrics: tuple[str, ...]
 
@@ -42,7 +42,7 @@ def fill_in(templates: tuple[str, ...], cfg: Config, task: str | None = ITEM) ->
 
 
 def written(stage: Stage, cfg: Config, task: str | None = ITEM) -> tuple[str, ...]:
-    return fill_in(stage.outs + stage.plain_outs + stage.metrics, cfg, task)
+    return fill_in(stage.outs + stage.plain_outs + stage.reports + stage.metrics, cfg, task)
 
 
 def kept(cfg: Config) -> tuple[list[Stage], set[str]]:
@@ -74,7 +74,8 @@ def steps(cfg: Config) -> list[Step]:
         for task in stage.per_task(cfg) if stage.per_task else [None]:
             deps = [d for d in fill_in(stage.dep_templates(cfg), cfg, task) if not any(inside(d, o) for o in dropped)]
             models = fill_in(tuple(o for o in stage.outs if isinstance(o, ModelPath)), cfg, task)
-            found.append(Step(stage, task, tuple(deps), written(stage, cfg, task), models, fill_in(stage.metrics, cfg, task)))
+            found.append(Step(stage, task, tuple(deps), written(stage, cfg, task), models,
+                              fill_in(stage.reports + stage.metrics, cfg, task)))
     return found
 
 

@@ -87,8 +87,9 @@ class Stage:
     params: Params = ()  # config keys it reads; `{task}` in a per-task stage
     deps: Params = ()  # path templates; a callable gives those that depend on the config
     outs: tuple[str, ...] = ()
-    metrics: tuple[str, ...] = ()  # DVC metric files (cache: false)
-    plain_outs: tuple[str, ...] = ()  # small outputs kept in git's view (cache: false), not metrics
+    reports: tuple[str, ...] = ()  # JSON summaries: plain outs under DVC, the Metrics artifact on Kubeflow
+    metrics: tuple[str, ...] = ()  # headline numbers only: DVC's metrics (`dvc metrics show` fits a screen)
+    plain_outs: tuple[str, ...] = ()  # other small outputs kept in git's view (cache: false)
     plots: tuple[tuple[str, dict[str, Any]], ...] = ()
     pod: dict[str, Any] = field(default_factory=lambda: SMALL_POD)  # Kubeflow: the step's pod
     trains: bool = False  # runs under torchrun: Kubeflow may launch it as a distributed job (nodes x procs)
@@ -161,8 +162,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         params=("seed", "prepare", "tasks.{task}"),
         deps=("{c.paths.raw}/{task}",),
         outs=("{c.paths.prepared}/{task}",),
-        plain_outs=("{c.paths.reports}/prepare/{task}.labels.json",),  # per-label counts: no DVC metric
-        metrics=("{c.paths.reports}/prepare/{task}.json",),
+        plain_outs=("{c.paths.reports}/prepare/{task}.labels.json",),  # per-label counts
+        reports=("{c.paths.reports}/prepare/{task}.json",),
     ),
     Stage(
         "validate", "check the prepared splits with great-expectations: the gate before training",
@@ -177,7 +178,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         params=("validate", "model.max_length", "tasks.{task}"),
         deps=("{c.paths.prepared}/{task}", "{c.paths.raw}/{task}"),  # image files are read from raw
         outs=("{c.paths.reports}/data_docs/{task}",),
-        metrics=("{c.paths.reports}/validate/{task}.json",),
+        reports=("{c.paths.reports}/validate/{task}.json",),
         pod={**SMALL_POD, "retries": 0},  # a failed gate is not transient
     ),
     Stage(
@@ -191,7 +192,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         params=("seed", "model", "pretrain", task_data),
         deps=("{c.paths.prepared}", "{c.paths.reports}/validate"),  # train splits only; the gate's summaries
         outs=(ModelPath("{c.pretrain.output}"),),
-        metrics=("{c.pretrain.metrics}",),
+        reports=("{c.pretrain.metrics}",),
         pod=TRAINING_POD, trains=True,
     ),
     Stage(
@@ -203,7 +204,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         params=("seed", task_data),
         deps=("{c.paths.prepared}", "{c.paths.reports}/validate"),
         outs=(PREDICTIONS + "/baseline",),
-        metrics=("{c.paths.reports}/baseline",),
+        reports=("{c.paths.reports}/baseline",),
     ),
     Stage(
         "finetune", "train a task head on the (pre)trained encoder",
@@ -219,7 +220,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         deps=("{c.paths.prepared}/{task}", "{c.paths.reports}/validate/{task}.json", "{c.pretrain.output}"),
         outs=(ModelPath("{c.finetune.output}/{task}"), PREDICTIONS + "/finetune/{task}.jsonl",
               PREDICTIONS + "/finetune/validation/{task}.jsonl"),
-        metrics=("{c.paths.reports}/finetune/{task}.json",),
+        reports=("{c.paths.reports}/finetune/{task}.json",),
         pod=TRAINING_POD, trains=True,
     ),
     Stage(
@@ -238,7 +239,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                 lambda c: task_keys(c, ("multitask",)), _qa_windows),  # fmt: skip
         deps=("{c.paths.prepared}", "{c.paths.reports}/validate", "{c.pretrain.output}"),
         outs=(ModelPath("{c.multitask.output}"), PREDICTIONS + "/multitask"),
-        metrics=("{c.multitask.metrics}",),
+        reports=("{c.multitask.metrics}",),
         pod=TRAINING_POD, trains=True,
     ),
     Stage(
@@ -251,7 +252,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         params=("multitask.comparison",),
         deps=("{c.multitask.metrics}", "{c.paths.reports}/finetune"),
         plain_outs=("{c.multitask.comparison_table}",),
-        metrics=("{c.multitask.comparison}",),
+        reports=("{c.multitask.comparison}",),
     ),
     Stage(
         "llm", "train one decoder LLM with LoRA on every text task at once (text to text)",
@@ -267,7 +268,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         params=("seed", "llm", task_data, lambda c: task_keys(c, ("llm",))),
         deps=("{c.paths.prepared}", "{c.paths.reports}/validate"),
         outs=(ModelPath("{c.llm.output}"), PREDICTIONS + "/llm", PREDICTIONS + "/llm_zeroshot"),
-        metrics=("{c.llm.metrics}",),
+        reports=("{c.llm.metrics}",),
         pod=TRAINING_POD, trains=True,
     ),
     Stage(
@@ -284,22 +285,23 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         deps=("{c.paths.prepared}", "{c.paths.raw}", "{c.paths.reports}/validate", "{c.pretrain.output}"),
         outs=(ModelPath("{c.fusion.output}"), PREDICTIONS + "/fusion", PREDICTIONS + "/fusion_text",
               PREDICTIONS + "/fusion_image"),
-        metrics=("{c.paths.reports}/fusion",),
+        reports=("{c.paths.reports}/fusion",),
         pod=TRAINING_POD, trains=True,
     ),
     Stage(
         "evaluate", "score and compare every model on the test splits: tables, plots, an MLflow run",
         "Score reports/predictions/<model>/<task>.jsonl of each model in evaluate.models (TF-IDF baseline, "
         "fine-tunes, multi-task, fusion and its text-only/image-only baselines) with the metrics of each task type, "
-        "without loading any model. Writes evaluate.output (default reports/evaluate): comparison.json (a DVC "
-        "metric), comparison.md, report.json (per-class reports, confusion matrices) and plots/ for `dvc plots show` "
+        "without loading any model. Writes evaluate.output (default reports/evaluate): metrics/<model>/<split>.json "
+        "(each task's main metric: what `dvc metrics show` and `dvc exp show` read), comparison.json, comparison.md, report.json (per-class reports, confusion matrices) and plots/ for `dvc plots show` "
         "(confusion matrices, metric by model, training curves from the training stages' MLflow runs); the MLflow "
         "run `evaluate` holds them with PNG figures.",
         "unitask.evaluation.stage:evaluate",
         params=("evaluate", "fusion.baselines", task_data),
         deps=(PREDICTIONS,),
         plain_outs=("{c.evaluate.output}/comparison.md", "{c.evaluate.output}/report.json"),
-        metrics=("{c.evaluate.output}/comparison.json",),
+        reports=("{c.evaluate.output}/comparison.json",),
+        metrics=("{c.evaluate.output}/metrics",),  # the headline: each model's main metric per task and split
         pod={**SMALL_POD, "caching": False},  # its MLflow curves and the registry are outside its inputs
         plots=(
             ("{c.evaluate.output}/plots/confusion", {"template": "confusion", "x": "actual", "y": "predicted",
@@ -325,7 +327,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
               lambda c: ["{c.llm.output}"] if "llm" in c.register.routes.values() else [],
               "{c.paths.prepared}", _image_files,  # the card counts rows; the input example is a test row
               "{c.paths.reports}/validate"),  # the card lists the data gate's warnings
-        metrics=("{c.register.output}",),
+        reports=("{c.register.output}",),
         pod={**SMALL_POD, "caching": False},  # the registry's champion is outside its inputs
     ),
 )}  # fmt: skip

@@ -9,7 +9,7 @@ from unitask.config.base import Strict
 from unitask.config.evaluate import Evaluate, Gate, Register
 from unitask.config.fusion import Fusion, FusionMethod, ImageAugment, LossWeights
 from unitask.config.llm import Fsdp, Llm, Lora, Prompt
-from unitask.config.loader import apply_override, load_config
+from unitask.config.loader import apply_override, load_config, read_yaml
 from unitask.config.schema import Config
 from unitask.config.stages import (
     CheckName,
@@ -44,7 +44,7 @@ __all__ = [
     "HubSource", "LocalSource",
     "Model", "Multitask", "PackageSource", "Paths", "Prepare", "Pretrain", "ReadSpec", "Role", "S3Source",
     "Severity", "Source", "SplitName", "Strict", "TaskConfig", "Tracking", "TrainSettings",
-    "Validate", "apply_override", "load_config",
+    "Validate", "apply_override", "load_config", "read_yaml",
     "Evaluate", "Gate", "Register",
     "Augment", "Fsdp", "Llm", "Lora", "Prompt", "Katib", "SearchRange", "Tune",
 ]  # fmt: skip

@@ -22,7 +22,7 @@ class Evaluate(Strict):
     )
     output: ProjectPath = Field(
         default="reports/evaluate",
-        description="comparison.json (the DVC metric), comparison.md, report.json and plots/",
+        description="metrics/ (the DVC metrics: each model's main metric per task and split), comparison.json, comparison.md, report.json, plots/",
     )
     curves: bool = Field(
         default=True, description="pull training curves from the latest MLflow run of each training stage"

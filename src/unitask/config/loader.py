@@ -8,8 +8,8 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Union
 
-import yaml
 from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML, YAMLError
 
 from unitask.config.schema import Config
 from unitask.errors import ConfigError
@@ -34,6 +34,12 @@ def load_config(params: str | Path = "params.yaml", overrides: list[str] = ()) -
     return cfg
 
 
+def read_yaml(text: str) -> Any:
+    """Parse YAML 1.2, as DVC reads and rewrites params.yaml: `dvc exp run -S` writes `yes`/`no` without
+    quotes, which YAML 1.1 (PyYAML) would read as booleans. Duplicate keys are an error."""
+    return YAML(typ="safe").load(text)
+
+
 def _read(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The params file as a mapping; a file with `extends: BASE` is BASE (relative to it) with the file's
     own keys merged over it, mappings key by key (an overlay such as params.gpu.yaml)."""
@@ -41,8 +47,8 @@ def _read(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such params file", hint="pass --params FILE" if not children else
                           f"fix `extends` in {children[-1]}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
+        raw = read_yaml(path.read_text(encoding="utf-8")) or {}
+    except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigError(
@@ -83,8 +89,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             )
         node = child
     try:
-        node[parts[-1]] = yaml.safe_load(value) if value else ""
-    except yaml.YAMLError as exc:
+        node[parts[-1]] = read_yaml(value) if value else ""
+    except YAMLError as exc:
         raise ConfigError(
             f"--set {item!r}: the value is not valid YAML: {exc}", hint="quote the value, e.g. --set 'key=\"a: b\"'"
         ) from None
@@ -109,7 +115,7 @@ def describe_error(err: dict[str, Any], schema: type[BaseModel] | None = None, p
     if err["type"] in ("model_type", "dict_type") or isinstance(got, (dict, list)):
         return f"{key}: {msg}"
     if isinstance(got, bool) and err["type"] == "string_type":
-        msg += "; quote it: YAML reads yes/no/on/off/true/false unquoted as booleans"
+        msg += "; quote it: YAML reads true/false unquoted as booleans"
     return f"{key}: {msg} (got {got!r})"
 
 

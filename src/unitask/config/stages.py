@@ -206,6 +206,15 @@ class Finetune(TrainSettings):
         default=None, ge=0, lt=1, description="dropout of the encoder and head (hidden, attention, classifier); null: the model's own"
     )
     head_l1: float = Field(default=0.0, ge=0, description="L1 penalty on the head's parameters (those outside the encoder), added to the loss")
+    min_steps: int | None = Field(
+        default=100, gt=0, description="at least this many optimizer steps: a small train split gets more epochs "
+        "(early stopping still ends training on validation); ignored under max_steps; null: `epochs` only"
+    )
+    label_temperature: float | None = Field(
+        default=2.0, ge=1, description="(pair) classification: each label's loss weight is proportional to "
+        "count ** (1/T - 1), as if labels were drawn with probability count ** (1/T): 1 or null weighs rows "
+        "equally, 2 lifts rare labels by the square root of their rarity, a large T balances them fully"
+    )
     output: ProjectPath = Field(default="models/finetune", description="model folder per task: <output>/<task>")
     checkpoints: ProjectPath = Field(default="models/checkpoints/finetune", description="<checkpoints>/<task>, for --resume")
     def for_task(self, changes: dict[str, Any]) -> Finetune:

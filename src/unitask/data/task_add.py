@@ -140,12 +140,12 @@ def add_task(cfg: Config, params: Path, path: Path, choices: Choices) -> tuple[s
     when the file cannot be read, leaves a choice open, or the config would not load."""
     import yaml
 
-    from unitask.config import load_config
+    from unitask.config import load_config, read_yaml
 
     if not path.is_file():
         raise DataError(f"{path}: no such file", hint="give the path of a CSV, TSV, JSONL, JSON, Parquet or CoNLL file")
     name, entry = declaration(cfg, path, choices)
-    raw = yaml.safe_load(params.read_text(encoding="utf-8"))
+    raw = read_yaml(params.read_text(encoding="utf-8"))
     raw["tasks"][name] = entry
     trial = params.with_name(f".{params.name}.task-add")
     try:

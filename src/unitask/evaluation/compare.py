@@ -104,6 +104,19 @@ def score(cfg: Config) -> dict[str, Any]:
     }
 
 
+def headline(result: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """{model: {split: {task: main metric}}}: the numbers `dvc metrics show` and `dvc exp show` read, a
+    row per model and split and a column per task."""
+    tables = {"validation": result["validation"], "test": result["table"]}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for split, table in tables.items():
+        for task, by_model in table.items():
+            main = result["tasks"][task]["main_metric"]
+            for model, metrics in by_model.items():
+                out.setdefault(model, {}).setdefault(split, {})[task] = metrics[main]
+    return out
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The comparison as Markdown: per task, a row per model and split, a column per metric; the model
     with the best validation main metric in bold (validation decides, test is reported)."""

@@ -5,7 +5,7 @@ the test value of its main metric on both sides and the difference; their mean o
 sides have (SQuAD's percentages scaled to 0-1); and the compute each side spent: training time
 (Trainer's train loop, evaluations included, as both stages measure it) and training examples seen
 (a fine-tune: rows x epochs run; the multi-task model: the rows its sampler drew). Written as JSON
-(a DVC metric) and a Markdown table, and logged into the multi-task model's MLflow run.
+and a Markdown table, and logged into the multi-task model's MLflow run.
 """
 
 from __future__ import annotations

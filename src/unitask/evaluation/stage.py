@@ -2,8 +2,9 @@
 one MLflow run. Validation scores decide (best model, registry gate); test scores are only reported.
 
 Writes under `evaluate.output` (default reports/evaluate), replacing it whole:
-- comparison.json: {"validation": table, "test": table}, each {task: {model: {metric: value}}}, the DVC
-  metric (`dvc metrics show`, `dvc exp show`);
+- metrics/<model>/<split>.json: {task: main metric}, the headline DVC reads (`dvc metrics show`,
+  `dvc exp show`): a row per model and split, a column per task;
+- comparison.json: {"validation": table, "test": table}, each {task: {model: {metric: value}}};
 - comparison.md: the same as Markdown tables;
 - report.json: per task the type, main metric, best model (on validation), and per model the rows
   scored, the test per-class report and confusion matrix (classification types);
@@ -18,7 +19,7 @@ from typing import Any
 
 from unitask.atomic import atomic_dir, write_json
 from unitask.config import Config
-from unitask.evaluation.compare import markdown, score
+from unitask.evaluation.compare import headline, markdown, score
 from unitask.evaluation.plots import CURVES, figures, training_curves, write_plot_data
 from unitask.tracking import log_datasets, stage_run, task_metric_keys
 
@@ -35,6 +36,9 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         curves = training_curves(run.info.experiment_id) if cfg.evaluate.curves else {}
         table = markdown(result)
         with atomic_dir(cfg.path(cfg.evaluate.output)) as tmp:
+            for model, splits in headline(result).items():
+                for split, scores in splits.items():
+                    write_json(tmp / "metrics" / model / f"{split}.json", scores)
             write_json(tmp / "comparison.json", {"validation": result["validation"], "test": result["table"]})
             (tmp / "comparison.md").write_text(table, encoding="utf-8")
             write_json(tmp / "report.json", {k: result[k] for k in ("models", "skipped", "tasks")} | {"curves": sorted(curves)})

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from unitask.config import Config, load_config
+from unitask.config import Config, load_config, read_yaml
 from unitask.errors import UnitaskError
 from unitask.graph import Step, find, inside, sources
 from unitask.kubeflow.pods import pod
@@ -59,7 +59,7 @@ def load_params(params: str, seed: int, root: Path) -> Config:
 
     Paths stay contained: a stage may read its workspace (which holds copies of its input artifacts)
     and the config's own `paths.roots` (a local run adds the project) only."""
-    raw = yaml.safe_load(params) or {}
+    raw = read_yaml(params) or {}
     uri = os.environ.get("MLFLOW_TRACKING_URI")  # from the Kubernetes secret: wins over tracking.uri
     if uri:
         raw["tracking"] = {**(raw.get("tracking") or {}), "uri": uri}

@@ -26,10 +26,11 @@ from unitask.tracking import flatten, log_trained_model, preflight
 from unitask.training.model import build_model
 from unitask.training.sampling import sample_rows
 from unitask.training.skeleton import Trained, TrainingRun, encoder_name, run_training
+from unitask.training.small_data import budget_epochs, label_weights
 from unitask.training.trainer import MlflowMetrics, UnitaskTrainer, selection_arguments, trainer_arguments
 
 TIMING_KEYS = ("runtime", "samples_per_second", "steps_per_second", "epoch")
-REGULARIZATION = ("weight_decay", "dropout", "head_l1", "early_stopping_patience", "max_steps")
+REGULARIZATION = ("weight_decay", "dropout", "head_l1", "early_stopping_patience", "max_steps", "min_steps", "label_temperature")
 
 
 def scorer(task: TextTask, features: Any, frame: pd.DataFrame) -> Callable[[Any], dict[str, float]]:
@@ -66,7 +67,8 @@ def build_trainer(
 ) -> Fit:
     """The Trainer for task `name` with its settings (`settings`, else `cfg.finetune_for(name)`): train
     rows capped by `max_train_rows` and augmented each epoch when `augment` is on, dropout, head L1,
-    early stopping. Checkpoints go to `output_dir`; nothing else is written."""
+    at least `min_steps` optimizer steps, label weights (`label_temperature`), early stopping.
+    Checkpoints go to `output_dir`; nothing else is written."""
     from transformers import EarlyStoppingCallback, PrinterCallback
 
     task = text_task(cfg, name)
@@ -82,9 +84,11 @@ def build_trainer(
         train = EpochAugmented(frames["train"], encode, task.type, ft.augment, cfg.seed, mask_token(tokenizer))
     if ft.early_stopping_patience:
         callbacks = [*callbacks, EarlyStoppingCallback(early_stopping_patience=ft.early_stopping_patience)]
+    args = training_arguments(ft, cfg.seed, task, output_dir, quiet)
+    args.num_train_epochs = budget_epochs(ft, len(train), args)
     trainer = UnitaskTrainer(
         model=model,
-        args=training_arguments(ft, cfg.seed, task, output_dir, quiet),
+        args=args,
         data_collator=task.collator(tokenizer),
         train_dataset=train,
         eval_dataset=features["validation"],
@@ -92,6 +96,7 @@ def build_trainer(
         compute_metrics=scorer(task, features["validation"], frames["validation"]),
         callbacks=callbacks,
         head_l1=ft.head_l1,
+        label_weights=label_weights(task, frames["train"], ft.label_temperature),
     )
     if quiet:
         trainer.remove_callback(PrinterCallback)
@@ -115,6 +120,7 @@ def finetune(cfg: Config, name: str, resume: bool = False) -> dict[str, Any]:
         "bf16": args.bf16,
         "train_examples": len(fit.frames["train"]),
         "train_features": len(fit.features["train"]),
+        "train_epochs": args.num_train_epochs,  # finetune.epochs, or more to reach finetune.min_steps
         **flatten("finetune", ft.model_dump(exclude={"tasks"})),
         # regularization and stopping, logged even when unset (flatten drops nulls)
         **{f"finetune.{key}": getattr(ft, key) for key in REGULARIZATION},

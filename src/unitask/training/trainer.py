@@ -236,11 +236,13 @@ class UnitaskTrainer(Trainer):
     """Trainer with reproducible length grouping: training batches come from an epoch-seeded sampler,
     and evaluation keeps dataset order, which post-processing that maps predictions back to examples
     (extractive QA) relies on. `head_l1` adds `head_l1 * sum|w|` over the head's parameters to the
-    training loss (not to evaluation losses)."""
+    training loss; `label_weights` weigh each row's cross-entropy by its label (training losses only,
+    so evaluation losses stay comparable)."""
 
-    def __init__(self, *args: Any, head_l1: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, head_l1: float = 0.0, label_weights: list[float] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.head_l1 = head_l1
+        self.label_weights = None if label_weights is None else torch.tensor(label_weights, dtype=torch.float32)
         self.head_params = head_parameters(self.model) if head_l1 else []
         if head_l1 and not self.head_params:
             raise ConfigError(
@@ -249,13 +251,29 @@ class UnitaskTrainer(Trainer):
             )
 
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
-        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        if not self.head_l1 or not model.training:
-            return out
-        penalty = self.head_l1 * sum(p.abs().sum() for p in self.head_params)
+        if self.label_weights is not None and model.training:
+            out = self._weighted_loss(model, inputs, num_items_in_batch)
+        else:
+            out = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if self.head_l1 and model.training:
+            penalty = self.head_l1 * sum(p.abs().sum() for p in self.head_params)
+            out = (out[0] + self._per_batch(penalty, num_items_in_batch), out[1])
+        return out if return_outputs else out[0]
+
+    def _weighted_loss(self, model: Any, inputs: Any, num_items_in_batch: Any) -> tuple[torch.Tensor, Any]:
+        """Cross-entropy weighted by label: sum of w[label] * loss over sum of w[label] in the batch."""
+        labels = inputs["labels"]
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        weight = self.label_weights.to(outputs.logits.device)
+        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weight)
+        return self._per_batch(loss, num_items_in_batch), outputs
+
+    def _per_batch(self, loss: torch.Tensor, num_items_in_batch: Any) -> torch.Tensor:
+        """`loss`, a mean over one batch, as Trainer adds it up: Trainer divides by the accumulation steps
+        itself unless the model takes `num_items_in_batch`."""
         if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-            penalty = penalty / self.current_gradient_accumulation_steps  # Trainer will not divide this loss
-        return (out[0] + penalty, out[1]) if return_outputs else out + penalty
+            return loss / self.current_gradient_accumulation_steps
+        return loss
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         """Epoch-seeded samplers; length groups span the global batch (all ranks, all accumulation

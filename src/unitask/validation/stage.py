@@ -85,7 +85,7 @@ def _validate_logged(cfg: Config, name: str, tokenizer: Any, mlflow: Any) -> tup
 
 
 def report_dir(cfg: Config) -> Path:
-    """The JSON summaries, one per task (DVC metrics; training stages depend on them)."""
+    """The JSON summaries, one per task (training stages depend on them)."""
     return cfg.path(cfg.paths.reports) / "validate"
 
 
@@ -96,7 +96,7 @@ def docs_dir(cfg: Config) -> Path:
 
 
 def validate_task(cfg: Config, name: str, tokenizer: Any) -> tuple[dict[str, Any], list[Outcome]]:
-    """Validate one task: write reports/validate/<task>.json (the summary, DVC metrics) and
+    """Validate one task: write reports/validate/<task>.json (the summary) and
     reports/data_docs/<task>/ (Data Docs, failures.json, GX results); return the summary and the
     failed expectations."""
     task = cfg.tasks[name]
@@ -130,7 +130,7 @@ def validate_task(cfg: Config, name: str, tokenizer: Any) -> tuple[dict[str, Any
 def summarize(
     cfg: Config, name: str, splits: dict[str, Any], derived: dict[str, Any], outcomes: list[Outcome]
 ) -> dict[str, Any]:
-    """Counts and split statistics (DVC metrics), and one line per failed expectation."""
+    """Counts and split statistics, and one line per failed expectation."""
     failed = [o for o in outcomes if not o.success]
     errors = [o for o in failed if o.severity == "error"]
     stats: dict[str, dict[str, float]] = {}
