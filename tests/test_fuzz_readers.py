@@ -5,9 +5,12 @@ Each example copies a project whose valid raw file is already fetched and prepar
 source (bytes, encodings, quoting, headers, rows per label; for Parquet also cell types), then runs
 fetch, prepare and validate's split loader in this process. Every input must end in success or in a
 `UnitaskError` with a `fix:` line (what the CLI prints and exits non-zero on), never another
-exception; a stage that fails leaves what was written before byte for byte. `test_cli_*` runs a few
-mutated inputs through the real CLI. CI runs `FUZZ_EXAMPLES` (default 40) examples per format; set
-UNITASK_FUZZ_EXAMPLES=2000 for a long run (the count of inputs tried is printed with `-s`).
+exception; a stage that fails leaves what was written before byte for byte. Some inputs are the seed
+with one class of wrong data (a column named twice, NUL characters in a text, blank or null text,
+too few rows to split): prepare must refuse each with exit code 2, and a success must hold none of
+them (no blank row dropped, no NUL in a prepared split, no split below the minimum). `test_cli_*`
+runs a few mutated inputs through the real CLI. CI runs `FUZZ_EXAMPLES` (default 40) examples per
+format; set UNITASK_FUZZ_EXAMPLES=2000 for a long run (the count of inputs tried is printed with `-s`).
 """
 
 from __future__ import annotations
@@ -20,24 +23,28 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import write_project
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from unitask.config import SPLITS, load_config
+from unitask.config import SPLITS, Prepare, load_config
 from unitask.data.fetch import fetch
 from unitask.data.prepare import prepare_task
-from unitask.errors import UnitaskError
+from unitask.errors import RefusedData, UnitaskError
 from unitask.validation.load import load_split
 
 FUZZ_EXAMPLES = int(os.environ.get("UNITASK_FUZZ_EXAMPLES", "40"))
 TRIED: Counter[str] = Counter()  # inputs tried per format, printed at the end of the module
-OUTCOMES: Counter[tuple[str, str]] = Counter()  # (format, 'ok' or the stage that refused the input)
+OUTCOMES: Counter[tuple[str, str]] = Counter()  # (format, 'ok' or the refusing stage, + the kind of wrong data)
 
 # ---- one valid seed project per read format ---------------------------------------------------
 
@@ -285,12 +292,106 @@ def csv_cells(draw: Callable[..., Any]) -> bytes:
     return table.to_csv(index=False, lineterminator=draw(st.sampled_from(["\n", "\r\n"]))).encode()
 
 
+@dataclass(frozen=True)
+class Wrong:
+    """The seed with one class of wrong data (`kind`): prepare must refuse it with exit code 2, unless
+    the format cannot hold the class (`refused` false: it must succeed)."""
+
+    kind: str
+    data: Any
+    refused: bool = True
+
+
+# the classes each format can hold: a column named twice needs a header or object keys; in CoNLL a
+# whitespace-only line ends a sentence, so "blank" there is no wrong data
+WRONG_KINDS = {
+    "csv": ("column twice", "NUL", "blank", "few rows"), "jsonl": ("column twice", "NUL", "blank", "few rows"),
+    "json": ("column twice", "NUL", "blank", "few rows"), "parquet": ("column twice", "NUL", "blank", "few rows"),
+    "conll": ("NUL", "blank", "few rows"), "regex": ("NUL", "blank", "few rows"), "text_folder": ("NUL", "blank", "few rows"),
+}  # fmt: skip
+TEXT_KEY = {"csv": "text", "jsonl": "text", "json": "q", "parquet": "text", "conll": "tokens", "regex": "text",
+            "text_folder": "text"}  # fmt: skip
+BLANKS = {  # blank values of the text field ("" ends a regex line too early; JSON and Parquet hold nulls)
+    fmt: [" ", "\t", "   "] + ([""] if fmt != "regex" else []) + ([None] if fmt in ("jsonl", "json", "parquet") else [])
+    for fmt in WRONG_KINDS
+}
+
+
+def seed_records(fmt: str, n: int) -> list[dict[str, Any]]:
+    """The first `n` rows of the seed of `fmt`, as records of the fields its file holds."""
+    if fmt == "csv":
+        return pd.read_csv(io.StringIO(_csv_rows(n)), dtype=str, keep_default_na=False).to_dict("records")
+    if fmt == "jsonl":
+        return [json.loads(line) for line in _jsonl_rows(n).splitlines()]
+    if fmt == "json":
+        return json.loads(_qa_rows(n))
+    if fmt == "conll":
+        return [{"tokens": [["alice", "paris"][i % 2], "went", f"home{i}"], "tags": [["B-per", "B-loc"][i % 2], "O", "O"]}
+                for i in range(n)]  # fmt: skip
+    return [{"text": _sentence(i), "label": ["neg", "pos"][i % 2]} for i in range(n)]  # parquet, regex, text_folder
+
+
+def write_records(fmt: str, records: list[dict[str, Any]], twice: str | None = None) -> Any:
+    """`records` as the bytes (text_folder: files) of `fmt`; `twice`: a field written again as a second
+    column of that name (csv, parquet) or a second key of the first object (jsonl, json)."""
+    if fmt in ("csv", "parquet"):
+        names = list(records[0]) + ([twice] if twice else [])
+        rows = [[r[c] for c in names] for r in records]
+        if fmt == "csv":
+            return pd.DataFrame(rows, columns=names).to_csv(index=False).encode()
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_arrays([pa.array(list(c)) for c in zip(*rows)], names=names), buffer)
+        return buffer.getvalue()
+    if fmt in ("jsonl", "json"):
+        objects = [json.dumps(r) for r in records]
+        if twice:
+            objects[0] = objects[0][:-1] + f", {json.dumps(twice)}: {json.dumps(records[0][twice])}}}"
+        return ("".join(o + "\n" for o in objects) if fmt == "jsonl" else "[" + ",\n".join(objects) + "]").encode()
+    if fmt == "conll":
+        return "\n".join("".join(f"{t}\t{g}\n" for t, g in zip(r["tokens"], r["tags"])) for r in records).encode()
+    if fmt == "regex":
+        return "".join(f"{r['label']}\t{r['text']}\n" for r in records).encode()
+    return {f"{r['label']}/{i}.txt": r["text"].encode() for i, r in enumerate(records)}  # text_folder
+
+
+def wrong_data(fmt: str, kind: str, rows: int = 24, row: int = 0, at: int = 0, blank: str | None = " ") -> Wrong:
+    """The first `rows` rows of the seed of `fmt` with wrong data of `kind`: in `row`, a NUL at character
+    `at` or the text `blank`; or the field number `at` named twice (CoNLL: `blank` as line number `at`)."""
+    records = seed_records(fmt, rows)
+    record, key = records[row % rows], TEXT_KEY[fmt]
+    if kind == "column twice":
+        return Wrong(kind, write_records(fmt, records, twice=list(record)[at % len(record)]))
+    if kind == "NUL" and fmt == "conll":
+        record[key][at % 3] += "\x00"
+    elif kind == "NUL":
+        at %= len(record[key]) + 1
+        record[key] = record[key][:at] + "\x00" + record[key][at:]
+    elif kind == "blank" and fmt != "conll":
+        record[key] = blank
+    data = write_records(fmt, records)
+    if kind == "blank" and fmt == "conll":  # a whitespace-only line: a sentence break, no blank row
+        lines = data.split(b"\n")
+        at %= len(lines) + 1
+        return Wrong(kind, b"\n".join([*lines[:at], str(blank).encode(), *lines[at:]]), refused=False)
+    return Wrong(kind, data)
+
+
+@st.composite
+def wrong_inputs(draw: Callable[..., Any], fmt: str) -> Wrong:
+    """The seed of `fmt` with one class of wrong data, in a drawn row, column or character."""
+    kind = draw(st.sampled_from(WRONG_KINDS[fmt]))
+    rows = draw(st.integers(2, 5)) if kind == "few rows" else 24
+    at, blank = draw(st.integers(0, 80)), draw(st.sampled_from(BLANKS[fmt]))
+    return wrong_data(fmt, kind, rows, row=draw(st.integers(0, rows - 1)), at=at, blank=blank)
+
+
 def source_inputs(fmt: str) -> st.SearchStrategy[Any]:
+    wrong = wrong_inputs(fmt)
     if fmt == "text_folder":
-        return folder_files()
+        return st.one_of(folder_files(), wrong)
     mutated = st.lists(MUTATION, min_size=1, max_size=4).map(lambda ms: _apply(SEEDS[fmt]["data"], ms))
     structured = {"parquet": parquet_tables(), "json": json_records("json"), "jsonl": json_records("jsonl"), "csv": csv_cells()}
-    return st.one_of(mutated, structured[fmt]) if fmt in structured else mutated
+    return st.one_of(mutated, structured[fmt], wrong) if fmt in structured else st.one_of(mutated, wrong)
 
 
 def _apply(data: bytes, mutations: list[tuple]) -> bytes:
@@ -307,20 +408,35 @@ def snapshot(root: Path, *folders: str) -> dict[str, bytes]:
 
 
 def accounted(summary: dict[str, Any]) -> None:
-    """Every raw row is kept in a split or dropped with a reason."""
+    """Every raw row is kept in a split or dropped with a reason; none was dropped as blank (that needs
+    prepare.drop_blank), and no split is below prepare's minimum."""
     assert sum(summary["rows"].values()) + sum(summary["dropped"].values()) == summary["input_rows"], summary
+    assert summary["dropped"]["empty"] == 0 and min(summary["rows"].values()) >= Prepare().min_rows_per_split, summary
 
 
-def run_stages(root: Path) -> str:
-    """Fetch, prepare and load every split of task `t` in `root`; 'ok' or the stage that refused the
-    input. Fails the test on any exception other than a UnitaskError with a `fix:` line, or on a
-    refusing stage that changed what was written before."""
+def without_nul(split: pd.DataFrame) -> None:
+    """No value of a prepared split holds a NUL character."""
+
+    def nul(value: Any) -> bool:
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, (list, tuple, np.ndarray)):
+            return any(nul(v) for v in value)
+        return isinstance(value, str) and "\x00" in value
+
+    assert not split.map(nul).any().any(), split
+
+
+def run_stages(root: Path) -> tuple[str, UnitaskError | None]:
+    """Fetch, prepare and load every split of task `t` in `root`: ('ok', None), or the stage that
+    refused the input and its error. Fails the test on any exception other than a UnitaskError with
+    a `fix:` line, or on a refusing stage that changed what was written before."""
     cfg = load_config(root / "params.yaml")
     stages: list[tuple[str, Callable[[], Any], tuple[str, ...]]] = [
         ("fetch", lambda: fetch(cfg, ["t"], force=True), ("data/raw",)),
         ("prepare", lambda: accounted(prepare_task(cfg, "t")), ("data/prepared", "reports")),
-        ("validate", lambda: [load_split(cfg, "t", cfg.tasks["t"], s) for s in SPLITS], ("data/prepared", "reports")),
-    ]
+        ("validate", lambda: [without_nul(load_split(cfg, "t", cfg.tasks["t"], s)) for s in SPLITS], ("data/prepared", "reports")),
+    ]  # fmt: skip
     for stage, call, outputs in stages:
         before = snapshot(root, *outputs)
         try:
@@ -328,21 +444,28 @@ def run_stages(root: Path) -> str:
         except UnitaskError as exc:
             assert "\n  fix: " in str(exc), f"{stage}: an error without a fix: line: {exc}"
             assert snapshot(root, *outputs) == before, f"{stage} failed and changed earlier outputs"
-            return stage
-    return "ok"
+            return stage, exc
+    return "ok", None
 
 
 def check_input(templates: dict[str, Path], tmp: Path, fmt: str, data: Any) -> str:
+    """Run the stages on `data` as the source of `fmt`'s project; the outcome ('ok' or the refusing
+    stage). Wrong data must be refused by prepare with exit code 2 (or pass where it cannot apply)."""
     TRIED[fmt] += 1
     root = tmp / f"{fmt}-{TRIED[fmt]}"
     shutil.copytree(templates[fmt], root)
-    write_source(root, fmt, data)
+    write_source(root, fmt, data.data if isinstance(data, Wrong) else data)
     try:
-        outcome = run_stages(root)
-        OUTCOMES[fmt, outcome] += 1
-        return outcome
+        outcome, error = run_stages(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    OUTCOMES[fmt, f"{outcome} ({data.kind})" if isinstance(data, Wrong) else outcome] += 1
+    if isinstance(data, Wrong) and data.refused:
+        refused = outcome == "prepare" and isinstance(error, RefusedData) and error.exit_code == 2
+        assert refused, f"{data.kind}: {outcome}: {error}"
+    elif isinstance(data, Wrong):
+        assert outcome == "ok", f"{data.kind} cannot apply to {fmt}, yet: {error}"
+    return outcome
 
 
 FUZZ = settings(
@@ -362,6 +485,14 @@ def test_malformed_sources_end_in_success_or_a_clear_error(templates: dict[str, 
         check_input(templates, tmp_path, fmt, data)
 
     fuzz()
+
+
+@pytest.mark.parametrize(("fmt", "kind"), [(fmt, kind) for fmt, kinds in WRONG_KINDS.items() for kind in kinds])
+def test_each_class_of_wrong_data_is_refused_with_exit_2(
+    templates: dict[str, Path], tmp_path: Path, fmt: str, kind: str
+) -> None:
+    """Every class of wrong data in every format that can hold it, whatever the fuzzer happened to draw."""
+    check_input(templates, tmp_path, fmt, wrong_data(fmt, kind, rows=3 if kind == "few rows" else 24, row=1, at=2))
 
 
 def check_prepared(templates: dict[str, Path], tmp: Path, fmt: str, mutations: list[tuple]) -> None:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import REPO, classification_task, keyword_rows
 
+from unitask.cli import main
 from unitask.config import load_config
 from unitask.config.task_types import TASK_TYPES
 from unitask.data.fetch import fetch
@@ -114,6 +115,26 @@ def test_prepare_is_deterministic_and_seeded(project, tmp_path):
     assert run("seed=8") != first
     assert {s: len(ids) for s, ids in first.items()} == {"train": 160, "validation": 20, "test": 20}
     assert sum(map(len, run("prepare.max_rows=50").values())) == 50
+
+
+def test_blank_rows_are_refused_or_dropped_and_every_drop_is_printed(project, tmp_path, capsys):
+    """Blank text stops prepare, naming the rows in the file; with prepare.drop_blank they are dropped,
+    and prepare prints how many rows it dropped for each reason."""
+    rows = keyword_rows(40)
+    rows[3]["text"], rows[8]["text"] = "", "   "
+    pd.DataFrame([*rows, rows[0]]).to_csv(tmp_path / "d.csv", index=False)  # and a duplicate of the first row
+    args = ["--params", str(project({"t": classification_task("d.csv")})), "--set", "prepare.max_rows=30"]
+    assert main(["data", "fetch", *args]) == 0
+    assert main(["prepare", *args]) == 2
+    err = capsys.readouterr().err
+    assert "2 rows with a blank or null text (column 'text'), e.g. " in err and "d.csv rows 5, 10" in err
+    assert not (tmp_path / "data/prepared/t").exists()
+    assert main(["prepare", *args, "--set", "prepare.drop_blank=true"]) == 0
+    out = capsys.readouterr().out
+    assert "t\tdropped 11 of 41 rows: 2 blank (prepare.drop_blank), 1 duplicate, 8 over max_rows" in out.splitlines()
+    summary = json.loads((tmp_path / "reports/prepare/t.json").read_text())
+    assert summary["dropped"] == {"empty": 2, "duplicate": 1, "capped": 8}
+    assert "" not in set(pd.concat(_splits(tmp_path, "t").values())["text"].str.strip())
 
 
 def test_easy_vqa_rows_carry_the_question_kind_their_answer_gives(default_project):

@@ -32,8 +32,9 @@ def _cell(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\r\n') else text
 
 
-def _prepare(root: Path, task: dict) -> tuple[dict, pd.DataFrame]:
-    cfg = load_config(write_project(root, {"t": task}, prepare={"validation_fraction": 0.2, "test_fraction": 0.2}))
+def _prepare(root: Path, task: dict, **prepare: object) -> tuple[dict, pd.DataFrame]:
+    fractions = {"validation_fraction": 0.2, "test_fraction": 0.2}
+    cfg = load_config(write_project(root, {"t": task}, prepare={**fractions, **prepare}))
     fetch(cfg, ["t"])
     summary = prepare_task(cfg, "t")
     folder = cfg.path(cfg.paths.prepared) / "t"
@@ -77,13 +78,14 @@ def test_jsonl_and_regex_exports_with_bom_and_crlf(tmp_path: Path) -> None:
 
 
 def test_every_input_row_is_kept_or_dropped_with_its_reason(tmp_path: Path) -> None:
-    """20 distinct rows, 3 with an empty text, 4 repeats of earlier rows, a cap of 15 rows."""
+    """20 distinct rows, 3 with an empty text (dropped with prepare.drop_blank), 4 repeats of earlier
+    rows, a cap of 15 rows."""
     texts = [f"row number {i}" for i in range(20)] + ["", "   ", ""] + ["row number 1", "row number 2"] * 2
     labels = [["neg", "pos"][i % 2] for i in range(20)] + ["neg", "pos", "neg"] + ["pos", "neg"] * 2
     pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp_path / "raw.csv", index=False)
     task = {"type": "classification", "source": {"kind": "local", "path": "raw.csv"}, "read": {"format": "csv"},
             "columns": {"text": "text", "label": "label"}, "labels": ["neg", "pos"], "max_rows": 15}  # fmt: skip
-    summary, prepared = _prepare(tmp_path, task)
+    summary, prepared = _prepare(tmp_path, task, drop_blank=True)
     assert summary["input_rows"] == 27
     assert summary["dropped"] == {"empty": 3, "duplicate": 4, "capped": 5}
     assert sum(summary["rows"].values()) == len(prepared) == 15

@@ -22,10 +22,11 @@ def _tasks(args: argparse.Namespace, default: Callable[[], list[str]]) -> list[s
 
 
 def prepare_command(cfg: Config, args: argparse.Namespace) -> None:
-    from unitask.data.prepare import prepare
+    from unitask.data.prepare import dropped_line, prepare
 
     for name, summary in prepare(cfg, args.tasks).items():
         print(f"{name}\t" + json.dumps(summary["rows"]))
+        print(f"{name}\t{dropped_line(summary)}")
 
 
 def validate_command(cfg: Config, args: argparse.Namespace) -> None:
@@ -162,7 +163,7 @@ def task_add_command(cfg: Config, args: argparse.Namespace) -> None:
 
     from unitask.config import load_config
     from unitask.data.fetch import fetch
-    from unitask.data.prepare import prepare
+    from unitask.data.prepare import dropped_line, prepare
     from unitask.data.task_add import Choices, add_task
     from unitask.validation import validate
 
@@ -172,7 +173,8 @@ def task_add_command(cfg: Config, args: argparse.Namespace) -> None:
     print(f"wrote tasks.{name} to {params}:\n" + yaml.safe_dump({name: entry}, sort_keys=False).rstrip())
     cfg = load_config(params, args.overrides)
     fetch(cfg, [name])
-    print(f"prepare\t{json.dumps(prepare(cfg, [name])[name]['rows'])}")
+    summary = prepare(cfg, [name])[name]
+    print(f"prepare\t{json.dumps(summary['rows'])}\t{dropped_line(summary)}")
     print(f"validate\t{validate(cfg, [name])[name]['status']}")
     print(f"next\tunitask finetune --task {name}   (or `unitask dvc` and `dvc repro` for every stage)")
 

@@ -26,3 +26,10 @@ class ConfigError(UnitaskError):
 
 class DataError(UnitaskError):
     """Data that cannot be fetched, read or trusted (missing, corrupt, wrong version)."""
+
+
+class RefusedData(DataError):
+    """Data that reads but is not fit to train on (a column named twice, NUL bytes in text, blank
+    text, too few rows to split): refused with exit code 2, as a bad config is, before any write."""
+
+    exit_code = 2

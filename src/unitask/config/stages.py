@@ -49,6 +49,19 @@ class Prepare(Strict):
     validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     max_rows: int | None = Field(default=None, gt=0, description="cap every task (smoke runs)")
+    drop_blank: bool = Field(
+        default=False,
+        description="drop rows whose input (text, tokens, ...) is empty, blank or null, and report how many; "
+        "false: refuse the file, naming its first such rows",
+    )
+    min_rows_per_split: int = Field(
+        default=2, ge=1, description="refuse a task whose train, validation or test split has fewer rows"
+    )
+    min_rows_per_label: int = Field(
+        default=1, ge=0,
+        description="tasks with one label per row: refuse a task whose train split has fewer rows of a declared "
+        "label (the model never learns a label it does not see); 0: no check",
+    )
 
 
 CheckName = Literal[

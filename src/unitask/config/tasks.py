@@ -76,6 +76,14 @@ class ReadSpec(Strict):
         default=None, description="template for the image column, e.g. '{split}/images/{id}.png'"
     )
 
+    @field_validator("names")
+    @classmethod
+    def _unique_names(cls, value: list[str] | None) -> list[str] | None:
+        twice = sorted({n for n in value or [] if (value or []).count(n) > 1})
+        if twice:
+            raise ValueError(f"names the same column more than once: {twice}")
+        return value
+
     @field_validator("encoding", "fallback_encoding")
     @classmethod
     def _known_encoding(cls, value: str | None) -> str | None:

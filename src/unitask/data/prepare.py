@@ -1,9 +1,13 @@
 """`unitask prepare`: raw table -> canonical columns -> clean, deduplicated, seeded, stratified
-train/validation/test splits in Parquet, with a JSON summary per task."""
+train/validation/test splits in Parquet, with a JSON summary per task. Wrong data (NUL characters,
+blank inputs unless `prepare.drop_blank`, splits or labels below the minimum rows) is refused with a
+`RefusedData` naming the rows in the user's file, before anything is written."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +20,8 @@ from unitask.atomic import atomic_dir, write_json
 from unitask.config import SPLITS, Config, TaskConfig
 from unitask.config.task_types import TASK_TYPES, TEXT_ROLES
 from unitask.data.fetch import raw_entry
-from unitask.data.readers import read_table
-from unitask.errors import ConfigError, DataError
+from unitask.data.readers import read_table, where
+from unitask.errors import ConfigError, DataError, RefusedData
 from unitask.tasks import example_keys
 from unitask.tracking import flatten, log_source, stage_run
 
@@ -45,14 +49,17 @@ def prepare_task(cfg: Config, name: str) -> dict[str, Any]:
     entry = raw_entry(cfg, name)
     table = read_table(task, entry)
     frame = canonical(cfg, name, task, table, entry)
-    frame, dropped = clean(task, frame)
+    locate = partial(where, task, entry, table)
+    refuse_nul(name, task, frame, locate)
+    frame, dropped = clean(task, frame, blank_inputs(cfg, name, task, frame, locate))
     if frame.empty:
-        raise DataError(
-            f"tasks.{name}: no usable rows after dropping empties and duplicates",
+        raise RefusedData(
+            f"tasks.{name}: no usable rows in {entry} after dropping blanks and duplicates",
             hint="check tasks.<name>.columns (the text column may be the wrong one) and the raw data",
         )
     frame, dropped["capped"] = cap(cfg, task, frame)
     splits = split(cfg, task, frame)
+    check_sizes(cfg, name, task, splits, entry)
     out = cfg.path(cfg.paths.prepared) / name
     with atomic_dir(out) as tmp:
         for split_name, part in splits.items():
@@ -64,11 +71,11 @@ def prepare_task(cfg: Config, name: str) -> dict[str, Any]:
     return summary
 
 
-DISTRIBUTION = ("labels", "target")  # per-label counts, target statistics: in <task>.labels.json, not a DVC metric
+DISTRIBUTION = ("labels", "target")  # per-label counts, target statistics: in <task>.labels.json
 
 
 def summary_path(cfg: Config, name: str) -> Path:
-    """reports/prepare/<task>.json: rows and drops (the DVC metric); <task>.labels.json beside it holds
+    """reports/prepare/<task>.json: rows and drops; <task>.labels.json beside it holds
     the label distribution per split."""
     return cfg.path(cfg.paths.reports) / "prepare" / f"{name}.json"
 
@@ -221,25 +228,70 @@ def _numeric(name: str, task: TaskConfig, values: pd.Series) -> pd.Series:
     return numbers.astype("float64")
 
 
-def clean(task: TaskConfig, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Drop rows with an empty input, then exact duplicates of the inputs (keeping predefined
-    test rows over validation over train), so that no example can land in two splits."""
+Locate = Callable[[Iterable[int]], str]  # raw table positions -> where they are in the user's files
+SHOW = 5  # offending rows a message names
+
+
+def refuse_nul(name: str, task: TaskConfig, frame: pd.DataFrame, locate: Locate) -> None:
+    """Refuse NUL characters in any value the task reads: they are no text (often a UTF-16 file read as UTF-8)."""
+    for role, column in task.columns.items():
+        bad = frame[role].map(_has_nul)
+        if bad.any():
+            raise RefusedData(
+                f"tasks.{name}.columns.{role}: column '{column}' holds NUL characters (\\x00) in {_rows(bad.sum())}, "
+                f"e.g. {locate(frame.loc[bad, 'id'].head(SHOW))}",
+                hint=f"remove the NUL bytes from those rows; if most rows have them, the file is likely UTF-16: "
+                f"set tasks.{name}.read.encoding",
+            )
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(v) for v in value.values())
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def blank_inputs(cfg: Config, name: str, task: TaskConfig, frame: pd.DataFrame, locate: Locate) -> pd.Series:
+    """The rows with an input (a role that identifies an example) that is null, empty or only whitespace
+    (an empty list for tokens), to drop when `prepare.drop_blank`; else a RefusedData naming them."""
+    blank = pd.DataFrame({role: _blank(role, frame[role]) for role in TASK_TYPES[task.type].inputs}, index=frame.index)
+    rows = blank.any(axis=1)
+    if rows.any() and not cfg.prepare.drop_blank:
+        columns = ", ".join(f"{role} (column '{task.columns[role]}')" for role in blank if blank[role].any())
+        raise RefusedData(
+            f"tasks.{name}: {_rows(rows.sum())} with a blank or null {columns}, "
+            f"e.g. {locate(frame.loc[rows, 'id'].head(SHOW))}",
+            hint="fill in or remove those rows, or set prepare.drop_blank: true to drop such rows "
+            "(prepare then prints how many it dropped)",
+        )
+    return rows
+
+
+def _blank(role: str, values: pd.Series) -> pd.Series:
+    if role in TEXT_ROLES:
+        return values.isna() | (values.astype(str).str.strip() == "")
+    return values.map(lambda v: v is None or len(v) == 0)
+
+
+def clean(task: TaskConfig, frame: pd.DataFrame, blank: pd.Series) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Drop the `blank` rows, then exact duplicates of the inputs (keeping predefined test rows over
+    validation over train), so that no example can land in two splits."""
     spec = TASK_TYPES[task.type]
-    keep = pd.Series(True, index=frame.index)
-    for role in spec.inputs:
-        column = frame[role]
-        if role in TEXT_ROLES:
-            keep &= column.notna() & (column.astype(str).str.strip() != "")
-        else:
-            keep &= column.map(lambda v: v is not None and len(v) > 0)
-    n_empty = int((~keep).sum())
-    frame = frame[keep]
+    frame = frame[~blank]
     if "split" in frame:
         order = frame["split"].map({"test": 0, "validation": 1, "train": 2})
         frame = frame.assign(_order=order).sort_values("_order", kind="stable").drop(columns="_order")
     duplicate = pd.Series(example_keys(frame, spec.inputs), index=frame.index).duplicated(keep="first")
     frame = frame[~duplicate].sort_values("id", kind="stable").reset_index(drop=True)
-    return frame, {"empty": n_empty, "duplicate": int(duplicate.sum())}
+    return frame, {"empty": int(blank.sum()), "duplicate": int(duplicate.sum())}
 
 
 def cap(cfg: Config, task: TaskConfig, frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -262,15 +314,36 @@ def split(cfg: Config, task: TaskConfig, frame: pd.DataFrame) -> dict[str, pd.Da
         if len(out[name]):
             continue
         pool = out["train"]
-        n = max(1, round(fraction * total))
-        if n >= len(pool):
-            raise DataError(
-                f"{len(pool)} training rows are too few to carve a {name} split of {n}",
-                hint=f"lower prepare.{name}_fraction, raise prepare.max_rows, or add data",
-            )
+        n = min(max(1, round(fraction * total)), len(pool))  # too few rows leave train short: check_sizes says so
         out[name] = _take(pool, n, _strata(task, pool), cfg.seed)
         out["train"] = pool.drop(out[name].index)
     return {s: part.sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True) for s, part in out.items()}
+
+
+def check_sizes(cfg: Config, name: str, task: TaskConfig, splits: dict[str, pd.DataFrame], entry: Path) -> None:
+    """Refuse splits with fewer rows than `prepare.min_rows_per_split` and, for tasks with one label
+    per row, labels with fewer train rows than `prepare.min_rows_per_label`."""
+    least = cfg.prepare.min_rows_per_split
+    if min(map(len, splits.values())) < least:
+        rows = ", ".join(f"{s} {len(part)}" for s, part in splits.items())
+        raise RefusedData(
+            f"tasks.{name}: {entry} is too small to split: its {sum(map(len, splits.values()))} usable rows "
+            f"make {rows}; every split needs prepare.min_rows_per_split = {least} rows",
+            hint="add rows, lower prepare.validation_fraction and prepare.test_fraction (or raise max_rows "
+            "when it caps the task), or lower prepare.min_rows_per_split",
+        )
+    least = cfg.prepare.min_rows_per_label
+    if TASK_TYPES[task.type].label_kind != "categorical" or not least:
+        return
+    counts = splits["train"]["label"].value_counts()
+    few = [f"'{label}' {counts.get(label, 0)}" for label in task.labels or [] if counts.get(label, 0) < least]
+    if few:
+        raise RefusedData(
+            f"tasks.{name}: the train split of {entry} has too few rows of some labels: {', '.join(few)}; "
+            f"every label needs prepare.min_rows_per_label = {least} train rows",
+            hint="add rows of those labels, lower prepare.validation_fraction and prepare.test_fraction (more "
+            "rows stay in train), or lower prepare.min_rows_per_label",
+        )
 
 
 def _strata(task: TaskConfig, frame: pd.DataFrame) -> pd.Series | None:
@@ -319,6 +392,19 @@ def summarize(
             for s, part in splits.items()
         }
     return summary
+
+
+# summary["dropped"] key -> why prepare drops such rows: a blank input (only with prepare.drop_blank),
+# the same inputs as a row it keeps, or over the row cap
+DROPPED = {"empty": "blank (prepare.drop_blank)", "duplicate": "duplicate", "capped": "over max_rows"}
+
+
+def dropped_line(summary: dict[str, Any]) -> str:
+    """What prepare dropped from a task and why, for the screen, e.g. 'dropped 413 of 4837 rows: 315
+    duplicate, 98 over max_rows'."""
+    dropped = summary["dropped"]
+    reasons = ", ".join(f"{n} {DROPPED[key]}" for key, n in dropped.items() if n)
+    return f"dropped {sum(dropped.values())} of {summary['input_rows']} rows" + (f": {reasons}" if reasons else "")
 
 
 def _counts(values: pd.Series) -> dict[str, int]:
