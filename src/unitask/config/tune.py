@@ -58,8 +58,9 @@ class Tune(Strict):
     pruner_startup_trials: int = Field(default=2, ge=0, description="trials that finish unpruned before pruning starts")
     pruner_warmup: int = Field(default=0, ge=0, description="evaluations of a trial before it may be pruned")
     budget: dict[str, Any] = Field(
-        default_factory=lambda: {"max_train_rows": 1000},
-        description="finetune keys every trial (and the Katib trials) train with, e.g. {max_train_rows: 1000}",
+        default_factory=lambda: {"max_train_rows": 1000, "min_steps": None},
+        description="finetune keys every trial (and the Katib trials) train with, e.g. {max_train_rows: 1000}; "
+        "min_steps: null keeps the floor on optimizer steps from overriding the epochs the search chooses",
     )
     space: dict[Tunable, SearchRange] = Field(
         default_factory=lambda: {
